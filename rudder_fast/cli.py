@@ -1,0 +1,47 @@
+"""``rudder-fast``: the toolbox (inspect, status, devserver, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import config
+from .reading import scan_pending
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    spool = config.resolve_spool_dir(args.spool_dir)
+    out = sys.stdout.buffer
+    summary = scan_pending(spool, on_event=lambda line: out.write(line + b"\n"))
+    out.flush()
+    print(
+        f"{summary.events} events pending in {summary.segments} segments; "
+        f"{summary.skipped_bytes} bytes skipped as torn or corrupt; "
+        f"dropped by producers: {summary.dropped or 'none'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rudder-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    inspect = sub.add_parser(
+        "inspect", help="print every pending event as a JSON line, as the sender would post it"
+    )
+    inspect.add_argument("--spool-dir", type=Path, default=None)
+    inspect.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

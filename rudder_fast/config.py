@@ -1,0 +1,51 @@
+"""Settings: every default a named constant with its reason, and the one place that reads the environment.
+
+Nothing here runs at import time beyond defining constants; ``from_env`` style helpers are called
+explicitly by the emitter (on first use) and by the command-line tools.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+ENV_SPOOL_DIR: Final = "RUDDER_FAST_SPOOL_DIR"
+
+# Where the spool lives when neither an argument nor RUDDER_FAST_SPOOL_DIR says. Producers and the sender
+# must run as the same user (the spool is 0700), so a per-user default is consistent: root gets the
+# conventional system spool, everyone else a directory under their XDG state home.
+SYSTEM_SPOOL_DIR: Final = "/var/spool/rudder-fast"
+
+# A segment is sealed and a new one started once it reaches this size. The sender deletes whole
+# segments once acknowledged, so this bounds how much acknowledged data lingers on disk per producer;
+# 8 MiB is ~50k typical events, large enough that rotation (a few syscalls) is rare.
+SEGMENT_MAX_BYTES: Final = 8 * 1024 * 1024
+
+# ...or once it is this old (checked on a call, never by a timer): a busy-then-quiet producer does not
+# pin an acknowledged file for long, and an idle producer creates no files at all.
+SEGMENT_MAX_AGE_S: Final = 60.0
+
+# After a write fails (disk full, file too large, I/O error) the producer drops events without
+# touching the disk for this long: a full disk must not cost the app a failing syscall per call.
+DISK_ERROR_BACKOFF_S: Final = 0.05
+
+# Operational warnings (drops, unusable spool) are logged at most once per this many seconds.
+WARNING_INTERVAL_S: Final = 60.0
+
+
+def default_spool_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path(SYSTEM_SPOOL_DIR)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "rudder-fast" / "spool"
+
+
+def resolve_spool_dir(spool_dir: str | os.PathLike[str] | None) -> Path:
+    """The spool directory: the argument, else $RUDDER_FAST_SPOOL_DIR, else the default above."""
+    if spool_dir is not None:
+        return Path(spool_dir)
+    env = os.environ.get(ENV_SPOOL_DIR)
+    if env:
+        return Path(env)
+    return default_spool_dir()

@@ -1,0 +1,34 @@
+"""The exception tree.
+
+Only :class:`InvalidEventError` ever reaches application code from an ``emit.*`` call: operational
+trouble (disk full, spool over quota, spool unwritable) is counted as a drop, never raised.
+"""
+
+from __future__ import annotations
+
+
+class RudderFastError(Exception):
+    """Base class of every exception this package raises."""
+
+
+class InvalidEventError(RudderFastError, ValueError):
+    """An ``emit.*`` call was refused; ``field`` names the offending argument or value path.
+
+    Nothing was written to the spool for the refused call.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidEventError], tuple[str, str]]:
+        return (InvalidEventError, (self.field, self.reason))
+
+
+class ConfigurationError(RudderFastError, ValueError):
+    """A setting (command-line option, environment variable or argument) is unusable."""
+
+
+class SpoolError(RudderFastError, OSError):
+    """The spool directory cannot be used (wrong owner, permissions, file system, symlink)."""

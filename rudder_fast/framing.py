@@ -1,0 +1,218 @@
+"""The spool's byte format: segment header, frames, and an incremental frame decoder.
+
+How this works
+--------------
+A segment file is a header followed by frames, appended by exactly one writer process::
+
+    header: magic 8s | version u16 | reserved u16 | pid u32 | index u32 | created_ns u64 |
+            nonce 16s (ASCII) | crc32 u32                                        (48 bytes)
+    frame:  sync u32 | crc32 u32 | len u32 | type u8 | 3 reserved | seq u64 | payload[len]
+
+All integers are little-endian. A frame's ``crc32`` (zlib) covers every byte after it (``len``, ``type``,
+the reserved bytes, ``seq`` and the payload), so a frame is only accepted whole and unaltered; keeping
+the covered bytes contiguous lets the writer compute it in one call. ``len`` is bounded by
+``MAX_PAYLOAD`` before it is trusted, so a corrupt length can never make the reader wait for gigabytes.
+
+Because each file has one writer and every frame is one ``write(2)``, the only torn frame a healthy
+spool can hold is the last one of a file whose writer was killed mid-write. Everything else that fails
+to parse is corruption (a bad disk, a stray file, a zero-filled page after a power loss): the decoder
+resynchronises on the next sync word and counts the bytes it skipped. It never raises on any input.
+
+This module is pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Final
+
+MAGIC: Final = b"RFSPOOL\x00"
+VERSION: Final = 1
+HEADER = struct.Struct("<8sHHIIQ16sI")
+HEADER_SIZE: Final = HEADER.size  # 48
+NONCE_LEN: Final = 16
+
+SYNC: Final = 0x1CA92EF5
+SYNC_BYTES: Final = struct.pack("<I", SYNC)
+FRAME_HEAD = struct.Struct("<IIIB3xQ")  # sync, crc, len, type, seq
+FRAME_HEAD_SIZE: Final = FRAME_HEAD.size  # 24
+FRAME_PREFIX = struct.Struct("<II")  # sync, crc: the part of the head the CRC does not cover
+FRAME_META = struct.Struct("<IB3xQ")  # len, type, seq: the part it does
+
+# The largest payload a frame may carry. The data plane refuses request bodies above 4,096,000
+# bytes, so no single event can ever be delivered above that; the record is smaller than its JSON.
+MAX_PAYLOAD: Final = 4_000_000
+
+FRAME_EVENT: Final = 1
+FRAME_DROPS: Final = 2  # payload: msgpack {reason: count} of events dropped since the last frame
+FRAME_SEAL: Final = 3  # the writer closed the file cleanly; nothing follows
+_KNOWN_TYPES: Final = frozenset((FRAME_EVENT, FRAME_DROPS, FRAME_SEAL))
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    pid: int
+    index: int
+    created_ns: int
+    nonce: str
+
+
+def encode_header(header: SegmentHeader) -> bytes:
+    nonce = header.nonce.encode("ascii")
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"nonce must be {NONCE_LEN} ASCII characters")
+    body = HEADER.pack(MAGIC, VERSION, 0, header.pid, header.index, header.created_ns, nonce, 0)[:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def decode_header(data: bytes) -> SegmentHeader | None:
+    """The header at the start of ``data``, or None if it is short, foreign or corrupt."""
+    if len(data) < HEADER_SIZE:
+        return None
+    magic, version, _, pid, index, created_ns, nonce, crc = HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION or zlib.crc32(data[: HEADER_SIZE - 4]) != crc:
+        return None
+    try:
+        text = nonce.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return SegmentHeader(pid=pid, index=index, created_ns=created_ns, nonce=text)
+
+
+def encode_frame(frame_type: int, seq: int, payload: bytes) -> bytes:
+    """One complete frame. The producer's hot path inlines the same two lines."""
+    body = FRAME_META.pack(len(payload), frame_type, seq) + payload
+    return FRAME_PREFIX.pack(SYNC, zlib.crc32(body)) + body
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A whole, checked frame. ``offset``/``end`` are positions in the decoded stream."""
+
+    type: int
+    seq: int
+    payload: bytes
+    offset: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """``length`` bytes from ``offset`` were not a valid frame and were skipped."""
+
+    offset: int
+    length: int
+    reason: str  # "corrupt" or "torn"
+
+
+class NeedData:
+    """The buffered bytes end inside a frame: feed more, or call ``finish()`` if none will come."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+Item = Frame | Skip | NeedData
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(bytes)``, then call ``next()`` until it returns ``NEED_DATA``.
+
+    ``offset`` is the stream position of the first byte not yet consumed: everything before it has been
+    returned as a ``Frame`` or a ``Skip``. Start it at the file position of the first frame (just after
+    the header) and positions in every item are file offsets.
+
+    While more bytes may come, an incomplete frame at the end means "wait" (``NEED_DATA``). Once the
+    caller knows none will (the writer is gone), ``finish()`` makes the decoder treat an incomplete frame
+    as torn: it skips to the next sync word, still returning every whole frame that follows.
+    """
+
+    __slots__ = ("_buf", "_final", "_pos", "offset", "skipped_bytes")
+
+    def __init__(self, offset: int = 0) -> None:
+        self._buf = bytearray()
+        self._pos = 0  # index in _buf of the byte at self.offset
+        self._final = False
+        self.offset = offset
+        self.skipped_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"<FrameDecoder offset={self.offset} buffered={self.buffered} final={self._final}>"
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        if self._pos and (self._pos > 65536 or self._pos * 2 > len(self._buf)):
+            del self._buf[: self._pos]  # compact lazily: drop consumed bytes once they dominate
+            self._pos = 0
+        self._buf += data
+
+    def finish(self) -> None:
+        """No more bytes will come: an incomplete frame at the end is now a torn tail to skip."""
+        self._final = True
+
+    def skip_rest(self, reason: str) -> Skip | None:
+        """Discard everything buffered as one counted skip (a file that is not a segment at all)."""
+        left = self.buffered
+        if not left:
+            return None
+        skip = Skip(offset=self.offset, length=left, reason=reason)
+        self._buf.clear()
+        self._pos = 0
+        self.offset += left
+        self.skipped_bytes += left
+        return skip
+
+    def next(self) -> Item:
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail == 0:
+            return NEED_DATA
+        if avail < FRAME_HEAD_SIZE:
+            if self._final:
+                return self._skip_to_sync(pos + 1, "torn")
+            if not SYNC_BYTES.startswith(bytes(buf[pos : pos + 4])):
+                return self._skip_to_sync(pos + 1, "corrupt")
+            return NEED_DATA
+        sync, crc, n, frame_type, seq = FRAME_HEAD.unpack_from(buf, pos)
+        if sync != SYNC or n > MAX_PAYLOAD or frame_type not in _KNOWN_TYPES:
+            return self._skip_to_sync(pos + 1, "corrupt")
+        end = pos + FRAME_HEAD_SIZE + n
+        if end > len(buf):
+            if self._final:
+                return self._skip_to_sync(pos + 1, "torn")
+            return NEED_DATA
+        if zlib.crc32(memoryview(buf)[pos + 8 : end]) != crc:
+            return self._skip_to_sync(pos + 1, "corrupt")
+        payload = bytes(buf[pos + FRAME_HEAD_SIZE : end])
+        start = self.offset
+        self._pos = end
+        self.offset = start + FRAME_HEAD_SIZE + n
+        return Frame(type=frame_type, seq=seq, payload=payload, offset=start, end=self.offset)
+
+    def _skip_to_sync(self, search_from: int, reason: str) -> Skip:
+        buf = self._buf
+        found = buf.find(SYNC_BYTES, search_from)
+        if found < 0:
+            found = len(buf)
+            if not self._final:
+                # Keep a trailing partial sync word: its other bytes may still be on their way.
+                for keep in (3, 2, 1):
+                    if len(buf) - keep >= search_from and SYNC_BYTES.startswith(bytes(buf[-keep:])):
+                        found = len(buf) - keep
+                        break
+        length = found - self._pos
+        skip = Skip(offset=self.offset, length=length, reason=reason)
+        self._pos = found
+        self.offset += length
+        self.skipped_bytes += length
+        return skip

@@ -1,0 +1,323 @@
+"""The producer side of the spool: one segment file per process, appended with one write per event.
+
+How this works
+--------------
+A :class:`SegmentWriter` owns at most one open segment. The first append creates it: a file in
+``tmp/`` (O_EXCL, 0600) gets its header and an exclusive ``flock`` and is then renamed into
+``segments/``, so the sender never sees a file without a header or a lock. Each event is one frame,
+written with one ``os.write`` on an ``O_APPEND`` descriptor: once the call returns, the bytes are in the
+page cache and survive the process being SIGKILLed. The lock tells the sender the writer is alive; it
+is released by the kernel when the process dies, however it dies.
+
+The segment is sealed (a seal frame, then close) when it reaches a size or an age, and the next append
+opens the next one. Idle producers open nothing.
+
+fork: the child must not write to its parent's file (two writers would interleave frames and the
+seq numbers would collide). ``os.register_at_fork`` resets the child's writer, and a pid check on every
+append catches forks that skip the hooks (uWSGI without its fork hook, fork from C). The child closes
+its copy of the descriptor but never unlocks it: flock belongs to the open file description the parent
+still uses, so unlocking would release the parent's lock.
+
+Failures never raise: a short write, ENOSPC or EFBIG is rolled back with ``ftruncate`` to the last
+whole frame, counted as a drop, and the disk is left alone for a moment. The next successful append
+carries a drop-marker frame with the counts, so the sender learns what was lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+import weakref
+import zlib
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+
+from . import config
+from .errors import InvalidEventError, SpoolError
+from .framing import (
+    FRAME_DROPS,
+    FRAME_EVENT,
+    FRAME_META,
+    FRAME_PREFIX,
+    FRAME_SEAL,
+    MAX_PAYLOAD,
+    SYNC,
+    SegmentHeader,
+    encode_frame,
+    encode_header,
+)
+from .layout import SpoolPaths, ensure_spool, segment_name
+
+log = logging.getLogger("rudder_fast")
+
+DROP_DISK: Final = "disk_error"
+DROP_SPOOL: Final = "spool_unusable"
+DROP_QUOTA: Final = "quota"
+
+_meta_pack = FRAME_META.pack
+_prefix_pack = FRAME_PREFIX.pack
+_crc32 = zlib.crc32
+_getpid = os.getpid
+
+_OPEN_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+
+_live_writers: weakref.WeakSet[SegmentWriter] = weakref.WeakSet()
+_fork_hook_installed = False
+_fork_hook_lock = threading.Lock()
+
+
+def _reset_all_after_fork() -> None:
+    for writer in list(_live_writers):
+        writer._after_fork()
+
+
+def _install_fork_hook() -> None:
+    global _fork_hook_installed
+    with _fork_hook_lock:
+        if not _fork_hook_installed:
+            os.register_at_fork(after_in_child=_reset_all_after_fork)
+            _fork_hook_installed = True
+
+
+def new_nonce() -> str:
+    return os.urandom(8).hex()
+
+
+class SegmentWriter:
+    """Appends framed records to this process's own segment file. Thread-safe and fork-safe."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        *,
+        segment_max_bytes: int = config.SEGMENT_MAX_BYTES,
+        segment_max_age_s: float = config.SEGMENT_MAX_AGE_S,
+    ) -> None:
+        self.spool_dir = spool_dir
+        self._max_bytes = segment_max_bytes
+        self._max_age_ns = int(segment_max_age_s * 1e9)
+        self._paths: SpoolPaths | None = None
+        self._lock = threading.Lock()
+        self._packer = msgpack.Packer()
+        self._reset_state()
+        _install_fork_hook()
+        _live_writers.add(self)
+
+    def _reset_state(self) -> None:
+        self._pid = os.getpid()
+        self.nonce = new_nonce()
+        self.id_prefix = self.nonce + "-"  # messageId = f"{nonce}-{seq}"
+        self._seq = 0
+        self._index = 0
+        self._fd = -1
+        self._size = 0
+        self._roll_at_ns = 0
+        self._path: Path | None = None
+        self._disk_retry_ns = 0
+        self.accepted = 0
+        self.dropped: dict[str, int] = {}
+        self._unreported: dict[str, int] = {}
+        self._last_warning_ns = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<SegmentWriter pid={self._pid} nonce={self.nonce} seq={self._seq} "
+            f"segment={self._path.name if self._path else None} size={self._size}>"
+        )
+
+    @property
+    def segment_path(self) -> Path | None:
+        return self._path
+
+    def _after_fork(self) -> None:
+        """In a child: forget the parent's segment (close our copy of the fd, never unlock it)."""
+        if self._pid == os.getpid():
+            return
+        fd = self._fd
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._packer = msgpack.Packer()
+        self._reset_state()
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def append(self, record: list[Any], now_ns: int) -> int | None:
+        """Write one event record; its seq number, or None if it was dropped (and counted)."""
+        if self._pid != _getpid():
+            self._after_fork()
+        with self._lock:
+            fd = self._fd
+            if (
+                fd < 0
+                or self._size >= self._max_bytes
+                or now_ns >= self._roll_at_ns
+                or now_ns < self._disk_retry_ns
+            ):
+                fd = self._prepare(now_ns)
+                if fd < 0:
+                    return None
+            payload = self._packer.pack(record)
+            n = len(payload)
+            if n > MAX_PAYLOAD:
+                raise InvalidEventError(
+                    _largest_field(record),
+                    f"the event is {n:,} bytes encoded; the limit is {MAX_PAYLOAD:,}",
+                )
+            prefix = self._drops_frame() if self._unreported else b""
+            seq = self._seq
+            body = _meta_pack(n, FRAME_EVENT, seq) + payload
+            frame = prefix + _prefix_pack(SYNC, _crc32(body)) + body
+            try:
+                written = os.write(fd, frame)
+            except OSError as exc:
+                self._write_failed(now_ns, exc)
+                return None
+            if written != len(frame):
+                self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"))
+                return None
+            self._size += written
+            self._seq = seq + 1
+            self.accepted += 1
+            if self._unreported:
+                self._unreported = {}
+            return seq
+
+    def count_drop(self, reason: str, now_ns: int) -> None:
+        """Count an event dropped before it reached the disk (quota); reported by the next frame."""
+        with self._lock:
+            self._count_drop_locked(reason, now_ns)
+
+    def _count_drop_locked(self, reason: str, now_ns: int) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self._unreported[reason] = self._unreported.get(reason, 0) + 1
+        if now_ns - self._last_warning_ns >= config.WARNING_INTERVAL_S * 1e9:
+            self._last_warning_ns = now_ns
+            log.warning("rudder_fast: dropping events (%s); dropped so far: %s", reason, self.dropped)
+
+    def _drops_frame(self) -> bytes:
+        seq = self._seq
+        self._seq = seq + 1
+        return encode_frame(FRAME_DROPS, seq, msgpack.packb(self._unreported))
+
+    def _write_failed(self, now_ns: int, exc: OSError) -> None:
+        # Roll back whatever part of the frame reached the file: only whole frames may stay.
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            pass
+        if exc.errno == errno.EBADF:
+            self._fd = -1  # someone closed our descriptor: start a new segment next time
+        self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+        self._count_drop_locked(DROP_DISK, now_ns)
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            log.debug("rudder_fast: spool write failed: %s", exc)
+
+    def _prepare(self, now_ns: int) -> int:
+        """The slow path: honour a disk back-off, rotate or open. The fd, or -1 (drop counted)."""
+        if now_ns < self._disk_retry_ns:
+            self._count_drop_locked(DROP_DISK, now_ns)
+            return -1
+        fd = self._fd
+        if fd >= 0 and self._size < self._max_bytes and now_ns < self._roll_at_ns:
+            return fd
+        if self._fd >= 0:
+            self.close_segment()
+        try:
+            fd = self._open_segment(now_ns)
+        except SpoolError as exc:
+            self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+            self._count_drop_locked(DROP_SPOOL, now_ns)
+            if self.dropped[DROP_SPOOL] == 1:
+                log.warning("rudder_fast: %s", exc)
+            return -1
+        except OSError:
+            self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+            self._count_drop_locked(DROP_DISK, now_ns)
+            return -1
+        return fd
+
+    def _open_segment(self, now_ns: int) -> int:
+        if self._paths is None:
+            self._paths = ensure_spool(self.spool_dir)
+        paths = self._paths
+        name = segment_name(self.nonce, self._pid, self._index)
+        tmp_path = paths.tmp / name
+        try:
+            fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
+        except FileNotFoundError:
+            self._paths = paths = ensure_spool(self.spool_dir)  # the directories were removed
+            fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            header = encode_header(
+                SegmentHeader(pid=self._pid, index=self._index, created_ns=now_ns, nonce=self.nonce)
+            )
+            if os.write(fd, header) != len(header):
+                raise OSError(errno.ENOSPC, "short write of segment header")
+            final_path = paths.segments / name
+            os.rename(tmp_path, final_path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp_path)
+            except OSError:
+                pass
+            raise
+        self._fd = fd
+        self._size = len(header)
+        self._path = final_path
+        self._index += 1
+        self._roll_at_ns = now_ns + self._max_age_ns
+        return fd
+
+    def close_segment(self) -> None:
+        """Seal and close the open segment, if any (rotation, or an orderly shutdown)."""
+        fd = self._fd
+        if fd < 0:
+            return
+        self._fd = -1
+        self._path = None
+        try:
+            frame = b""
+            if self._unreported:
+                frame = self._drops_frame()
+            frame += encode_frame(FRAME_SEAL, self._seq, b"")
+            if os.write(fd, frame) == len(frame):
+                self._seq += 1
+                self._unreported = {}
+            else:
+                os.ftruncate(fd, self._size)
+        except OSError:
+            try:
+                os.ftruncate(fd, self._size)
+            except OSError:
+                pass
+        finally:
+            os.close(fd)  # releases the flock: the sender now sees the file as finished
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+            return
+        with self._lock:
+            self.close_segment()
+
+
+def _largest_field(record: list[Any]) -> str:
+    """The name of the biggest JSON-valued argument of an oversized record, for the error message."""
+    from .events import field_names
+
+    names = field_names(record[0])
+    sizes = [
+        (len(v) if isinstance(v, (bytes, str)) else 0, names[i])
+        for i, v in enumerate(record)
+        if i < len(names)
+    ]
+    return max(sizes)[1]
