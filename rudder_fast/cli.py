@@ -7,14 +7,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import config
+from . import config, devserver, ledger
 from .reading import scan_pending
+
+
+def _acked_offsets(spool: Path) -> dict[str, int]:
+    """The sender's acknowledged offsets (read-only: never sets a corrupt ledger aside)."""
+    try:
+        state = ledger.decode((spool / "ledger").read_bytes())
+    except FileNotFoundError:
+        return {}
+    return state.offsets if state is not None else {}
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     spool = config.resolve_spool_dir(args.spool_dir)
     out = sys.stdout.buffer
-    summary = scan_pending(spool, on_event=lambda line: out.write(line + b"\n"))
+    summary = scan_pending(spool, on_event=lambda line: out.write(line + b"\n"), acked=_acked_offsets(spool))
     out.flush()
     print(
         f"{summary.events} events pending in {summary.segments} segments; "
@@ -33,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--spool-dir", type=Path, default=None)
     inspect.set_defaults(func=_cmd_inspect)
+    dev = sub.add_parser("devserver", help="a local stand-in for the RudderStack data plane")
+    devserver.add_arguments(dev)
+    dev.set_defaults(func=devserver.run)
     return parser
 
 

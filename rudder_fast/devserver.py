@@ -1,0 +1,382 @@
+"""``rudder-fast devserver``: a local stand-in for the RudderStack data plane's ``POST /v1/batch``.
+
+It answers exactly as WIRE.md describes the real gateway (rudder-server v1.83): HTTP Basic auth with
+the write key as user name, gzip only with ``Content-Encoding: gzip``, validation in the gateway's order
+with plain-text bodies, the size limit on the decompressed body, and nothing stored on any 4xx.
+Accepted events are appended to ``--out`` as JSON lines (the event as received plus ``receivedAt``).
+
+Fault switches, for tests and demos, set by options at start or at run time by ``POST /_control``
+with a JSON object (loopback only; not part of the real data plane)::
+
+    {"fail_status": 503, "fail_for": 3.0}   answer this status to every batch for 3 s
+    {"down_for": 2.0}                       close the port (connection refused) for 2 s
+    {"max_body": 100000}                    lower the size limit (decompressed bytes)
+    {"poison_user_id": "bad"}               400 for any batch holding an event with this userId
+    {"latency_ms": 50}                      wait before answering
+    {"disabled": true}                      404 source is disabled
+
+``GET /_stats`` returns the counts as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import http.server
+import socket
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+
+MAX_BODY: Final = 4_096_000  # the gateway's maxReqSizeInKB = 4000
+_INVISIBLE: Final = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+
+
+@dataclass
+class Faults:
+    fail_status: int | None = None
+    fail_until: float = 0.0
+    max_body: int = MAX_BODY
+    poison_user_id: str | None = None
+    latency_s: float = 0.0
+    disabled: bool = False
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    events: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    gzip_requests: int = 0
+    plain_requests: int = 0
+
+
+def blank(value: Any) -> bool:
+    """The gateway's test for a missing id: null, not a string... or only whitespace/invisible chars."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False  # the gateway stringifies non-string ids; they are not blank
+    return not value.strip().strip(_INVISIBLE).strip()
+
+
+def validate_batch(body: bytes, max_body: int) -> tuple[int, str, list[dict[str, Any]]]:
+    """(status, answer, events) for a decompressed body, in the gateway's order of checks."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 400, "invalid json", []
+    batch = doc.get("batch") if isinstance(doc, dict) else None
+    events = batch if isinstance(batch, list) else []
+    for event in events:
+        if not isinstance(event, dict):
+            return 400, "event is not a valid rudder event", []
+    for event in events:
+        if blank(event.get("anonymousId")) and blank(event.get("userId")):
+            return 400, "request neither has anonymousId nor userId", []
+    if not events:
+        return 400, "empty batch payload", []
+    if len(body) > max_body:
+        return 413, "request size exceeds max limit", []
+    return 200, "ok", events
+
+
+class DevServer:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        write_keys: Sequence[str],
+        out: Path | None,
+        faults: Faults,
+        quiet: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.write_keys = set(write_keys)
+        self.faults = faults
+        self.stats = Stats()
+        self.quiet = quiet
+        self._lock = threading.Lock()
+        self._out: IO[bytes] | None = open(out, "ab") if out else None  # noqa: SIM115
+        self._httpd: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._stopped = threading.Event()
+
+    # serving
+
+    def start(self) -> None:
+        server = self
+
+        class Handler(_Handler):
+            dev = server
+
+        httpd = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
+        httpd.daemon_threads = True
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread.daemon = True
+        self._thread.start()
+
+    def stop_listening(self) -> None:
+        httpd = self._httpd
+        if httpd is None:
+            return
+        self._httpd = None
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def go_down(self, seconds: float) -> None:
+        def run() -> None:
+            self.stop_listening()
+            if self._stopped.wait(seconds):
+                return
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    self.start()
+                    return
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.stop_listening()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    # request handling
+
+    def check_auth(self, header: str | None) -> tuple[int, str] | None:
+        if not header or not header.startswith("Basic "):
+            return 401, "failed to read writekey from header"
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return 401, "failed to read writekey from header"
+        key, sep, _ = decoded.partition(":")
+        if not sep or not key:
+            return 401, "failed to read writekey from header"
+        if self.write_keys and key not in self.write_keys:
+            return 401, "invalid write key"
+        return None
+
+    def handle_batch(self, headers: Any, raw: bytes) -> tuple[int, str]:
+        faults = self.faults
+        if faults.latency_s:
+            time.sleep(faults.latency_s)
+        refused = self.check_auth(headers.get("Authorization"))
+        if refused is not None:
+            return refused
+        if faults.disabled:
+            return 404, "source is disabled"
+        if faults.fail_status is not None and time.time() < faults.fail_until:
+            return faults.fail_status, _reason(faults.fail_status)
+        encoding = headers.get("Content-Encoding")
+        gz = encoding == "gzip"
+        if gz:
+            try:
+                body = zlib.decompress(raw, 47)  # gzip or zlib container, as Go's reader is lenient
+            except zlib.error:
+                return 500, "failed to read body from request"
+        else:
+            body = raw
+        status, answer, events = validate_batch(body, faults.max_body)
+        poison = faults.poison_user_id
+        if status == 200 and poison is not None and any(e.get("userId") == poison for e in events):
+            return 400, "request neither has anonymousId nor userId"
+        if status != 200:
+            return status, answer
+        received = _iso_now()
+        lines = []
+        for event in events:
+            event["receivedAt"] = received
+            lines.append(orjson.dumps(event))
+        with self._lock:
+            self.stats.events += len(events)
+            if gz:
+                self.stats.gzip_requests += 1
+            else:
+                self.stats.plain_requests += 1
+            if self._out is not None:
+                self._out.write(b"\n".join(lines) + b"\n")
+                self._out.flush()
+        return 200, "ok"
+
+    def control(self, body: bytes) -> tuple[int, str]:
+        try:
+            cmd = orjson.loads(body)
+            if not isinstance(cmd, dict):
+                raise ValueError("not an object")
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            return 400, f"bad control request: {exc}"
+        f = self.faults
+        if "fail_status" in cmd:
+            f.fail_status = cmd["fail_status"]
+            f.fail_until = time.time() + float(cmd.get("fail_for", 3600))
+        if "max_body" in cmd:
+            f.max_body = int(cmd["max_body"]) if cmd["max_body"] else MAX_BODY
+        if "poison_user_id" in cmd:
+            f.poison_user_id = cmd["poison_user_id"]
+        if "latency_ms" in cmd:
+            f.latency_s = float(cmd["latency_ms"]) / 1000
+        if "disabled" in cmd:
+            f.disabled = bool(cmd["disabled"])
+        if "write_keys" in cmd:
+            self.write_keys = set(cmd["write_keys"])
+        if "down_for" in cmd:
+            self.go_down(float(cmd["down_for"]))
+        return 200, "ok"
+
+    def record(self, status: int) -> None:
+        with self._lock:
+            self.stats.requests += 1
+            key = str(status)
+            self.stats.by_status[key] = self.stats.by_status.get(key, 0) + 1
+
+    def stats_json(self) -> bytes:
+        with self._lock:
+            s = self.stats
+            return orjson.dumps(
+                {
+                    "requests": s.requests,
+                    "events": s.events,
+                    "by_status": s.by_status,
+                    "gzip_requests": s.gzip_requests,
+                    "plain_requests": s.plain_requests,
+                }
+            )
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    dev: DevServer
+    protocol_version = "HTTP/1.1"  # keep-alive, as the sender's pool expects
+
+    def setup(self) -> None:
+        super().setup()
+        with self.dev._lock:
+            self.dev._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.dev._lock:
+            self.dev._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _answer(self, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        path = self.path.split("?", 1)[0]
+        if path == "/_control":
+            status, text = self.dev.control(raw)
+            self._answer(status, text)
+            return
+        if path != "/v1/batch":
+            self._answer(404, "404 page not found")
+            return
+        status, text = self.dev.handle_batch(self.headers, raw)
+        self.dev.record(status)
+        self._answer(status, text)
+
+    def do_GET(self) -> None:
+        if self.path == "/_stats":
+            self._answer(200, self.dev.stats_json().decode(), "application/json")
+        elif self.path == "/health":
+            self._answer(200, '{"server":"UP"}', "application/json")
+        else:
+            self._answer(404, "404 page not found")
+
+
+def _reason(status: int) -> str:
+    return {
+        429: "max requests limit reached",
+        500: "internal server error",
+        503: "service unavailable",
+        504: "gateway timeout",
+    }.get(status, "error")
+
+
+def _iso_now() -> str:
+    ns = time.time_ns()
+    t = time.gmtime(ns // 1_000_000_000)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+        f"{t.tm_sec:02d}.{(ns // 1_000_000) % 1000:03d}Z"
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed at start)")
+    p.add_argument("--write-key", action="append", default=[], help="a valid key (repeatable)")
+    p.add_argument("--out", type=Path, help="append accepted events here as JSON lines")
+    p.add_argument("--fail-status", type=int, help="answer this status to every batch...")
+    p.add_argument("--fail-for", type=float, default=3600.0, help="...for this many seconds")
+    p.add_argument("--max-body", type=int, default=MAX_BODY, help="size limit, decompressed bytes")
+    p.add_argument("--poison-user-id", help="400 for batches holding an event with this userId")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
+    p.add_argument("--quiet", action="store_true", help="no live count on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    faults = Faults(
+        fail_status=args.fail_status,
+        fail_until=time.time() + args.fail_for if args.fail_status else 0.0,
+        max_body=args.max_body,
+        poison_user_id=args.poison_user_id,
+        latency_s=args.latency_ms / 1000,
+    )
+    server = DevServer(args.host, args.port, args.write_key, args.out, faults, quiet=args.quiet)
+    server.start()
+    print(f"listening on http://{args.host}:{server.port}", flush=True)
+    stop = threading.Event()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    last = -1
+    try:
+        while not stop.wait(1.0):
+            events = server.stats.events
+            if not args.quiet and events != last:
+                print(f"devserver: {events} events accepted, {server.stats.requests} requests",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                last = events
+    finally:
+        server.close()
+    return 0

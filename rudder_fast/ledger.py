@@ -1,0 +1,150 @@
+"""The sender's durable record of what the data plane acknowledged.
+
+How this works
+--------------
+The ledger maps each segment's file name to the offset up to which every event was acknowledged (or
+quarantined, or skipped as torn/corrupt), together with the delivery counters, so offsets and counters
+always move together. It is replaced atomically: written to ``ledger.tmp``, fsynced, renamed over
+``ledger``, and the directory fsynced. A crash at any point leaves either the old or the new ledger.
+
+File format: one line ``rudder-fast-ledger 1 <crc32 of the JSON, hex>``, then the JSON. A ledger that
+fails its check is set aside as ``ledger.corrupt-<time>`` and the sender starts from the segments'
+beginnings: events are resent (same messageIds), never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("rudder_fast.sender")
+
+_MAGIC = b"rudder-fast-ledger 1 "
+
+
+@dataclass
+class Counters:
+    """Delivery counters, persisted with the offsets."""
+
+    sent: int = 0
+    retried: int = 0
+    rejected: int = 0
+    skipped_bytes: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def add_drops(self, drops: dict[str, int]) -> None:
+        for reason, n in drops.items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "retried": self.retried,
+            "rejected": self.rejected,
+            "skipped_bytes": self.skipped_bytes,
+            "dropped": dict(self.dropped),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Counters:
+        if not isinstance(data, dict):
+            return cls()
+        dropped = data.get("dropped")
+        return cls(
+            sent=int(data.get("sent", 0)),
+            retried=int(data.get("retried", 0)),
+            rejected=int(data.get("rejected", 0)),
+            skipped_bytes=int(data.get("skipped_bytes", 0)),
+            dropped={str(k): int(v) for k, v in dropped.items()} if isinstance(dropped, dict) else {},
+        )
+
+
+@dataclass
+class LedgerState:
+    generation: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+
+
+def encode(state: LedgerState) -> bytes:
+    body = orjson.dumps(
+        {
+            "generation": state.generation,
+            "offsets": state.offsets,
+            "counters": state.counters.to_json(),
+        }
+    )
+    return _MAGIC + f"{zlib.crc32(body):08x}\n".encode() + body
+
+
+def decode(data: bytes) -> LedgerState | None:
+    """The ledger in ``data``, or None if it is not a whole, valid ledger."""
+    if not data.startswith(_MAGIC):
+        return None
+    head, sep, body = data.partition(b"\n")
+    if not sep:
+        return None
+    try:
+        crc = int(head[len(_MAGIC) :], 16)
+    except ValueError:
+        return None
+    if zlib.crc32(body) != crc:
+        return None
+    try:
+        obj = orjson.loads(body)
+        offsets = {str(k): int(v) for k, v in obj["offsets"].items()}
+        return LedgerState(
+            generation=int(obj["generation"]),
+            offsets=offsets,
+            counters=Counters.from_json(obj.get("counters")),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def load(path: Path) -> LedgerState:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return LedgerState()
+    state = decode(data)
+    if state is None:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        os.replace(path, aside)
+        log.error(
+            "ledger %s is corrupt; set aside as %s: pending events will be resent from the start "
+            "of their segments (duplicates, not losses)",
+            path,
+            aside,
+        )
+        return LedgerState()
+    return state
+
+
+def commit(path: Path, state: LedgerState) -> None:
+    """Durably replace the ledger with ``state`` (write temp, fsync, rename, fsync directory)."""
+    state.generation += 1
+    data = encode(state)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

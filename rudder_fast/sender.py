@@ -1,0 +1,947 @@
+"""``rudder-fast-sender``: tails the spool and delivers it to the data plane, at least once.
+
+How this works
+--------------
+One main thread reads; K worker threads deliver.
+
+The main thread owns every piece of state. It discovers segments, reads each from its acknowledged
+offset, turns event frames into wire events (orjson, once per event) and packs them into batches by
+bytes, count and linger time. It hands each full batch to a worker and applies the results the workers
+send back. Per segment it keeps the frames it has read as an ordered list of *chunks*, each tied to the
+batch that holds its events; a segment's acknowledged offset advances only over a prefix of chunks
+whose batches are all resolved (delivered, or quarantined after the server refused them), and the
+ledger is committed right after. A crash therefore resends at most the batches in flight, each event
+with its original messageId.
+
+A worker owns one batch until it is resolved: it stamps ``sentAt``, gzips and posts it, and follows the
+retry policy (back off and retry; split on 413; bisect on 400 and quarantine the refused events; hold
+everything on 401/404). Workers never touch the spool or the ledger.
+
+A segment is finished when its writer is gone (its flock is free) or it carries a seal frame, and every
+byte has been read; once its offset is acknowledged to the end it is closed, unlinked, then dropped
+from the ledger. Memory is bounded: at most K batches in flight, one being built, one waiting, and a
+bounded read buffer per segment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import fcntl
+import logging
+import os
+import queue
+import resource
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+import orjson
+
+from . import __version__, config, ledger
+from .batching import (
+    SERVER_MAX_BODY,
+    BatchLimits,
+    body_size,
+    build_body,
+    halves,
+)
+from .errors import ConfigurationError, SpoolError
+from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, NEED_DATA, Frame, Skip
+from .layout import SpoolPaths, ensure_spool
+from .retry import Action, RetryPolicy, default_rng, parse_retry_after
+from .tail import SegmentTail, list_segments, writer_alive
+from .transport import Response, Transport, TransportError, redact_url
+from .wire import IsoClock, WireMapper
+
+log = logging.getLogger("rudder_fast.sender")
+
+EXIT_OK: Final = 0
+EXIT_USAGE: Final = 2
+EXIT_LOCKED: Final = 3
+EXIT_DRAIN_FAILED: Final = 4
+
+# Defaults and their reasons (each also an option and an environment variable).
+DEFAULT_CONCURRENCY: Final = 4  # requests in flight: hides round-trip latency; the gateway scales out
+DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
+DEFAULT_READ_TIMEOUT_S: Final = 30.0  # the gateway's own write timeout is 10 s; leave it room
+DEFAULT_STOP_TIMEOUT_S: Final = 5.0  # SIGTERM: wait this long for requests in flight, then abandon them
+POLL_MIN_S: Final = 0.005  # idle polling starts fast (new events are found within milliseconds)...
+POLL_MAX_S: Final = 0.1  # ...and slows to this when nothing arrives
+PROBE_INTERVAL_S: Final = 0.25  # how often an idle live segment's writer lock is probed
+RESCAN_INTERVAL_S: Final = 0.2  # how often segments/ is listed for new files
+REJECTED_MAX_BYTES: Final = 64 * 1024 * 1024  # bound on rejected/; beyond it refused events are counted
+STATUS_INTERVAL_S: Final = 1.0
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    spool_dir: Path
+    write_key: str
+    data_plane_url: str
+    gzip: bool = True
+    limits: BatchLimits = field(default_factory=BatchLimits)
+    concurrency: int = DEFAULT_CONCURRENCY
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
+    read_timeout: float = DEFAULT_READ_TIMEOUT_S
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT_S
+    drain: bool = False
+    drain_timeout: float | None = None
+    ca_bundle: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __repr__(self) -> str:  # never show the write key
+        return (
+            f"SenderConfig(spool_dir={str(self.spool_dir)!r}, "
+            f"data_plane_url={redact_url(self.data_plane_url)!r}, gzip={self.gzip}, "
+            f"concurrency={self.concurrency}, drain={self.drain})"
+        )
+
+
+# -- bookkeeping of what has been read and what is resolved --------------------------------------------
+
+
+class Chunk:
+    """A contiguous range of one segment, ending at ``end``, resolved when ``batch`` is."""
+
+    __slots__ = ("batch", "done", "drops", "end", "skipped")
+
+    def __init__(self, batch: Batch | None, end: int, done: bool = False) -> None:
+        self.batch = batch
+        self.end = end
+        self.done = done
+        self.skipped = 0
+        self.drops: dict[str, int] | None = None
+
+
+class Segment:
+    __slots__ = ("acked", "chunks", "name", "next_probe", "tail")
+
+    def __init__(self, name: str, tail: SegmentTail, acked: int) -> None:
+        self.name = name
+        self.tail = tail
+        self.acked = acked
+        self.chunks: collections.deque[Chunk] = collections.deque()
+        self.next_probe = 0.0
+
+    @property
+    def finished(self) -> bool:
+        """Everything read and resolved, and the file will not grow again."""
+        return self.tail.done and not self.chunks
+
+
+class Batch:
+    __slots__ = ("chunks", "created", "id", "stub_bytes", "stubs")
+
+    def __init__(self, batch_id: int, created: float) -> None:
+        self.id = batch_id
+        self.created = created
+        self.stubs: list[bytes] = []
+        self.stub_bytes = 0
+        self.chunks: list[tuple[Segment, Chunk]] = []
+
+    def __repr__(self) -> str:
+        return f"<Batch id={self.id} events={len(self.stubs)} bytes={self.size}>"
+
+    @property
+    def size(self) -> int:
+        return body_size(self.stub_bytes, len(self.stubs))
+
+
+@dataclass
+class Result:
+    """What a worker reports once a batch is resolved (or abandoned at shutdown)."""
+
+    batch: Batch
+    delivered: int = 0
+    rejected: int = 0
+    retried: int = 0
+    abandoned: bool = False
+
+
+# -- delivery state shared between workers, logged on change only --------------------------------------
+
+
+class DeliveryState:
+    """``ok``, ``backoff``, ``halted`` (401) or ``disabled`` (404); one log line per change."""
+
+    def __init__(self, url: str) -> None:
+        self._lock = threading.Lock()
+        self.url = redact_url(url)
+        self.state = "starting"
+        self.since = time.time()
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    def success(self) -> None:
+        with self._lock:
+            if self.state == "ok":
+                return
+            if self.state == "starting":
+                log.info("delivering to %s", self.url)
+            else:
+                log.info(
+                    "recovered: delivering to %s again after %.1f s (%s)",
+                    self.url,
+                    time.time() - self.since,
+                    self.state,
+                )
+            self.state = "ok"
+            self.since = time.time()
+
+    def failure(self, state: str, reason: str, delay: float) -> None:
+        with self._lock:
+            self.last_error = reason
+            self.last_error_at = time.time()
+            if self.state == state:
+                return
+            self.state = state
+            self.since = time.time()
+            if state == "halted":
+                log.error(
+                    "HALTED: %s answered %s. Check the write key (RUDDER_WRITE_KEY / --write-key). "
+                    "Nothing is sent and nothing is lost: every event stays in the spool; retrying "
+                    "every %.0f s.",
+                    self.url,
+                    reason,
+                    delay,
+                )
+            elif state == "disabled":
+                log.error(
+                    "%s answered %s: the source is disabled. Events are kept; retrying every %.0f s.",
+                    self.url,
+                    reason,
+                    delay,
+                )
+            else:
+                log.warning("backing off: %s (%s); events are kept and retried", reason, self.url)
+
+
+# -- the worker: one batch at a time, until resolved ---------------------------------------------------
+
+
+class Deliverer:
+    """Delivers one batch following the retry policy. Runs in worker threads."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        policy: RetryPolicy,
+        state: DeliveryState,
+        stop: threading.Event,
+        quarantine: Quarantine,
+    ) -> None:
+        self.transport = transport
+        self.policy = policy
+        self.state = state
+        self.stop = stop
+        self.quarantine = quarantine
+        self.rng = default_rng()
+        self.clock = IsoClock()
+
+    def deliver(self, batch: Batch) -> Result:
+        result = Result(batch)
+        # Work list of index ranges into batch.stubs still to send; a 400 or 413 splits a range.
+        work: list[range] = [range(len(batch.stubs))]
+        while work:
+            part = work.pop()
+            stubs = batch.stubs[part.start : part.stop]
+            attempt = 0
+            while True:
+                if self.stop.is_set():
+                    result.abandoned = True
+                    return result
+                attempt += 1
+                body = build_body(stubs, self.clock.format_ns(time.time_ns()))
+                status: int | None
+                resp: Response | None = None
+                error = ""
+                try:
+                    resp = self.transport.post(body)
+                    status = resp.status
+                except TransportError as exc:
+                    status, error = None, str(exc)
+                decision = self.policy.decide(
+                    status,
+                    attempt=attempt,
+                    batch_size=len(stubs),
+                    rng=self.rng,
+                    retry_after=parse_retry_after(resp.retry_after if resp else None, time.time()),
+                    error=error,
+                )
+                action = decision.action
+                if action is Action.ACK:
+                    self.state.success()
+                    result.delivered += len(stubs)
+                    break
+                if action in (Action.SPLIT, Action.BISECT):
+                    self.state.success()  # the server answered: it is up
+                    first, second = halves(len(part))
+                    work.append(range(part.start + second.start, part.start + second.stop))
+                    work.append(range(part.start + first.start, part.start + first.stop))
+                    log.info("%s (%d events)", decision.reason, len(stubs))
+                    break
+                if action is Action.QUARANTINE:
+                    self.state.success()
+                    assert resp is not None
+                    self.quarantine.put(stubs[0], resp.status, resp.body)
+                    result.rejected += 1
+                    break
+                # RETRY, HALT, DISABLED: keep the events, wait, and try the same request again.
+                result.retried += 1
+                reason = decision.reason + (f": {resp.body}" if resp is not None and resp.body else "")
+                state = {Action.HALT: "halted", Action.DISABLED: "disabled"}.get(action, "backoff")
+                self.state.failure(state, reason, decision.delay)
+                if self.stop.wait(decision.delay):
+                    result.abandoned = True
+                    return result
+        return result
+
+
+class Quarantine:
+    """``rejected/``: events the data plane refused, one JSON line each with its answer. Bounded."""
+
+    def __init__(self, directory: Path, max_bytes: int = REJECTED_MAX_BYTES) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self.overflow = 0
+
+    def put(self, stub: bytes, status: int, answer: str) -> None:
+        line = orjson.dumps(
+            {
+                "status": status,
+                "response": answer,
+                "rejected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "event": orjson.Fragment(stub + b"}"),
+            }
+        )
+        with self._lock:
+            path = self.directory / f"rejected-{time.strftime('%Y%m%d', time.gmtime())}.jsonl"
+            used = sum(p.stat().st_size for p in self.directory.glob("*.jsonl"))
+            if used + len(line) > self.max_bytes:
+                self.overflow += 1
+                log.error("rejected/ is full (%d bytes): a refused event was not kept", used)
+                return
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        log.warning("quarantined one event in %s: HTTP %d %s", path.name, status, answer)
+
+
+# -- the main loop ---------------------------------------------------------------------------------------
+
+
+class Sender:
+    def __init__(self, cfg: SenderConfig) -> None:
+        self.cfg = cfg
+        self.paths: SpoolPaths = ensure_spool(cfg.spool_dir)
+        self.stop = threading.Event()
+        self.state = DeliveryState(cfg.data_plane_url)
+        self.transport = Transport(
+            cfg.data_plane_url,
+            cfg.write_key,
+            gzip=cfg.gzip,
+            connect_timeout=cfg.connect_timeout,
+            read_timeout=cfg.read_timeout,
+            pool_size=cfg.concurrency,
+            ca_bundle=cfg.ca_bundle,
+            user_agent=f"rudder-fast/{__version__}",
+        )
+        self.quarantine = Quarantine(self.paths.rejected)
+        self.mapper = WireMapper(__version__)
+        self.ledger = ledger.LedgerState()
+        self.segments: dict[str, Segment] = {}
+        self.batch: Batch | None = None
+        self.ready: Batch | None = None
+        self.inflight = 0
+        self._next_batch_id = 0
+        self._work: queue.Queue[Batch | None] = queue.Queue()
+        self._results: queue.Queue[Result] = queue.Queue()
+        self._workers: list[threading.Thread] = []
+        self._lock_fd = -1
+        self._dirty = False
+        self._next_rescan = 0.0
+        self._next_status = 0.0
+        self._started = time.monotonic()
+        self._sent_window: collections.deque[tuple[float, int]] = collections.deque()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Sender inflight={self.inflight} segments={len(self.segments)} "
+            f"state={self.state.state} sent={self.ledger.counters.sent}>"
+        )
+
+    # lifecycle
+
+    def acquire_lock(self) -> bool:
+        fd = os.open(self.paths.sender_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        return True
+
+    def run(self) -> int:
+        self.ledger = ledger.load(self.paths.ledger)
+        for i in range(self.cfg.concurrency):
+            deliverer = Deliverer(self.transport, self.cfg.retry, self.state, self.stop, self.quarantine)
+            t = threading.Thread(
+                target=self._worker, args=(deliverer,), name=f"rudder-fast-worker-{i}", daemon=True
+            )
+            t.start()
+            self._workers.append(t)
+        log.info(
+            "sender started: spool %s, data plane %s, gzip %s, %d in flight, batches <= %d bytes",
+            self.paths.root,
+            redact_url(self.transport.url),
+            "on" if self.cfg.gzip else "off",
+            self.cfg.concurrency,
+            self.cfg.limits.max_bytes,
+        )
+        deadline = (
+            time.monotonic() + self.cfg.drain_timeout
+            if self.cfg.drain and self.cfg.drain_timeout is not None
+            else None
+        )
+        code = EXIT_OK
+        idle_sleep = POLL_MIN_S
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                got = self._collect_results(block_for=0.0)
+                if now >= self._next_rescan:
+                    self._rescan()
+                    self._next_rescan = now + RESCAN_INTERVAL_S
+                progressed = self._pump(now)
+                self._flush_due(now, caught_up=not progressed)
+                self._reap_finished()
+                self._commit_if_dirty()
+                self._write_status_if_due(now)
+                if self.cfg.drain:
+                    if self.state.state == "halted":
+                        log.error("drain stopped: the data plane refused the write key (401)")
+                        code = EXIT_DRAIN_FAILED
+                        break
+                    if not progressed and self._drained():
+                        log.info("drain complete: every event delivered or quarantined")
+                        break
+                    if deadline is not None and now > deadline:
+                        log.error("drain timed out after %.1f s with events pending", self.cfg.drain_timeout)
+                        code = EXIT_DRAIN_FAILED
+                        break
+                if progressed or got:
+                    idle_sleep = POLL_MIN_S
+                    continue
+                self._collect_results(block_for=idle_sleep)
+                idle_sleep = min(POLL_MAX_S, idle_sleep * 2)
+        finally:
+            self._shutdown()
+        return code
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop.set()
+
+    def _shutdown(self) -> None:
+        self.stop.set()  # workers abandon backoff waits at once
+        deadline = time.monotonic() + self.cfg.stop_timeout
+        while self.inflight and time.monotonic() < deadline:
+            self._collect_results(block_for=0.05)
+        if self.inflight:
+            log.warning(
+                "%d request(s) still in flight at shutdown: their events stay pending and will be "
+                "resent (same messageIds)",
+                self.inflight,
+            )
+        self._reap_finished()
+        self._commit_if_dirty()
+        self._write_status(final=True)
+        for _ in self._workers:
+            self._work.put(None)
+        for seg in self.segments.values():
+            seg.tail.close()
+        self.transport.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _worker(self, deliverer: Deliverer) -> None:
+        while True:
+            batch = self._work.get()
+            if batch is None:
+                return
+            try:
+                result = deliverer.deliver(batch)
+            except Exception:  # a bug must not lose the batch: report it abandoned (kept pending)
+                log.exception("unexpected error delivering a batch; its events stay pending")
+                result = Result(batch, abandoned=True)
+                self.stop.wait(1.0)
+            self._results.put(result)
+
+    # discovery and reading
+
+    def _rescan(self) -> None:
+        present = set()
+        for path in list_segments(self.paths.segments):
+            name = path.name
+            present.add(name)
+            if name in self.segments:
+                continue
+            tail = SegmentTail.open(path, self.ledger.offsets.get(name, 0))
+            if tail is None:
+                continue
+            acked = tail.decoder.offset
+            self.segments[name] = Segment(name, tail, acked)
+        for name in list(self.ledger.offsets):
+            if name not in present and name not in self.segments:
+                del self.ledger.offsets[name]  # deleted before the last commit recorded it
+                self._dirty = True
+
+    def _pump(self, now: float) -> bool:
+        """Read and batch whatever is available, as far as the in-flight bound allows."""
+        progressed = False
+        for seg in list(self.segments.values()):
+            if self.ready is not None and not self._submit_ready():
+                return progressed
+            tail = seg.tail
+            if tail.done:
+                continue
+            while True:
+                item = tail.decoder.next() if tail.header is not None else NEED_DATA
+                if item is NEED_DATA:
+                    if self.ready is not None and not self._submit_ready():
+                        return progressed
+                    if tail.decoder.buffered and tail.header is not None and not tail.final:
+                        pass  # an incomplete frame: read more below
+                    got = self._read(seg, now)
+                    if got:
+                        progressed = True
+                        continue
+                    if tail.final:
+                        for leftover in tail.frames():
+                            self._account(seg, leftover)
+                            progressed = True
+                    break
+                assert isinstance(item, (Frame, Skip))
+                self._account(seg, item)
+                progressed = True
+        return progressed
+
+    def _read(self, seg: Segment, now: float) -> int:
+        tail = seg.tail
+        try:
+            data = os.pread(tail.fd, 1 << 20, tail.read_pos)
+        except OSError:
+            data = b""
+        if data:
+            tail.read_pos += len(data)
+            tail.decoder.feed(data)
+            return len(data)
+        if tail.sealed or now >= seg.next_probe:
+            seg.next_probe = now + PROBE_INTERVAL_S
+            return tail.read_more()  # probes the writer's lock; marks the tail final when it is gone
+        return 0
+
+    def _account(self, seg: Segment, item: Frame | Skip) -> None:
+        if isinstance(item, Skip):
+            self._mark_resolved(seg, item.offset + item.length, skipped=item.length)
+            return
+        if item.type == FRAME_EVENT:
+            stub = self._encode(seg, item)
+            if stub is None:
+                self._mark_resolved(seg, item.end, skipped=item.end - item.offset)
+                return
+            self._add_to_batch(seg, item.end, stub)
+        elif item.type == FRAME_DROPS:
+            drops = _decode_drops(item.payload)
+            self._mark_resolved(seg, item.end, drops=drops)
+        else:  # FRAME_SEAL (and any frame type this version does not use)
+            if item.type == FRAME_SEAL:
+                seg.tail.sealed = True
+            self._mark_resolved(seg, item.end)
+
+    def _encode(self, seg: Segment, frame: Frame) -> bytes | None:
+        try:
+            record = msgpack.unpackb(frame.payload)
+            event = self.mapper.event(record, seg.tail.nonce, frame.seq)
+            return orjson.dumps(event)[:-1]
+        except Exception as exc:  # a CRC-valid frame this version cannot read: count its bytes
+            log.warning("unreadable record at %s:%d skipped: %s", seg.name, frame.offset, exc)
+            return None
+
+    def _add_to_batch(self, seg: Segment, end: int, stub: bytes) -> None:
+        limits = self.cfg.limits
+        if body_size(len(stub), 1) > SERVER_MAX_BODY:
+            self.quarantine.put(stub, 413, "event larger than the data plane's request size limit")
+            self._mark_resolved(seg, end, rejected=1)
+            return
+        batch = self.batch
+        if batch is not None and (
+            len(batch.stubs) >= limits.max_events
+            or body_size(batch.stub_bytes + len(stub), len(batch.stubs) + 1) > limits.max_bytes
+        ):
+            self._close_batch()
+            batch = None
+        if batch is None:
+            batch = self.batch = Batch(self._next_batch_id, time.monotonic())
+            self._next_batch_id += 1
+        batch.stubs.append(stub)
+        batch.stub_bytes += len(stub)
+        chunks = seg.chunks
+        if chunks and chunks[-1].batch is batch:
+            chunks[-1].end = end
+        else:
+            chunk = Chunk(batch, end)
+            chunks.append(chunk)
+            batch.chunks.append((seg, chunk))
+
+    def _mark_resolved(
+        self,
+        seg: Segment,
+        end: int,
+        *,
+        skipped: int = 0,
+        drops: dict[str, int] | None = None,
+        rejected: int = 0,
+    ) -> None:
+        """Bytes up to ``end`` that need no delivery: resolved with the chunk before them, if any."""
+        chunks = seg.chunks
+        if chunks and not chunks[-1].done:
+            chunk = chunks[-1]
+        elif chunks:
+            chunk = Chunk(None, end, done=True)
+            chunks.append(chunk)
+        else:
+            seg.acked = end
+            c = self.ledger.counters
+            c.skipped_bytes += skipped
+            c.rejected += rejected
+            if drops:
+                c.add_drops(drops)
+            self.ledger.offsets[seg.name] = end
+            self._dirty = True
+            return
+        chunk.end = end
+        chunk.skipped += skipped
+        if rejected:
+            self.ledger.counters.rejected += rejected
+        if drops:
+            if chunk.drops is None:
+                chunk.drops = {}
+            for k, v in drops.items():
+                chunk.drops[k] = chunk.drops.get(k, 0) + v
+
+    def _close_batch(self) -> None:
+        """The open batch is complete: hand it to a worker, or park it as the one waiting batch."""
+        batch = self.batch
+        if batch is None:
+            return
+        self.batch = None
+        assert self.ready is None
+        self.ready = batch
+        self._submit_ready()
+
+    def _submit_ready(self) -> bool:
+        if self.ready is None:
+            return True
+        if self.inflight >= self.cfg.concurrency:
+            return False
+        self._work.put(self.ready)
+        self.inflight += 1
+        self.ready = None
+        return True
+
+    def _flush_due(self, now: float, caught_up: bool) -> None:
+        batch = self.batch
+        if batch is None or self.ready is not None:
+            return
+        if now - batch.created >= self.cfg.limits.linger_s or (caught_up and self.cfg.drain):
+            self._close_batch()
+
+    # results, acknowledgement and clean-up
+
+    def _collect_results(self, block_for: float) -> int:
+        n = 0
+        try:
+            result = self._results.get(timeout=block_for) if block_for > 0 else self._results.get_nowait()
+        except queue.Empty:
+            return 0
+        while True:
+            self._apply(result)
+            n += 1
+            try:
+                result = self._results.get_nowait()
+            except queue.Empty:
+                return n
+
+    def _apply(self, result: Result) -> None:
+        self.inflight -= 1
+        counters = self.ledger.counters
+        counters.retried += result.retried
+        if result.abandoned:
+            return  # its chunks stay unresolved: the events are resent after a restart
+        counters.sent += result.delivered
+        counters.rejected += result.rejected
+        self._sent_window.append((time.monotonic(), result.delivered))
+        touched = []
+        for seg, chunk in result.batch.chunks:
+            chunk.done = True
+            touched.append(seg)
+        for seg in touched:
+            chunks = seg.chunks
+            while chunks and chunks[0].done:
+                chunk = chunks.popleft()
+                seg.acked = chunk.end
+                counters.skipped_bytes += chunk.skipped
+                if chunk.drops:
+                    counters.add_drops(chunk.drops)
+            self.ledger.offsets[seg.name] = seg.acked
+        self._dirty = True
+
+    def _reap_finished(self) -> None:
+        for name, seg in list(self.segments.items()):
+            if not seg.finished:
+                continue
+            seg.tail.close()
+            try:
+                os.unlink(seg.tail.path)
+            except FileNotFoundError:
+                pass
+            del self.segments[name]
+            self.ledger.offsets.pop(name, None)
+            self._dirty = True
+
+    def _commit_if_dirty(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        try:
+            ledger.commit(self.paths.ledger, self.ledger)
+        except OSError as exc:
+            self._dirty = True
+            log.error("cannot commit the ledger (%s); will retry", exc)
+
+    def _drained(self) -> bool:
+        if self.inflight or self.batch is not None or self.ready is not None:
+            return False
+        self._rescan()
+        for seg in self.segments.values():
+            tail = seg.tail
+            if seg.chunks:
+                return False
+            try:
+                size = tail.size()
+            except OSError:
+                continue
+            if tail.read_pos < size:
+                return False
+            if tail.decoder.buffered and (tail.final or not writer_alive(tail.fd)):
+                return False
+        return True
+
+    # status
+
+    def _write_status_if_due(self, now: float) -> None:
+        if now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL_S
+            self._write_status()
+
+    def _write_status(self, final: bool = False) -> None:
+        now = time.monotonic()
+        window = self._sent_window
+        while window and window[0][0] < now - 60:
+            window.popleft()
+        span = min(60.0, max(1e-3, now - self._started))
+        status = {
+            "pid": os.getpid(),
+            "state": "stopped" if final else self.state.state,
+            "state_since": self.state.since,
+            "data_plane_url": redact_url(self.transport.url),
+            "updated_at": time.time(),
+            "events_per_s": sum(n for _, n in window) / span,
+            "inflight": self.inflight,
+            "counters": self.ledger.counters.to_json(),
+            "last_error": self.state.last_error,
+            "last_error_at": self.state.last_error_at,
+        }
+        tmp = self.paths.status.with_name("status.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, orjson.dumps(status))
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.paths.status)
+        except OSError as exc:
+            log.debug("cannot write status: %s", exc)
+
+
+def _decode_drops(payload: bytes) -> dict[str, int]:
+    try:
+        counts = msgpack.unpackb(payload)
+    except Exception:
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
+
+
+# -- command line ---------------------------------------------------------------------------------------
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _float_option(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, not {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rudder-fast-sender",
+        description="Deliver a rudder_fast spool to a RudderStack data plane, at least once.",
+    )
+    p.add_argument("--spool-dir", help="the spool to ship [$RUDDER_FAST_SPOOL_DIR]")
+    p.add_argument("--write-key", help="the source's write key [$RUDDER_WRITE_KEY]")
+    p.add_argument(
+        "--data-plane-url", help="data plane URL, with or without /v1/batch [$RUDDER_DATA_PLANE_URL]"
+    )
+    p.add_argument("--drain", action="store_true", help="deliver everything present, then exit")
+    p.add_argument("--drain-timeout", type=float, default=None, help="give up draining after SECONDS")
+    p.add_argument("--no-gzip", action="store_true", help="send uncompressed bodies [$RUDDER_FAST_NO_GZIP]")
+    p.add_argument("--max-batch-bytes", type=int, help="[$RUDDER_FAST_MAX_BATCH_BYTES] default 1000000")
+    p.add_argument("--max-batch-events", type=int, help="[$RUDDER_FAST_MAX_BATCH_EVENTS] default 10000")
+    p.add_argument("--linger", type=float, help="seconds a partial batch waits [$RUDDER_FAST_LINGER] 0.2")
+    p.add_argument("--concurrency", type=int, help="requests in flight [$RUDDER_FAST_CONCURRENCY] 4")
+    p.add_argument("--connect-timeout", type=float, help="[$RUDDER_FAST_CONNECT_TIMEOUT] default 5")
+    p.add_argument("--read-timeout", type=float, help="[$RUDDER_FAST_READ_TIMEOUT] default 30")
+    p.add_argument("--ca-bundle", help="CA certificates for an https data plane [$RUDDER_FAST_CA_BUNDLE]")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [$RUDDER_FAST_LOG_LEVEL] INFO")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SenderConfig:
+    """Options win over environment variables, which win over the defaults."""
+    write_key = args.write_key or _env("RUDDER_WRITE_KEY")
+    url = args.data_plane_url or _env("RUDDER_DATA_PLANE_URL")
+    if not write_key:
+        raise ConfigurationError("no write key: pass --write-key or set RUDDER_WRITE_KEY")
+    if not url:
+        raise ConfigurationError("no data plane URL: pass --data-plane-url or set RUDDER_DATA_PLANE_URL")
+
+    def pick(value: Any, env: str, kind: type) -> Any:
+        if value is not None:
+            return value
+        raw = _env(env)
+        if raw is None:
+            return None
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigurationError(f"{env} must be a {kind.__name__}, not {raw!r}") from None
+
+    limits_kw: dict[str, Any] = {}
+    for key, value, env, kind in (
+        ("max_bytes", args.max_batch_bytes, "RUDDER_FAST_MAX_BATCH_BYTES", int),
+        ("max_events", args.max_batch_events, "RUDDER_FAST_MAX_BATCH_EVENTS", int),
+        ("linger_s", args.linger, "RUDDER_FAST_LINGER", float),
+    ):
+        picked = pick(value, env, kind)
+        if picked is not None:
+            limits_kw[key] = picked
+    try:
+        limits = BatchLimits(**limits_kw)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    concurrency = pick(args.concurrency, "RUDDER_FAST_CONCURRENCY", int) or DEFAULT_CONCURRENCY
+    if not 1 <= concurrency <= 64:
+        raise ConfigurationError("concurrency must be between 1 and 64")
+    no_gzip = args.no_gzip or (_env("RUDDER_FAST_NO_GZIP") or "").lower() in ("1", "true", "yes")
+    from .transport import batch_url
+
+    try:
+        batch_url(url)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return SenderConfig(
+        spool_dir=config.resolve_spool_dir(args.spool_dir),
+        write_key=write_key,
+        data_plane_url=url,
+        gzip=not no_gzip,
+        limits=limits,
+        concurrency=concurrency,
+        connect_timeout=pick(args.connect_timeout, "RUDDER_FAST_CONNECT_TIMEOUT", float)
+        or DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout=pick(args.read_timeout, "RUDDER_FAST_READ_TIMEOUT", float) or DEFAULT_READ_TIMEOUT_S,
+        drain=args.drain,
+        drain_timeout=args.drain_timeout,
+        ca_bundle=args.ca_bundle or _env("RUDDER_FAST_CA_BUNDLE"),
+    )
+
+
+def _raise_fd_limit() -> None:
+    """One descriptor per live segment: take the hard limit so thousands of producers fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else soft, hard)
+            )
+        except (ValueError, OSError):
+            pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level_name = (args.log_level or _env("RUDDER_FAST_LOG_LEVEL") or "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level_name, logging.INFO),
+        format="%(asctime)s rudder-fast-sender[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = config_from_args(args)
+        sender = Sender(cfg)
+    except (ConfigurationError, SpoolError) as exc:
+        print(f"rudder-fast-sender: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not sender.acquire_lock():
+        print(
+            f"rudder-fast-sender: another sender is already running for {cfg.spool_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_LOCKED
+    _raise_fd_limit()
+    signal.signal(signal.SIGTERM, sender.request_stop)
+    signal.signal(signal.SIGINT, sender.request_stop)
+    code = sender.run()
+    log.info("sender stopped (exit %d)", code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
