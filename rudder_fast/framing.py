@@ -136,7 +136,7 @@ class FrameDecoder:
     __slots__ = ("_buf", "_final", "_pos", "offset", "skipped_bytes")
 
     def __init__(self, offset: int = 0) -> None:
-        self._buf = bytearray()
+        self._buf = b""
         self._pos = 0  # index in _buf of the byte at self.offset
         self._final = False
         self.offset = offset
@@ -150,10 +150,13 @@ class FrameDecoder:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> None:
-        if self._pos and (self._pos > 65536 or self._pos * 2 > len(self._buf)):
-            del self._buf[: self._pos]  # compact lazily: drop consumed bytes once they dominate
-            self._pos = 0
-        self._buf += data
+        # Readers feed large chunks and consume nearly all of each before the next: keep only the
+        # unconsumed tail (usually a partial frame, or nothing, in which case no copy is made).
+        if self._pos >= len(self._buf):
+            self._buf = bytes(data)
+        else:
+            self._buf = self._buf[self._pos :] + data
+        self._pos = 0
 
     def finish(self) -> None:
         """No more bytes will come: an incomplete frame at the end is now a torn tail to skip."""
@@ -165,7 +168,7 @@ class FrameDecoder:
         if not left:
             return None
         skip = Skip(offset=self.offset, length=left, reason=reason)
-        self._buf.clear()
+        self._buf = b""
         self._pos = 0
         self.offset += left
         self.skipped_bytes += left
@@ -180,7 +183,7 @@ class FrameDecoder:
         if avail < FRAME_HEAD_SIZE:
             if self._final:
                 return self._skip_to_sync(pos + 1, "torn")
-            if not SYNC_BYTES.startswith(bytes(buf[pos : pos + 4])):
+            if not SYNC_BYTES.startswith(buf[pos : pos + 4]):
                 return self._skip_to_sync(pos + 1, "corrupt")
             return NEED_DATA
         sync, crc, n, frame_type, seq = FRAME_HEAD.unpack_from(buf, pos)
@@ -191,9 +194,9 @@ class FrameDecoder:
             if self._final:
                 return self._skip_to_sync(pos + 1, "torn")
             return NEED_DATA
-        if zlib.crc32(memoryview(buf)[pos + 8 : end]) != crc:
+        payload = buf[pos + FRAME_HEAD_SIZE : end]
+        if zlib.crc32(payload, zlib.crc32(buf[pos + 8 : pos + FRAME_HEAD_SIZE])) != crc:
             return self._skip_to_sync(pos + 1, "corrupt")
-        payload = bytes(buf[pos + FRAME_HEAD_SIZE : end])
         start = self.offset
         self._pos = end
         self.offset = start + FRAME_HEAD_SIZE + n
@@ -207,7 +210,7 @@ class FrameDecoder:
             if not self._final:
                 # Keep a trailing partial sync word: its other bytes may still be on their way.
                 for keep in (3, 2, 1):
-                    if len(buf) - keep >= search_from and SYNC_BYTES.startswith(bytes(buf[-keep:])):
+                    if len(buf) - keep >= search_from and SYNC_BYTES.startswith(buf[-keep:]):
                         found = len(buf) - keep
                         break
         length = found - self._pos

@@ -47,6 +47,8 @@ import orjson
 
 from . import __version__, config, ledger
 from .batching import (
+    BODY_OVERHEAD,
+    PER_EVENT_OVERHEAD,
     SERVER_MAX_BODY,
     BatchLimits,
     body_size,
@@ -138,13 +140,15 @@ class Segment:
 
 
 class Batch:
-    __slots__ = ("chunks", "created", "id", "stub_bytes", "stubs")
+    __slots__ = ("chunks", "cost", "count", "created", "id", "stub_bytes", "stubs")
 
     def __init__(self, batch_id: int, created: float) -> None:
         self.id = batch_id
         self.created = created
         self.stubs: list[bytes] = []
         self.stub_bytes = 0
+        self.count = 0
+        self.cost = 0  # body size minus BODY_OVERHEAD: stubs plus each event's sentAt and comma
         self.chunks: list[tuple[Segment, Chunk]] = []
 
     def __repr__(self) -> str:
@@ -517,31 +521,70 @@ class Sender:
         """Read and batch whatever is available, as far as the in-flight bound allows."""
         progressed = False
         for seg in list(self.segments.values()):
-            if self.ready is not None and not self._submit_ready():
-                return progressed
             tail = seg.tail
             if tail.done:
                 continue
             while True:
-                item = tail.decoder.next() if tail.header is not None else NEED_DATA
-                if item is NEED_DATA:
-                    if self.ready is not None and not self._submit_ready():
-                        return progressed
-                    if tail.decoder.buffered and tail.header is not None and not tail.final:
-                        pass  # an incomplete frame: read more below
-                    got = self._read(seg, now)
-                    if got:
+                if self.ready is not None and not self._submit_ready():
+                    return progressed  # K batches in flight and one waiting: read no further
+                if tail.header is not None and self._consume_frames(seg):
+                    progressed = True
+                    continue
+                got = self._read(seg, now)
+                if got:
+                    progressed = True
+                    continue
+                if tail.final:
+                    for leftover in tail.frames():
+                        self._account(seg, leftover)
                         progressed = True
-                        continue
-                    if tail.final:
-                        for leftover in tail.frames():
-                            self._account(seg, leftover)
-                            progressed = True
-                    break
-                assert isinstance(item, (Frame, Skip))
-                self._account(seg, item)
-                progressed = True
+                break
         return progressed
+
+    def _consume_frames(self, seg: Segment) -> bool:
+        """Decode buffered frames of one segment into the open batch, until it needs more data or the
+        batch pipeline is full. The hot loop of the sender: event frames are handled inline."""
+        decoder = seg.tail.decoder
+        nonce = seg.tail.nonce
+        to_event = self.mapper.event
+        unpackb = msgpack.unpackb
+        dumps = orjson.dumps
+        limits = self.cfg.limits
+        max_events = limits.max_events
+        max_bytes = limits.max_bytes - BODY_OVERHEAD
+        chunks = seg.chunks
+        consumed = False
+        while True:
+            item = decoder.next()
+            if item is NEED_DATA:
+                return consumed
+            consumed = True
+            if type(item) is not Frame or item.type != FRAME_EVENT:
+                self._account(seg, item)  # type: ignore[arg-type]
+            else:
+                try:
+                    stub = dumps(to_event(unpackb(item.payload), nonce, item.seq))[:-1]
+                except Exception as exc:  # a CRC-valid frame this version cannot read
+                    log.warning("unreadable record at %s:%d skipped: %s", seg.name, item.offset, exc)
+                    self._mark_resolved(seg, item.end, skipped=item.end - item.offset)
+                    continue
+                batch = self.batch
+                cost = len(stub) + PER_EVENT_OVERHEAD
+                if batch is None or batch.count >= max_events or batch.cost + cost > max_bytes:
+                    self._add_to_batch(seg, item.end, stub)
+                else:
+                    batch.stubs.append(stub)
+                    batch.count += 1
+                    batch.cost += cost
+                    batch.stub_bytes += len(stub)
+                    if chunks and chunks[-1].batch is batch:
+                        chunks[-1].end = item.end
+                    else:
+                        chunk = Chunk(batch, item.end)
+                        chunks.append(chunk)
+                        batch.chunks.append((seg, chunk))
+            if self.ready is not None and not self._submit_ready():
+                return consumed
 
     def _read(self, seg: Segment, now: float) -> int:
         tail = seg.tail
@@ -603,6 +646,8 @@ class Sender:
             self._next_batch_id += 1
         batch.stubs.append(stub)
         batch.stub_bytes += len(stub)
+        batch.count += 1
+        batch.cost += len(stub) + PER_EVENT_OVERHEAD
         chunks = seg.chunks
         if chunks and chunks[-1].batch is batch:
             chunks[-1].end = end
@@ -700,9 +745,13 @@ class Sender:
         counters.rejected += result.rejected
         self._sent_window.append((time.monotonic(), result.delivered))
         touched = []
-        for seg, chunk in result.batch.chunks:
+        batch = result.batch
+        for seg, chunk in batch.chunks:
             chunk.done = True
+            chunk.batch = None
             touched.append(seg)
+        batch.chunks = []  # break the batch <-> chunk cycle so the memory is freed at once
+        batch.stubs = []
         for seg in touched:
             chunks = seg.chunks
             while chunks and chunks[0].done:
