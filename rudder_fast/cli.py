@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import config, devserver, ledger
+from . import config, demo, devserver, ledger
 from .reading import scan_pending
 
 
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("devserver", help="a local stand-in for the RudderStack data plane")
     devserver.add_arguments(dev)
     dev.set_defaults(func=devserver.run)
+    dem = sub.add_parser("demo", help="devserver + sender + producers on this machine, with a summary")
+    demo.add_arguments(dem)
+    dem.set_defaults(func=demo.run)
     return parser
 
 

@@ -161,6 +161,15 @@ class DevServer:
 
         threading.Thread(target=run, daemon=True).start()
 
+    def schedule_down(self, *, after: float, seconds: float) -> None:
+        """Close the port ``after`` seconds from now, for ``seconds``."""
+
+        def run() -> None:
+            if not self._stopped.wait(after):
+                self.go_down(seconds)
+
+        threading.Thread(target=run, daemon=True).start()
+
     def close(self) -> None:
         self._stopped.set()
         self.stop_listening()
