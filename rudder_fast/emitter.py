@@ -79,6 +79,7 @@ class Emitter:
             segment_max_bytes=segment_max_bytes,
             segment_max_age_s=segment_max_age_s,
         )
+        self._append = self._writer.append
 
     def __repr__(self) -> str:
         w = self._writer
@@ -90,14 +91,11 @@ class Emitter:
     # -- the hot path ------------------------------------------------------------------------------
 
     def _write(self, record: list[Any]) -> str | None:
-        writer = self._writer
-        seq = writer.append(record, record[1])
-        if seq is None:
-            return None
+        generated = self._writer.append(record, record[1])
         message_id: str | None = record[4]
-        if message_id is not None:
-            return message_id
-        return writer.id_prefix + str(seq)
+        if message_id is None or generated is None:
+            return generated
+        return message_id
 
     def track(
         self,
@@ -143,13 +141,10 @@ class Emitter:
             message_id = check_message_id(message_id)
         record = [KIND_TRACK, now, user_id, anonymous_id, message_id, event_time, context_json,
                   integrations_json, event, props_json]  # fmt: skip
-        writer = self._writer
-        seq = writer.append(record, now)
-        if seq is None:
-            return None
-        if message_id is not None:
-            return message_id
-        return writer.id_prefix + str(seq)
+        generated = self._append(record, now)
+        if message_id is None or generated is None:
+            return generated
+        return message_id
 
     def identify(
         self,

@@ -63,6 +63,7 @@ _meta_pack = FRAME_META.pack
 _prefix_pack = FRAME_PREFIX.pack
 _crc32 = zlib.crc32
 _getpid = os.getpid
+_write = os.write
 
 _OPEN_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
 
@@ -91,6 +92,12 @@ def new_nonce() -> str:
 class SegmentWriter:
     """Appends framed records to this process's own segment file. Thread-safe and fork-safe."""
 
+    __slots__ = (
+        "__weakref__", "_disk_retry_ns", "_fast_until_ns", "_fd", "_index", "_last_warning_ns", "_lock",
+        "_max_age_ns", "_max_bytes", "_other_frames", "_packer", "_path", "_paths", "_pid",
+        "_roll_at_ns", "_seq", "_size", "_unreported", "dropped", "id_prefix", "nonce", "spool_dir",
+    )  # fmt: skip
+
     def __init__(
         self,
         spool_dir: Path,
@@ -117,9 +124,10 @@ class SegmentWriter:
         self._fd = -1
         self._size = 0
         self._roll_at_ns = 0
+        self._fast_until_ns = 0
         self._path: Path | None = None
         self._disk_retry_ns = 0
-        self.accepted = 0
+        self._other_frames = 0  # drop-marker and seal frames: every other seq number is an event
         self.dropped: dict[str, int] = {}
         self._unreported: dict[str, int] = {}
         self._last_warning_ns = 0
@@ -129,6 +137,11 @@ class SegmentWriter:
             f"<SegmentWriter pid={self._pid} nonce={self.nonce} seq={self._seq} "
             f"segment={self._path.name if self._path else None} size={self._size}>"
         )
+
+    @property
+    def accepted(self) -> int:
+        """Events written by this process (since it started or forked)."""
+        return self._seq - self._other_frames
 
     @property
     def segment_path(self) -> Path | None:
@@ -148,21 +161,16 @@ class SegmentWriter:
             except OSError:
                 pass
 
-    def append(self, record: list[Any], now_ns: int) -> int | None:
-        """Write one event record; its seq number, or None if it was dropped (and counted)."""
+    def append(self, record: list[Any], now_ns: int) -> str | None:
+        """Write one event record; its generated messageId, or None if it was dropped (and counted)."""
         if self._pid != _getpid():
             self._after_fork()
         with self._lock:
-            fd = self._fd
-            if (
-                fd < 0
-                or self._size >= self._max_bytes
-                or now_ns >= self._roll_at_ns
-                or now_ns < self._disk_retry_ns
-            ):
-                fd = self._prepare(now_ns)
-                if fd < 0:
-                    return None
+            # One comparison pair decides the fast path: ``_fast_until_ns`` is 0 whenever anything needs
+            # the slow path (no open file, a disk back-off, drops to report) and the rotation time
+            # otherwise.
+            if (now_ns >= self._fast_until_ns or self._size >= self._max_bytes) and self._prepare(now_ns) < 0:
+                return None
             payload = self._packer.pack(record)
             n = len(payload)
             if n > MAX_PAYLOAD:
@@ -170,12 +178,11 @@ class SegmentWriter:
                     _largest_field(record),
                     f"the event is {n:,} bytes encoded; the limit is {MAX_PAYLOAD:,}",
                 )
-            prefix = self._drops_frame() if self._unreported else b""
             seq = self._seq
             body = _meta_pack(n, FRAME_EVENT, seq) + payload
-            frame = prefix + _prefix_pack(SYNC, _crc32(body)) + body
+            frame = _prefix_pack(SYNC, _crc32(body)) + body
             try:
-                written = os.write(fd, frame)
+                written = _write(self._fd, frame)
             except OSError as exc:
                 self._write_failed(now_ns, exc)
                 return None
@@ -184,10 +191,7 @@ class SegmentWriter:
                 return None
             self._size += written
             self._seq = seq + 1
-            self.accepted += 1
-            if self._unreported:
-                self._unreported = {}
-            return seq
+            return self.id_prefix + str(seq)
 
     def count_drop(self, reason: str, now_ns: int) -> None:
         """Count an event dropped before it reached the disk (quota); reported by the next frame."""
@@ -196,15 +200,15 @@ class SegmentWriter:
 
     def _count_drop_locked(self, reason: str, now_ns: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self._fast_until_ns = 0  # the next append takes the slow path, which reports the drops
         self._unreported[reason] = self._unreported.get(reason, 0) + 1
         if now_ns - self._last_warning_ns >= config.WARNING_INTERVAL_S * 1e9:
             self._last_warning_ns = now_ns
             log.warning("rudder_fast: dropping events (%s); dropped so far: %s", reason, self.dropped)
 
     def _drops_frame(self) -> bytes:
-        seq = self._seq
-        self._seq = seq + 1
-        return encode_frame(FRAME_DROPS, seq, msgpack.packb(self._unreported))
+        """A drop-marker frame for the drops not yet reported; the caller advances seq once written."""
+        return encode_frame(FRAME_DROPS, self._seq, msgpack.packb(self._unreported))
 
     def _write_failed(self, now_ns: int, exc: OSError) -> None:
         # Roll back whatever part of the frame reached the file: only whole frames may stay.
@@ -214,33 +218,48 @@ class SegmentWriter:
             pass
         if exc.errno == errno.EBADF:
             self._fd = -1  # someone closed our descriptor: start a new segment next time
+            self._roll_at_ns = 0
         self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
         self._count_drop_locked(DROP_DISK, now_ns)
         if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             log.debug("rudder_fast: spool write failed: %s", exc)
 
     def _prepare(self, now_ns: int) -> int:
-        """The slow path: honour a disk back-off, rotate or open. The fd, or -1 (drop counted)."""
+        """The slow path: honour a disk back-off, rotate or open, report drops. The fd, or -1."""
         if now_ns < self._disk_retry_ns:
             self._count_drop_locked(DROP_DISK, now_ns)
             return -1
         fd = self._fd
-        if fd >= 0 and self._size < self._max_bytes and now_ns < self._roll_at_ns:
-            return fd
-        if self._fd >= 0:
-            self.close_segment()
-        try:
-            fd = self._open_segment(now_ns)
-        except SpoolError as exc:
-            self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
-            self._count_drop_locked(DROP_SPOOL, now_ns)
-            if self.dropped[DROP_SPOOL] == 1:
-                log.warning("rudder_fast: %s", exc)
-            return -1
-        except OSError:
-            self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
-            self._count_drop_locked(DROP_DISK, now_ns)
-            return -1
+        if fd < 0 or self._size >= self._max_bytes or now_ns >= self._roll_at_ns:
+            if fd >= 0:
+                self.close_segment()
+            try:
+                fd = self._open_segment(now_ns)
+            except SpoolError as exc:
+                self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+                self._count_drop_locked(DROP_SPOOL, now_ns)
+                if self.dropped[DROP_SPOOL] == 1:
+                    log.warning("rudder_fast: %s", exc)
+                return -1
+            except OSError:
+                self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+                self._count_drop_locked(DROP_DISK, now_ns)
+                return -1
+        if self._unreported:
+            frame = self._drops_frame()
+            try:
+                written = _write(fd, frame)
+            except OSError as exc:
+                self._write_failed(now_ns, exc)
+                return -1
+            if written != len(frame):
+                self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"))
+                return -1
+            self._size += written
+            self._seq += 1
+            self._other_frames += 1
+            self._unreported = {}
+        self._fast_until_ns = self._roll_at_ns
         return fd
 
     def _open_segment(self, now_ns: int) -> int:
@@ -284,16 +303,20 @@ class SegmentWriter:
             return
         self._fd = -1
         self._path = None
+        self._fast_until_ns = 0
+        seq = self._seq
+        frame = b""
+        if self._unreported:
+            frame = encode_frame(FRAME_DROPS, seq, msgpack.packb(self._unreported))
+            seq += 1
+        frame += encode_frame(FRAME_SEAL, seq, b"")
         try:
-            frame = b""
-            if self._unreported:
-                frame = self._drops_frame()
-            frame += encode_frame(FRAME_SEAL, self._seq, b"")
             if os.write(fd, frame) == len(frame):
-                self._seq += 1
+                self._other_frames += seq + 1 - self._seq
+                self._seq = seq + 1
                 self._unreported = {}
             else:
-                os.ftruncate(fd, self._size)
+                os.ftruncate(fd, self._size)  # a partial seal is torn garbage: take it back
         except OSError:
             try:
                 os.ftruncate(fd, self._size)
