@@ -44,6 +44,8 @@ def body_size(stub_bytes: int, count: int) -> int:
 
 def build_body(stubs: Sequence[bytes], sent_at: str) -> bytes:
     """The request body for these events, each stamped with ``sent_at``."""
+    if not stubs:
+        return _OPEN + b"]}"
     close = _SENT_AT_KEY + sent_at.encode("ascii") + b'"}'
     return _OPEN + (close + b",").join(stubs) + close + b"]}"
 

@@ -1,0 +1,134 @@
+"""``rudder-fast status``: the spool's backlog, its producers, its sender and the delivery counters.
+
+Read-only: it never takes the sender's lock for more than a probe, never modifies the ledger, and works
+whether or not a sender is running (counters then come from the ledger, as last committed).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import ledger
+from .layout import SpoolPaths
+from .reading import scan_pending
+from .tail import list_segments, writer_alive
+
+
+def _sender_running(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)
+    return False
+
+
+def _live_producers(segments: Path) -> int:
+    live = 0
+    for path in list_segments(segments):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if writer_alive(fd):
+                live += 1
+        finally:
+            os.close(fd)
+    return live
+
+
+def collect(spool_dir: Path) -> dict[str, Any]:
+    """The status document (the ``--json`` form)."""
+    paths = SpoolPaths(spool_dir)
+    try:
+        state = ledger.decode(paths.ledger.read_bytes())
+    except FileNotFoundError:
+        state = None
+    state = state or ledger.LedgerState()
+    pending = scan_pending(spool_dir, acked=state.offsets)
+    try:
+        sender_doc: dict[str, Any] = orjson.loads(paths.status.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        sender_doc = {}
+    running = _sender_running(paths.sender_lock)
+    counters = ledger.Counters.from_json(sender_doc.get("counters")) if running else state.counters
+    dropped = dict(counters.dropped)
+    for reason, n in pending.dropped.items():
+        dropped[reason] = dropped.get(reason, 0) + n
+    dropped["total"] = sum(dropped.values())
+    now_ns = time.time_ns()
+    return {
+        "spool_dir": str(spool_dir),
+        "backlog": {
+            "events": pending.events,
+            "bytes": pending.bytes,
+            "segments": pending.segments,
+            "oldest_age_s": (now_ns - pending.oldest_ns) / 1e9 if pending.oldest_ns else None,
+        },
+        "producers": {"live": _live_producers(paths.segments)},
+        "sender": {
+            "state": sender_doc.get("state", "unknown") if running else "not running",
+            "pid": sender_doc.get("pid") if running else None,
+            "data_plane_url": sender_doc.get("data_plane_url"),
+            "events_per_s": sender_doc.get("events_per_s", 0.0) if running else 0.0,
+            "updated_at": sender_doc.get("updated_at"),
+        },
+        "counters": {
+            "accepted": counters.sent + counters.rejected + pending.events,
+            "dropped": dropped,
+            "sent": counters.sent,
+            "retried": counters.retried,
+            "rejected": counters.rejected,
+            "skipped_bytes": counters.skipped_bytes + pending.skipped_bytes,
+        },
+        "last_error": sender_doc.get("last_error"),
+        "last_error_at": sender_doc.get("last_error_at"),
+    }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The human view."""
+    b, s, c = doc["backlog"], doc["sender"], doc["counters"]
+    dropped = {k: v for k, v in c["dropped"].items() if k != "total"}
+    lines = [
+        f"spool      {doc['spool_dir']}",
+        f"backlog    {b['events']:,} events, {b['bytes']:,} bytes in {b['segments']} segments; "
+        f"oldest {_age(b['oldest_age_s'])}",
+        f"producers  {doc['producers']['live']} live",
+        f"sender     {s['state']}"
+        + (f" (pid {s['pid']})" if s["pid"] else "")
+        + (f" -> {s['data_plane_url']}" if s["data_plane_url"] else "")
+        + (f", {s['events_per_s']:,.0f} events/s over the last minute" if s["state"] == "ok" else ""),
+        f"sent       {c['sent']:,}    retried {c['retried']:,}    rejected {c['rejected']:,}    "
+        f"skipped {c['skipped_bytes']:,} bytes",
+        f"dropped    {c['dropped']['total']:,}"
+        + (" (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(dropped.items())) + ")" if dropped else ""),
+    ]
+    if doc.get("last_error"):
+        at = doc.get("last_error_at")
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if at else "?"
+        lines.append(f"last error {doc['last_error']} (at {when})")
+    return "\n".join(lines)
