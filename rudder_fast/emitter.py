@@ -344,7 +344,11 @@ class _DefaultEmitter:
     def __init__(self) -> None:
         self._emitter: Emitter | None = None
         self._lock = threading.Lock()
-        self._options: dict[str, Any] = {}
+        # A fork while another thread holds the lock would leave the child's copy locked forever.
+        os.register_at_fork(after_in_child=self._reset_lock)
+
+    def _reset_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def configure(self, spool_dir: str | os.PathLike[str] | None = None, **options: Any) -> Emitter:
         emitter = Emitter(spool_dir, **options)

@@ -94,12 +94,18 @@ def iso_utc_ms(dt: _dt.datetime) -> str:
 def _default(obj: Any) -> Any:
     """orjson's hook for the types it does not encode itself. Must be deterministic."""
     if isinstance(obj, _dt.datetime):
-        return iso_utc_ms(obj)
+        try:
+            return iso_utc_ms(obj)
+        except OverflowError:
+            raise _Refused("datetime outside the range a UTC timestamp can represent") from None
     if isinstance(obj, _dt.date):
         return obj.isoformat()
     if isinstance(obj, decimal.Decimal):
         if not obj.is_finite():
             return None
+        if not math.isfinite(float(obj)):
+            # The gateway parses numbers as doubles: 1E+400 would make it refuse the whole batch.
+            raise _Refused(f"Decimal {obj} is beyond the range of a JSON number (a double)")
         return orjson.Fragment(str(obj).encode())  # exact: no trip through float
     if isinstance(obj, (bytes, bytearray, memoryview)):
         try:
@@ -110,7 +116,8 @@ def _default(obj: Any) -> Any:
         try:
             return sorted(obj)  # a set's iteration order varies between processes
         except TypeError:
-            return list(obj)
+            # Mixed types: order by each element's own encoding, which is the same in every process.
+            return sorted(obj, key=lambda v: (type(v).__name__, _encode_key(v)))
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, Mapping):
@@ -118,6 +125,13 @@ def _default(obj: Any) -> Any:
     if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
         return obj.tolist()  # arrays orjson does not take natively (non-contiguous, object dtype...)
     raise _Refused(f"cannot encode a value of type {type(obj).__name__}")
+
+
+def _encode_key(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, default=_default, option=_JSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return repr(value).encode()
 
 
 def encode_json_field(field: str, value: Any) -> bytes | None:
@@ -253,8 +267,18 @@ def check_timestamp(value: object) -> int | str | None:
         return None
     if isinstance(value, _dt.datetime):
         dt = value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
-        delta = dt - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+        try:
+            delta = dt - _EPOCH
+        except OverflowError:
+            raise InvalidEventError("timestamp", "outside the range a UTC timestamp can represent") from None
+        ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+        if _INT_MIN <= ns < 2**63:
+            return ns
+        # Beyond 1677-2262 nanoseconds overflow 64 bits: keep the ISO string instead (rare path).
+        try:
+            return iso_utc_ms(dt)
+        except OverflowError:
+            raise InvalidEventError("timestamp", "outside the range a UTC timestamp can represent") from None
     if isinstance(value, str):
         try:
             parsed = _dt.datetime.fromisoformat(value)

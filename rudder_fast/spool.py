@@ -93,9 +93,10 @@ class SegmentWriter:
     """Appends framed records to this process's own segment file. Thread-safe and fork-safe."""
 
     __slots__ = (
-        "__weakref__", "_disk_retry_ns", "_fast_until_ns", "_fd", "_index", "_last_warning_ns", "_lock",
-        "_max_age_ns", "_max_bytes", "_other_frames", "_packer", "_path", "_paths", "_pid",
-        "_roll_at_ns", "_seq", "_size", "_unreported", "dropped", "id_prefix", "nonce", "spool_dir",
+        "__weakref__", "_backoff_reason", "_disk_retry_ns", "_fast_until_ns", "_fd", "_index",
+        "_last_warning_ns", "_lock", "_max_age_ns", "_max_bytes", "_other_frames", "_packer", "_path",
+        "_paths", "_pid", "_roll_at_ns", "_seq", "_size", "_unreported", "dropped", "id_prefix", "nonce",
+        "spool_dir",
     )  # fmt: skip
 
     def __init__(
@@ -127,6 +128,7 @@ class SegmentWriter:
         self._fast_until_ns = 0
         self._path: Path | None = None
         self._disk_retry_ns = 0
+        self._backoff_reason = DROP_DISK
         self._other_frames = 0  # drop-marker and seal frames: every other seq number is an event
         self.dropped: dict[str, int] = {}
         self._unreported: dict[str, int] = {}
@@ -166,18 +168,23 @@ class SegmentWriter:
         if self._pid != _getpid():
             self._after_fork()
         with self._lock:
-            # One comparison pair decides the fast path: ``_fast_until_ns`` is 0 whenever anything needs
-            # the slow path (no open file, a disk back-off, drops to report) and the rotation time
-            # otherwise.
-            if (now_ns >= self._fast_until_ns or self._size >= self._max_bytes) and self._prepare(now_ns) < 0:
-                return None
-            payload = self._packer.pack(record)
+            # Packed first: a record that cannot be packed is refused before anything touches the disk.
+            try:
+                payload = self._packer.pack(record)
+            except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
+                self._packer = msgpack.Packer()  # do not trust its state after a failure
+                raise _refused(record) from None
             n = len(payload)
             if n > MAX_PAYLOAD:
                 raise InvalidEventError(
                     _largest_field(record),
                     f"the event is {n:,} bytes encoded; the limit is {MAX_PAYLOAD:,}",
                 )
+            # One comparison pair decides the fast path: ``_fast_until_ns`` is 0 whenever anything needs
+            # the slow path (no open file, a disk back-off, drops to report) and the rotation time
+            # otherwise.
+            if (now_ns >= self._fast_until_ns or self._size >= self._max_bytes) and self._prepare(now_ns) < 0:
+                return None
             seq = self._seq
             body = _meta_pack(n, FRAME_EVENT, seq) + payload
             frame = _prefix_pack(SYNC, _crc32(body)) + body
@@ -219,15 +226,20 @@ class SegmentWriter:
         if exc.errno == errno.EBADF:
             self._fd = -1  # someone closed our descriptor: start a new segment next time
             self._roll_at_ns = 0
-        self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+        self._back_off(now_ns, DROP_DISK)
         self._count_drop_locked(DROP_DISK, now_ns)
         if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             log.debug("rudder_fast: spool write failed: %s", exc)
 
+    def _back_off(self, now_ns: int, reason: str) -> None:
+        """Leave the disk alone for a moment; calls meanwhile are dropped for the same reason."""
+        self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+        self._backoff_reason = reason
+
     def _prepare(self, now_ns: int) -> int:
         """The slow path: honour a disk back-off, rotate or open, report drops. The fd, or -1."""
         if now_ns < self._disk_retry_ns:
-            self._count_drop_locked(DROP_DISK, now_ns)
+            self._count_drop_locked(self._backoff_reason, now_ns)
             return -1
         fd = self._fd
         if fd < 0 or self._size >= self._max_bytes or now_ns >= self._roll_at_ns:
@@ -236,13 +248,13 @@ class SegmentWriter:
             try:
                 fd = self._open_segment(now_ns)
             except SpoolError as exc:
-                self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+                self._back_off(now_ns, DROP_SPOOL)
                 self._count_drop_locked(DROP_SPOOL, now_ns)
                 if self.dropped[DROP_SPOOL] == 1:
                     log.warning("rudder_fast: %s", exc)
                 return -1
             except OSError:
-                self._disk_retry_ns = now_ns + int(config.DISK_ERROR_BACKOFF_S * 1e9)
+                self._back_off(now_ns, DROP_DISK)
                 self._count_drop_locked(DROP_DISK, now_ns)
                 return -1
         if self._unreported:
@@ -274,6 +286,7 @@ class SegmentWriter:
             self._paths = paths = ensure_spool(self.spool_dir)  # the directories were removed
             fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # the umask may have removed bits the sender needs (0600 exactly)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             header = encode_header(
                 SegmentHeader(pid=self._pid, index=self._index, created_ns=now_ns, nonce=self.nonce)
@@ -331,6 +344,19 @@ class SegmentWriter:
             return
         with self._lock:
             self.close_segment()
+
+
+def _refused(record: list[Any]) -> InvalidEventError:
+    """The error for a record msgpack could not pack: a str argument that is not valid UTF-8."""
+    from .events import field_names
+
+    for name, value in zip(field_names(record[0]), record, strict=False):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return InvalidEventError(name, "string is not valid UTF-8 (lone surrogate)")
+    return InvalidEventError("event", "cannot be encoded")
 
 
 def _largest_field(record: list[Any]) -> str:

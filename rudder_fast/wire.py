@@ -36,7 +36,7 @@ class IsoClock:
     __slots__ = ("_prefix", "_second")
 
     def __init__(self) -> None:
-        self._second = -1
+        self._second: int | None = None
         self._prefix = ""
 
     def format_ns(self, ns: int) -> str:

@@ -1,0 +1,303 @@
+"""Producers killed with SIGKILL: what a call returned survives, and a torn write is never mis-read.
+
+Children report each messageId through a pipe right after the call returns (the pipe's contents
+outlive the child), then die by SIGKILL: by their own hand the instant the last call returned, or from
+the test at a random moment in the middle of large writes. The spool is read by the real
+``rudder-fast inspect``; per-file skips are checked with the library's reader.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import random
+import re
+import select
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from rudder_fast import Emitter
+from rudder_fast.framing import Frame, Skip
+from rudder_fast.reading import read_whole
+from tests.support import inspect_spool, segment_files
+
+CHILD_DEADLINE_S = 60.0
+
+
+def start_child(body: Callable[[int], None]) -> tuple[int, int]:
+    """Fork a child that runs ``body(write_fd)``; it never returns into pytest (exit code 70 on error)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(r)
+            body(w)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def reap(pid: int, deadline: float) -> int:
+    """The exit code (negative: the signal that killed it); SIGKILL it and fail at the deadline."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} did not exit in time")
+        time.sleep(0.005)
+
+
+def read_to_eof(r: int, pid: int, deadline: float) -> bytes:
+    """Everything a child writes to its pipe (closed afterwards); SIGKILL it and fail at the deadline."""
+    chunks: list[bytes] = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError(f"child {pid} sent no EOF in time")
+            if select.select([r], [], [], left)[0]:
+                chunk = os.read(r, 1 << 16)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+    finally:
+        os.close(r)
+
+
+def report(w: int, message_id: str | None) -> None:
+    os.write(w, f"{message_id}\n".encode())  # < PIPE_BUF: the line arrives whole or not at all
+
+
+def skipped_bytes(summary: str) -> int:
+    match = re.search(r"(\d+) bytes skipped as torn or corrupt", summary)
+    assert match, summary
+    return int(match.group(1))
+
+
+def nonce_of(message_id: str) -> str:
+    return message_id.rsplit("-", 1)[0]
+
+
+def seq_of(message_id: str) -> int:
+    return int(message_id.rsplit("-", 1)[1])
+
+
+# -- SIGKILL right after the last call returned ----------------------------------------------------
+
+
+def _every_kind(em: Emitter, i: int) -> str | None:
+    kind = i % 6
+    if kind == 0:
+        return em.track(user_id="u", event="Killed", properties={"i": i})
+    if kind == 1:
+        return em.identify(user_id="u", traits={"i": i})
+    if kind == 2:
+        return em.page(user_id="u", name="p", properties={"i": i})
+    if kind == 3:
+        return em.screen(anonymous_id="a", name="s", properties={"i": i})
+    if kind == 4:
+        return em.group(user_id="u", group_id="g", traits={"i": i})
+    return em.alias(user_id="u", previous_id=f"old-{i}")
+
+
+@pytest.mark.parametrize("n", [1, 3000])
+def test_sigkill_the_instant_the_last_call_returned_loses_nothing(spool_dir: Path, n: int) -> None:
+    def child(w: int) -> None:
+        em = Emitter(spool_dir)
+        for i in range(n):
+            report(w, _every_kind(em, i))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    pid, r = start_child(child)
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    raw = read_to_eof(r, pid, deadline)  # EOF once the child is dead
+    assert reap(pid, deadline) == -signal.SIGKILL
+    ids = raw.decode().split()
+    assert len(ids) == n and "None" not in ids
+    events, summary = inspect_spool(spool_dir)
+    assert sorted(e["messageId"] for e in events) == sorted(ids)
+    assert skipped_bytes(summary) == 0
+    by_id = {e["messageId"]: e for e in events}
+    assert [by_id[m]["type"] for m in ids] == [
+        ["track", "identify", "page", "screen", "group", "alias"][i % 6] for i in range(n)
+    ]
+
+
+# -- SIGKILL in the middle of large writes ---------------------------------------------------------
+
+BLOB_SIZES = (20_000, 64_000, 150_000, 400_000)
+
+
+def _heavy_writer(spool_dir: Path, tag: str, limit: int, w: int) -> None:
+    """Emit big events in a tight loop, reporting each id; after ``limit`` events, wait to be killed."""
+    rng = random.Random(tag)
+    blobs = [rng.randbytes(n // 2).hex() for n in BLOB_SIZES]
+    sums = [hashlib.sha256(b.encode()).hexdigest() for b in blobs]
+    em = Emitter(spool_dir)
+    for k in range(limit):
+        b = k % len(blobs)
+        props = {"k": k, "tag": tag, "n": len(blobs[b]), "sha": sums[b], "blob": blobs[b]}
+        report(w, em.track(user_id=tag, event="heavy", properties=props))
+    if tag.startswith("killed"):
+        time.sleep(CHILD_DEADLINE_S)  # the test kills it: this is never reached in a normal run
+
+
+def test_sigkill_in_the_middle_of_writing(spool_dir: Path) -> None:
+    rng = random.Random()
+    tags = [f"killed{k}" for k in range(4)] + ["survivor"]
+    children: dict[str, tuple[int, int]] = {}
+    for tag in tags:
+        limit = 40 if tag == "survivor" else 400
+        children[tag] = start_child(lambda w, tag=tag, limit=limit: _heavy_writer(spool_dir, tag, limit, w))
+    lines: dict[str, bytes] = {tag: b"" for tag in tags}
+    kill_at: dict[str, float] = {}
+    codes: dict[str, int] = {}
+    open_fds = {r: tag for tag, (_, r) in children.items()}
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    completed = False
+    try:
+        while open_fds:
+            assert time.monotonic() < deadline, "the children did not finish in time"
+            ready = select.select(list(open_fds), [], [], 0.001)[0]
+            for r in ready:
+                tag = open_fds[r]
+                chunk = os.read(r, 1 << 16)
+                if not chunk:
+                    del open_fds[r]
+                    os.close(r)
+                    continue
+                lines[tag] += chunk
+                # once it has written a few events, kill it at a random moment soon after
+                if tag != "survivor" and tag not in kill_at and lines[tag].count(b"\n") >= 5:
+                    kill_at[tag] = time.monotonic() + rng.uniform(0, 0.03)
+            now = time.monotonic()
+            for tag, when in list(kill_at.items()):
+                if when <= now:
+                    os.kill(children[tag][0], signal.SIGKILL)
+                    kill_at[tag] = float("inf")
+        completed = True
+    finally:
+        for r in open_fds:
+            os.close(r)
+        for tag, (pid, _) in children.items():
+            if not completed:  # none is reaped yet, so each pid is still our child's
+                os.kill(pid, signal.SIGKILL)
+            codes[tag] = reap(pid, deadline)
+    assert codes == {**{t: -signal.SIGKILL for t in tags if t != "survivor"}, "survivor": 0}
+
+    reported = {tag: lines[tag].decode().split() for tag in tags}
+    assert all("None" not in ids and ids for ids in reported.values())
+    assert len(reported["survivor"]) == 40
+    nonce_tag = {nonce_of(ids[0]): tag for tag, ids in reported.items()}
+    assert len(nonce_tag) == len(tags)
+
+    events, summary = inspect_spool(spool_dir)
+    counts = collections.Counter(e["messageId"] for e in events)
+    assert {m: n for m, n in counts.items() if n > 1} == {}, "an event is in the spool twice"
+    by_id = {e["messageId"]: e for e in events}
+    reported_set = {m for ids in reported.values() for m in ids}
+    for tag, ids in reported.items():
+        assert set(ids) <= set(counts), f"{tag}: a returned event is missing from the spool"
+        assert [by_id[m]["properties"]["k"] for m in ids] == list(range(len(ids)))
+        # at most the one event whose write finished just before the kill, ahead of its report
+        nonce = nonce_of(ids[0])
+        extra = [m for m in counts if nonce_of(m) == nonce and m not in reported_set]
+        assert len(extra) <= 1, f"{tag}: unexpected events {extra}"
+        for m in extra:
+            assert seq_of(m) > seq_of(ids[-1]) and by_id[m]["properties"]["k"] == len(ids)
+    assert {nonce_of(m) for m in counts} <= set(nonce_tag), "events from nowhere"
+    for event in events:  # nothing mis-read: each payload is whole and belongs to its writer
+        props = event["properties"]
+        assert event["userId"] == props["tag"] == nonce_tag[nonce_of(event["messageId"])]
+        assert props["n"] == len(props["blob"]) in BLOB_SIZES
+        assert hashlib.sha256(props["blob"].encode()).hexdigest() == props["sha"]
+
+    # a torn frame can only be the tail of a killed writer's own file
+    skipped_total = 0
+    for path in segment_files(spool_dir):
+        tail, items = read_whole(path)
+        assert tail is not None
+        tail.close()
+        skips = [i for i in items if isinstance(i, Skip)]
+        if skips:
+            tag = nonce_tag[tail.nonce]
+            assert tag != "survivor", f"skipped bytes in a file whose writer was not killed: {skips}"
+            assert len(skips) == 1 and items[-1] is skips[0], f"{tag}: skip not at the tail: {skips}"
+            assert skips[0].reason == "torn"
+            assert skips[0].offset + skips[0].length == path.stat().st_size
+            skipped_total += skips[0].length
+        assert all(isinstance(i, Frame) for i in items[:-1])
+    assert skipped_bytes(summary) == skipped_total
+
+
+# -- a torn tail, made deterministically -----------------------------------------------------------
+
+
+def _dead_writer_segment(spool_dir: Path, n: int) -> tuple[list[str], Path, Frame]:
+    """A segment left by a process that emitted ``n`` events and died (no seal); its last frame."""
+
+    def child(w: int) -> None:
+        em = Emitter(spool_dir)
+        for i in range(n):
+            report(w, em.track(user_id="u", event="torn", properties={"i": i, "pad": "x" * 100}))
+
+    pid, r = start_child(child)
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    raw = read_to_eof(r, pid, deadline)
+    assert reap(pid, deadline) == 0
+    (path,) = segment_files(spool_dir)
+    tail, items = read_whole(path)
+    assert tail is not None
+    tail.close()
+    frames = [i for i in items if isinstance(i, Frame)]
+    assert len(frames) == len(items) == n, "the segment should hold n whole event frames, no seal"
+    assert frames[-1].end == path.stat().st_size
+    return raw.decode().split(), path, frames[-1]
+
+
+@pytest.mark.parametrize("keep", [0.99, 0.5, 23, 1], ids=["cut-a-few", "cut-half", "head-only", "1-byte"])
+def test_truncated_last_frame_is_skipped_and_counted(spool_dir: Path, keep: float) -> None:
+    ids, path, last = _dead_writer_segment(spool_dir, 20)
+    length = last.end - last.offset
+    kept = int(length * keep) if isinstance(keep, float) else int(keep)
+    assert 0 < kept < length
+    os.truncate(path, last.offset + kept)  # what a write cut short by the writer's death leaves
+
+    events, summary = inspect_spool(spool_dir)
+    assert [e["messageId"] for e in events] == ids[:-1]
+    assert [e["properties"]["i"] for e in events] == list(range(19))
+    assert skipped_bytes(summary) == kept
+
+
+def test_corrupt_frame_mid_file_is_skipped_and_the_rest_still_read(spool_dir: Path) -> None:
+    """Not a torn tail but a flipped byte inside an earlier frame: resync, lose only that frame."""
+    ids, path, _ = _dead_writer_segment(spool_dir, 20)
+    tail, items = read_whole(path)
+    assert tail is not None
+    tail.close()
+    victim = items[7]
+    assert isinstance(victim, Frame)
+    with open(path, "r+b") as f:
+        f.seek(victim.offset + 40)
+        byte = f.read(1)
+        f.seek(victim.offset + 40)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    events, summary = inspect_spool(spool_dir)
+    assert [e["messageId"] for e in events] == ids[:7] + ids[8:]
+    assert skipped_bytes(summary) == victim.end - victim.offset
