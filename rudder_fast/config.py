@@ -49,3 +49,23 @@ def resolve_spool_dir(spool_dir: str | os.PathLike[str] | None) -> Path:
     if env:
         return Path(env)
     return default_spool_dir()
+
+
+ENV_QUOTA_BYTES: Final = "RUDDER_FAST_QUOTA_BYTES"
+
+
+def resolve_quota_bytes(value: int | str | None) -> int:
+    """A quota in bytes from an int, a size string ("512M"), or $RUDDER_FAST_QUOTA_BYTES; 0 = none."""
+    from .errors import ConfigurationError
+    from .quota import parse_size
+
+    if value is None:
+        value = os.environ.get(ENV_QUOTA_BYTES) or 0
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigurationError("quota_bytes must be >= 0")
+        return value
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None

@@ -54,6 +54,8 @@ class Emitter:
     ``spool_dir``: the spool (default: ``$RUDDER_FAST_SPOOL_DIR``, else the documented default).
     ``on_full``: what a call does when the spool is over its quota: ``"drop"`` (return None at once) or
     ``"block"`` (wait up to ``block_timeout`` seconds for room, then drop).
+    ``quota_bytes``: the quota to enforce while no sender is running (a running sender's own
+    ``--quota-bytes`` wins); default ``$RUDDER_FAST_QUOTA_BYTES``, else none.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Emitter:
         block_timeout: float = 5.0,
         segment_max_bytes: int = config.SEGMENT_MAX_BYTES,
         segment_max_age_s: float = config.SEGMENT_MAX_AGE_S,
+        quota_bytes: int | str | None = None,
     ) -> None:
         if on_full not in _ON_FULL_CHOICES:
             raise ConfigurationError(f"on_full must be one of {_ON_FULL_CHOICES}, not {on_full!r}")
@@ -78,6 +81,9 @@ class Emitter:
             self.spool_dir,
             segment_max_bytes=segment_max_bytes,
             segment_max_age_s=segment_max_age_s,
+            on_full=on_full,
+            block_timeout=block_timeout,
+            quota_bytes=config.resolve_quota_bytes(quota_bytes),
         )
         self._append = self._writer.append
 

@@ -272,6 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # listen backlog; with the default 5 a burst of connects waits on SYN retries
 
     def __init__(self, address: tuple[Any, ...], family: int, provider: Callable[[], bytes]) -> None:
         self.address_family = family

@@ -132,6 +132,25 @@ def map_control(path: Path) -> mmap.mmap | None:
     return mm
 
 
+def read_control(path: Path) -> Control | None:
+    try:
+        with open(path, "rb") as f:
+            return Control.decode(f.read(CONTROL_SIZE))
+    except OSError:
+        return None
+
+
+def read_acked(ledger_path: Path) -> dict[str, int]:
+    """The sender's last committed offsets (empty if there is no valid ledger)."""
+    from . import ledger
+
+    try:
+        state = ledger.decode(ledger_path.read_bytes())
+    except OSError:
+        return {}
+    return state.offsets if state is not None else {}
+
+
 def sender_running(lock_path: Path) -> bool:
     """True if a sender holds the spool's ``sender.lock`` (a non-blocking probe)."""
     try:

@@ -45,7 +45,7 @@ from typing import Any, Final
 import msgpack
 import orjson
 
-from . import __version__, config, ledger
+from . import __version__, config, ledger, quota
 from .batching import (
     BODY_OVERHEAD,
     PER_EVENT_OVERHEAD,
@@ -59,7 +59,7 @@ from .errors import ConfigurationError, SpoolError
 from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, NEED_DATA, Frame, Skip
 from .layout import SpoolPaths, ensure_spool
 from .retry import Action, RetryPolicy, default_rng, parse_retry_after
-from .tail import SegmentTail, list_segments, writer_alive
+from .tail import SegmentTail, count_events, scan_segments, writer_alive
 from .transport import Response, Transport, TransportError, redact_url
 from .wire import IsoClock, WireMapper
 
@@ -98,6 +98,8 @@ class SenderConfig:
     drain_timeout: float | None = None
     ca_bundle: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    quota_bytes: int = 0  # 0: no quota
+    on_full: str = "drop"  # or "drop_oldest"
 
     def __repr__(self) -> str:  # never show the write key
         return (
@@ -379,6 +381,9 @@ class Sender:
         self._next_status = 0.0
         self._started = time.monotonic()
         self._sent_window: collections.deque[tuple[float, int]] = collections.deque()
+        self.control: quota.ControlFile | None = None
+        self.usage_bytes = 0
+        self._rotate_until = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -404,6 +409,7 @@ class Sender:
 
     def run(self) -> int:
         self.ledger = ledger.load(self.paths.ledger)
+        self.control = quota.ControlFile(self.paths.control)
         for i in range(self.cfg.concurrency):
             deliverer = Deliverer(self.transport, self.cfg.retry, self.state, self.stop, self.quarantine)
             t = threading.Thread(
@@ -481,6 +487,8 @@ class Sender:
         for seg in self.segments.values():
             seg.tail.close()
         self.transport.close()
+        if self.control is not None:
+            self.control.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -502,20 +510,104 @@ class Sender:
 
     def _rescan(self) -> None:
         present = set()
-        for path in list_segments(self.paths.segments):
+        usage = 0
+        for path, size in scan_segments(self.paths.segments):
             name = path.name
             present.add(name)
-            if name in self.segments:
-                continue
-            tail = SegmentTail.open(path, self.ledger.offsets.get(name, 0))
-            if tail is None:
-                continue
-            acked = tail.decoder.offset
-            self.segments[name] = Segment(name, tail, acked)
+            seg = self.segments.get(name)
+            if seg is None:
+                tail = SegmentTail.open(path, self.ledger.offsets.get(name, 0))
+                if tail is None:
+                    continue
+                seg = self.segments[name] = Segment(name, tail, tail.decoder.offset)
+            usage += max(0, size - seg.acked)
         for name in list(self.ledger.offsets):
             if name not in present and name not in self.segments:
                 del self.ledger.offsets[name]  # deleted before the last commit recorded it
                 self._dirty = True
+        self.usage_bytes = usage
+        if self.control is not None:
+            self._enforce_quota(usage)
+
+    def _enforce_quota(self, usage: int) -> None:
+        """Publish the quota verdict for producers (``drop``), or make room (``drop_oldest``)."""
+        assert self.control is not None
+        cfg = self.cfg
+        now = time.monotonic()
+        current = self.control.current
+        flags = current.flags
+        gen = current.rotate_gen
+        if cfg.quota_bytes and cfg.on_full == "drop_oldest":
+            if usage >= cfg.quota_bytes:
+                usage = self._drop_oldest(usage, int(cfg.quota_bytes * quota.RESUME_FRACTION))
+                if usage >= cfg.quota_bytes and not flags & quota.ROTATE:
+                    flags |= quota.ROTATE  # live producers: seal your segments so they can go
+                    gen += 1
+                    self._rotate_until = now + 1.0
+            if flags & quota.ROTATE and now >= self._rotate_until:
+                flags &= ~quota.ROTATE
+        else:
+            was_over = bool(flags & quota.OVER_QUOTA)
+            over = quota.next_flags(was_over, usage, cfg.quota_bytes)
+            if over != was_over:
+                if over:
+                    log.warning(
+                        "spool over quota (%d of %d bytes): producers drop new events until it falls "
+                        "below %d%%",
+                        usage,
+                        cfg.quota_bytes,
+                        int(quota.RESUME_FRACTION * 100),
+                    )
+                else:
+                    log.warning("spool back under quota (%d of %d bytes): producers write again", usage,
+                                cfg.quota_bytes)  # fmt: skip
+            flags = (flags | quota.OVER_QUOTA) if over else (flags & ~quota.OVER_QUOTA)
+        self.control.publish(
+            quota.Control(
+                flags=flags,
+                rotate_gen=gen,
+                quota_bytes=cfg.quota_bytes,
+                usage_bytes=usage,
+                updated_ns=time.time_ns() // 1_000_000_000 * 1_000_000_000,
+                sender_pid=os.getpid(),
+            )
+        )
+
+    def _drop_oldest(self, usage: int, target: int) -> int:
+        """Delete the oldest finished segments not being delivered until usage <= target; count losses."""
+        lost = 0
+        for name, seg in list(self.segments.items()):
+            if usage <= target:
+                break
+            tail = seg.tail
+            if seg.chunks or self._in_open_batch(seg):
+                continue  # part of it is being delivered: keep it
+            if not (tail.final or tail.sealed or not writer_alive(tail.fd)):
+                continue  # its writer may still append
+            try:
+                size = tail.size()
+            except OSError:
+                continue
+            events, drops = count_events(tail.path, seg.acked)
+            tail.close()
+            try:
+                os.unlink(tail.path)
+            except FileNotFoundError:
+                pass
+            del self.segments[name]
+            self.ledger.offsets.pop(name, None)
+            counters = self.ledger.counters
+            counters.add_drops(drops)
+            counters.add_drops({"oldest": events})
+            lost += events
+            usage -= max(0, size - seg.acked)
+            self._dirty = True
+        if lost:
+            log.warning("spool over quota: deleted the oldest pending events (%d lost, counted)", lost)
+        return usage
+
+    def _in_open_batch(self, seg: Segment) -> bool:
+        return seg.tail.decoder.offset != seg.acked
 
     def _pump(self, now: float) -> bool:
         """Read and batch whatever is available, as far as the in-flight bound allows."""

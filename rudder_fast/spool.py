@@ -30,6 +30,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 import weakref
 import zlib
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Any, Final
 
 import msgpack
 
-from . import config
+from . import config, quota
 from .errors import InvalidEventError, SpoolError
 from .framing import (
     FRAME_DROPS,
@@ -93,10 +94,11 @@ class SegmentWriter:
     """Appends framed records to this process's own segment file. Thread-safe and fork-safe."""
 
     __slots__ = (
-        "__weakref__", "_backoff_reason", "_disk_retry_ns", "_fast_until_ns", "_fd", "_index",
-        "_last_warning_ns", "_lock", "_max_age_ns", "_max_bytes", "_other_frames", "_packer", "_path",
-        "_paths", "_pid", "_roll_at_ns", "_seq", "_size", "_unreported", "dropped", "id_prefix", "nonce",
-        "spool_dir",
+        "__weakref__", "_backoff_reason", "_block", "_block_timeout", "_ctrl", "_disk_retry_ns",
+        "_fallback_quota", "_fast_until_ns", "_fd", "_index", "_last_report_ns", "_last_warning_ns",
+        "_local_ctrl", "_lock", "_max_age_ns", "_max_bytes", "_other_frames", "_packer", "_path", "_paths",
+        "_pid", "_quota_check_ns", "_roll_at_ns", "_rotate_seen", "_seq", "_size", "_unreported", "dropped",
+        "id_prefix", "nonce", "spool_dir",
     )  # fmt: skip
 
     def __init__(
@@ -105,10 +107,16 @@ class SegmentWriter:
         *,
         segment_max_bytes: int = config.SEGMENT_MAX_BYTES,
         segment_max_age_s: float = config.SEGMENT_MAX_AGE_S,
+        on_full: str = "drop",
+        block_timeout: float = 5.0,
+        quota_bytes: int = 0,
     ) -> None:
         self.spool_dir = spool_dir
         self._max_bytes = segment_max_bytes
         self._max_age_ns = int(segment_max_age_s * 1e9)
+        self._block = on_full == "block"
+        self._block_timeout = block_timeout
+        self._fallback_quota = quota_bytes  # used only while no sender publishes one
         self._paths: SpoolPaths | None = None
         self._lock = threading.Lock()
         self._packer = msgpack.Packer()
@@ -133,6 +141,13 @@ class SegmentWriter:
         self.dropped: dict[str, int] = {}
         self._unreported: dict[str, int] = {}
         self._last_warning_ns = 0
+        self._last_report_ns = 0
+        # Quota: ``_ctrl`` is what the hot path tests (byte 8 non-zero: go to ``_admit``): the sender's
+        # mapped control file while a sender runs, else a local copy this process maintains itself.
+        self._ctrl: Any = None
+        self._local_ctrl = bytearray(quota.CONTROL_SIZE)
+        self._quota_check_ns = 0
+        self._rotate_seen = -1
 
     def __repr__(self) -> str:
         return (
@@ -167,6 +182,9 @@ class SegmentWriter:
         """Write one event record; its generated messageId, or None if it was dropped (and counted)."""
         if self._pid != _getpid():
             self._after_fork()
+        ctrl = self._ctrl
+        if ctrl is not None and ctrl[8] and not self._admit(now_ns):  # 8: quota.FLAGS_OFFSET
+            return None
         with self._lock:
             # Packed first: a record that cannot be packed is refused before anything touches the disk.
             try:
@@ -199,6 +217,81 @@ class SegmentWriter:
             self._size += written
             self._seq = seq + 1
             return self.id_prefix + str(seq)
+
+    def _admit(self, now_ns: int) -> bool:
+        """The control flags are set: rotate if asked; over quota, drop or wait for room."""
+        ctrl = self._ctrl
+        if ctrl is None:
+            return True
+        flags = ctrl[quota.FLAGS_OFFSET]
+        if flags & quota.ROTATE:
+            gen = int.from_bytes(ctrl[12:16], "little")
+            if gen != self._rotate_seen:
+                with self._lock:
+                    self._rotate_seen = gen
+                    self._roll_at_ns = 0  # seal at the next append so the sender may delete the file
+                    self._fast_until_ns = 0
+        if not flags & quota.OVER_QUOTA:
+            return True
+        if self._block:
+            deadline = time.monotonic() + self._block_timeout
+            pause = 0.001
+            while time.monotonic() < deadline:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                with self._lock:
+                    self._refresh_quota(time.time_ns())
+                ctrl = self._ctrl
+                if ctrl is None or not ctrl[quota.FLAGS_OFFSET] & quota.OVER_QUOTA:
+                    return True
+        with self._lock:
+            self._count_drop_locked(DROP_QUOTA, now_ns)
+            self._report_drops_now(now_ns)
+        return False
+
+    def _report_drops_now(self, now_ns: int) -> None:
+        """While calls are being dropped, write the counts at most every 100 ms (not only at the next
+        successful append), so a process that exits or dies meanwhile has reported nearly all of them."""
+        if self._fd < 0 or now_ns - self._last_report_ns < 100_000_000 or not self._unreported:
+            return
+        self._last_report_ns = now_ns
+        frame = self._drops_frame()
+        try:
+            written = _write(self._fd, frame)
+        except OSError:
+            return
+        if written == len(frame):
+            self._size += written
+            self._seq += 1
+            self._other_frames += 1
+            self._unreported = {}
+        else:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+
+    def _refresh_quota(self, now_ns: int, force: bool = False) -> None:
+        """Once a second (slow path): follow the sender's control file, or measure usage ourselves."""
+        if not force and now_ns < self._quota_check_ns:
+            return
+        self._quota_check_ns = now_ns + 1_000_000_000
+        paths = self._paths
+        if paths is None:
+            return
+        if quota.sender_running(paths.sender_lock):
+            self._ctrl = quota.map_control(paths.control)
+            return
+        published = quota.read_control(paths.control)
+        limit = (published.quota_bytes if published else 0) or self._fallback_quota
+        if limit <= 0:
+            self._ctrl = None
+            return
+        usage = quota.measure_usage(paths.segments, quota.read_acked(paths.ledger))
+        local = self._local_ctrl
+        over = quota.next_flags(bool(local[quota.FLAGS_OFFSET]), usage, limit)
+        local[quota.FLAGS_OFFSET] = quota.OVER_QUOTA if over else 0
+        self._ctrl = local
 
     def count_drop(self, reason: str, now_ns: int) -> None:
         """Count an event dropped before it reached the disk (quota); reported by the next frame."""
@@ -271,7 +364,8 @@ class SegmentWriter:
             self._seq += 1
             self._other_frames += 1
             self._unreported = {}
-        self._fast_until_ns = self._roll_at_ns
+        self._refresh_quota(now_ns)
+        self._fast_until_ns = min(self._roll_at_ns, self._quota_check_ns)
         return fd
 
     def _open_segment(self, now_ns: int) -> int:

@@ -41,7 +41,12 @@ READ_CHUNK = 1 << 20
 
 def list_segments(segments_dir: Path) -> list[Path]:
     """The segment files present now, oldest first (by inode change time, then name)."""
-    found: list[tuple[int, str, Path]] = []
+    return [path for path, _ in scan_segments(segments_dir)]
+
+
+def scan_segments(segments_dir: Path) -> list[tuple[Path, int]]:
+    """(path, size) of the segment files present now, oldest first. One directory read, one stat each."""
+    found: list[tuple[int, str, Path, int]] = []
     try:
         with os.scandir(segments_dir) as entries:
             for entry in entries:
@@ -53,11 +58,11 @@ def list_segments(segments_dir: Path) -> list[Path]:
                     continue
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                found.append((st.st_ctime_ns, entry.name, Path(entry.path)))
+                found.append((st.st_ctime_ns, entry.name, Path(entry.path), st.st_size))
     except FileNotFoundError:
         return []
     found.sort()
-    return [p for _, _, p in found]
+    return [(p, size) for _, _, p, size in found]
 
 
 def writer_alive(fd: int) -> bool:
@@ -176,3 +181,30 @@ def read_whole(path: Path, start_offset: int = 0) -> tuple[SegmentTail | None, l
                 items.extend(tail.frames())
             break
     return tail, items
+
+
+def count_events(path: Path, start_offset: int) -> tuple[int, dict[str, int]]:
+    """Events in a finished segment from an offset, and the drop counts its markers carry."""
+    import msgpack
+
+    from .framing import FRAME_DROPS, FRAME_EVENT
+
+    tail, items = read_whole(path, start_offset)
+    if tail is not None:
+        tail.close()
+    events = 0
+    drops: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, Frame):
+            if item.type == FRAME_EVENT:
+                events += 1
+            elif item.type == FRAME_DROPS:
+                try:
+                    counts = msgpack.unpackb(item.payload)
+                except Exception:
+                    continue
+                if isinstance(counts, dict):
+                    for k, v in counts.items():
+                        if isinstance(k, str) and isinstance(v, int):
+                            drops[k] = drops.get(k, 0) + v
+    return events, drops

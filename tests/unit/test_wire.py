@@ -1,0 +1,412 @@
+"""Record -> wire event (``rudder_fast.wire``), checked against WIRE.md's event table. Pure.
+
+Records are built by hand following the layout at the top of ``rudder_fast/events.py``::
+
+    [kind, call_ns, user_id, anonymous_id, message_id, timestamp, context, integrations, *fields]
+
+and passed through msgpack as the spool does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rudder_fast.events import (
+    KIND_ALIAS,
+    KIND_GROUP,
+    KIND_IDENTIFY,
+    KIND_PAGE,
+    KIND_SCREEN,
+    KIND_TRACK,
+    build_record,
+    check_timestamp,
+    encode_json_field,
+    iso_utc_ms,
+)
+from rudder_fast.wire import IsoClock, WireMapper, message_id
+
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+UTC = dt.timezone.utc
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+VERSION = "9.8.7"
+NONCE = "0123456789abcdef"
+LIBRARY = {"name": "rudder-fast", "version": VERSION}
+CALL = dt.datetime(2026, 11, 26, 10, 1, 2, 345678, tzinfo=UTC)
+ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def ns(moment: dt.datetime) -> int:
+    return (moment - EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+CALL_NS = ns(CALL) + 901  # sub-microsecond digits must not matter
+CALL_ISO = "2026-11-26T10:01:02.345Z"
+
+
+def wire(record: list[Any], seq: int = 7, *, version: str = VERSION) -> dict[str, Any]:
+    """The event as the data plane receives it: through msgpack (the spool) and orjson (the request)."""
+    stored = msgpack.unpackb(msgpack.packb(record))
+    event = WireMapper(version).event(stored, NONCE, seq)
+    return orjson.loads(orjson.dumps(event))
+
+
+def rec(
+    kind: int, *fields: Any, user_id: str | None = "u1", anonymous_id: str | None = None, **common: Any
+) -> list[Any]:
+    return [
+        kind,
+        CALL_NS,
+        user_id,
+        anonymous_id,
+        common.get("message_id"),
+        common.get("timestamp"),
+        common.get("context"),
+        common.get("integrations"),
+        *fields,
+    ]
+
+
+def base(kind: str, **extra: Any) -> dict[str, Any]:
+    event = {
+        "type": kind,
+        "messageId": f"{NONCE}-7",
+        "userId": "u1",
+        "channel": "server",
+        "context": {"library": LIBRARY},
+        "integrations": {"All": True},
+        "originalTimestamp": CALL_ISO,
+    }
+    event.update(extra)
+    return event
+
+
+# -- per kind, the exact JSON ------------------------------------------------------------------------
+
+
+def test_track() -> None:
+    props = encode_json_field("properties", {"revenue": 19.95, "shippingMethod": "Premium"})
+    got = wire(rec(KIND_TRACK, "Item Viewed", props))
+    assert got == base(
+        "track", event="Item Viewed", properties={"revenue": 19.95, "shippingMethod": "Premium"}
+    )
+
+
+def test_track_without_properties() -> None:
+    got = wire(rec(KIND_TRACK, "Signed Up", None))
+    assert got.pop("properties", {}) == {}
+    assert got == base("track", event="Signed Up")
+
+
+def test_identify_copies_traits_into_context() -> None:
+    traits = encode_json_field("traits", {"name": "Name Username", "email": "name@website.com"})
+    got = wire(rec(KIND_IDENTIFY, traits))
+    expected_traits = {"name": "Name Username", "email": "name@website.com"}
+    assert got == base(
+        "identify",
+        traits=expected_traits,
+        context={"library": LIBRARY, "traits": expected_traits},
+    )
+
+
+def test_identify_without_traits() -> None:
+    got = wire(rec(KIND_IDENTIFY, None))
+    assert got.pop("traits", {}) == {}
+    assert got["context"].pop("traits", {}) == {}
+    assert got == base("identify")
+
+
+@pytest.mark.parametrize(("kind", "name"), [(KIND_PAGE, "page"), (KIND_SCREEN, "screen")])
+def test_page_and_screen(kind: int, name: str) -> None:
+    props = encode_json_field("properties", {"url": "https://dominos.com"})
+    got = wire(rec(kind, "Pizza", "Food", props))
+    assert got == base(name, name="Pizza", category="Food", properties={"url": "https://dominos.com"})
+
+
+@pytest.mark.parametrize(("kind", "name"), [(KIND_PAGE, "page"), (KIND_SCREEN, "screen")])
+def test_page_and_screen_minimal(kind: int, name: str) -> None:
+    got = wire(rec(kind, None, None, None, user_id=None, anonymous_id="a-1"))
+    assert got.pop("properties", {}) == {}
+    expected = base(name, anonymousId="a-1")
+    del expected["userId"]
+    assert got == expected
+
+
+def test_group() -> None:
+    traits = encode_json_field("traits", {"name": "Company"})
+    got = wire(rec(KIND_GROUP, "1", traits, user_id="12345"))
+    assert got == base("group", userId="12345", groupId="1", traits={"name": "Company"})
+
+
+def test_group_without_traits() -> None:
+    got = wire(rec(KIND_GROUP, "g-9", None))
+    assert got.pop("traits", {}) == {}
+    assert got == base("group", groupId="g-9")
+
+
+def test_alias() -> None:
+    got = wire(rec(KIND_ALIAS, "old_id", user_id="new_id"))
+    assert got == base("alias", userId="new_id", previousId="old_id")
+
+
+# -- common fields -----------------------------------------------------------------------------------
+
+
+def test_both_ids_and_anonymous_only() -> None:
+    got = wire(rec(KIND_TRACK, "e", None, user_id="u", anonymous_id="a"))
+    assert (got["userId"], got["anonymousId"]) == ("u", "a")
+    got = wire(rec(KIND_TRACK, "e", None, user_id=None, anonymous_id="a"))
+    assert "userId" not in got
+    assert got["anonymousId"] == "a"
+
+
+def test_message_id_default_and_given() -> None:
+    assert wire(rec(KIND_TRACK, "e", None), seq=0)["messageId"] == f"{NONCE}-0"
+    assert wire(rec(KIND_TRACK, "e", None), seq=123456789)["messageId"] == f"{NONCE}-123456789"
+    assert wire(rec(KIND_TRACK, "e", None, message_id="mine-1"), seq=3)["messageId"] == "mine-1"
+    assert message_id(NONCE, 5) == f"{NONCE}-5"
+
+
+def test_caller_context_is_merged_over_the_library() -> None:
+    context = encode_json_field("context", {"ip": "1.2.3.4", "locale": "en-US", "app": {"name": "web"}})
+    got = wire(rec(KIND_TRACK, "e", None, context=context))
+    assert got["context"] == {"library": LIBRARY, "ip": "1.2.3.4", "locale": "en-US", "app": {"name": "web"}}
+
+
+def test_caller_context_keys_win() -> None:
+    context = encode_json_field("context", {"library": {"name": "wrapper", "version": "1"}, "ip": "::1"})
+    got = wire(rec(KIND_TRACK, "e", None, context=context))
+    assert got["context"] == {"library": {"name": "wrapper", "version": "1"}, "ip": "::1"}
+
+
+def test_identify_with_caller_context() -> None:
+    context = encode_json_field("context", {"ip": "::1"})
+    traits = encode_json_field("traits", {"plan": "pro"})
+    got = wire(rec(KIND_IDENTIFY, traits, context=context))
+    assert got["context"] == {"library": LIBRARY, "ip": "::1", "traits": {"plan": "pro"}}
+    assert got["traits"] == {"plan": "pro"}
+
+
+def test_integrations_default_and_given() -> None:
+    assert wire(rec(KIND_TRACK, "e", None))["integrations"] == {"All": True}
+    given_ = encode_json_field("integrations", {"All": False, "Amplitude": True})
+    assert wire(rec(KIND_TRACK, "e", None, integrations=given_))["integrations"] == {
+        "All": False,
+        "Amplitude": True,
+    }
+
+
+def test_timestamp_only_when_given() -> None:
+    assert "timestamp" not in wire(rec(KIND_TRACK, "e", None))
+    historical = dt.datetime(2020, 2, 3, 4, 5, 6, 789999, tzinfo=UTC)
+    got = wire(rec(KIND_TRACK, "e", None, timestamp=check_timestamp(historical)))
+    assert got["timestamp"] == "2020-02-03T04:05:06.789Z"
+    assert got["originalTimestamp"] == CALL_ISO
+    verbatim = "2020-02-03T06:05:06.7+02:00"
+    assert wire(rec(KIND_TRACK, "e", None, timestamp=verbatim))["timestamp"] == verbatim
+
+
+def test_no_sent_at_and_library_version() -> None:
+    for record in [
+        rec(KIND_TRACK, "e", None),
+        rec(KIND_IDENTIFY, None),
+        rec(KIND_PAGE, None, None, None),
+        rec(KIND_SCREEN, None, None, None),
+        rec(KIND_GROUP, "g", None),
+        rec(KIND_ALIAS, "p"),
+    ]:
+        got = wire(record, version="0.0.1-test")
+        assert "sentAt" not in got
+        assert got["channel"] == "server"
+        assert got["context"]["library"] == {"name": "rudder-fast", "version": "0.0.1-test"}
+        assert ISO_RE.match(got["originalTimestamp"])
+
+
+def test_json_fields_are_spliced_unchanged() -> None:
+    """The bytes encoded at the call reach the request as they are: key order, number spelling."""
+    props = encode_json_field("properties", {"z": 1, "a": 1.10, "m": [3, 2, 1]})
+    assert props == b'{"z":1,"a":1.1,"m":[3,2,1]}'
+    event = WireMapper(VERSION).event(rec(KIND_TRACK, "e", props), NONCE, 1)
+    assert b'"properties":' + props in orjson.dumps(event)
+
+
+def test_field_order_is_stable() -> None:
+    event = WireMapper(VERSION).event(rec(KIND_TRACK, "e", b"{}", anonymous_id="a"), NONCE, 1)
+    assert list(event) == [
+        "type",
+        "messageId",
+        "userId",
+        "anonymousId",
+        "channel",
+        "context",
+        "integrations",
+        "originalTimestamp",
+        "event",
+        "properties",
+    ]
+
+
+@pytest.mark.parametrize(
+    "record", [[0, CALL_NS, "u", None, None, None, None, None], [99] + [None] * 9, [KIND_TRACK, 1]]
+)
+def test_unreadable_records_raise_value_error(record: list[Any]) -> None:
+    with pytest.raises(ValueError):
+        WireMapper(VERSION).event(record, NONCE, 0)
+
+
+def test_build_record_to_wire() -> None:
+    """A record made by the events module maps to the event of the call."""
+    record = build_record(
+        KIND_PAGE,
+        CALL_NS,
+        user_id=" ",
+        anonymous_id="anon",
+        context={"page": {"path": "/menu"}},
+        integrations=None,
+        timestamp=dt.datetime(2024, 1, 2, 3, 4, 5),
+        message_id="m-42",
+        fields=["Pizza", "Food", encode_json_field("properties", {"price": 9})],
+    )
+    assert wire(record) == {
+        "type": "page",
+        "messageId": "m-42",
+        "anonymousId": "anon",
+        "channel": "server",
+        "context": {"library": LIBRARY, "page": {"path": "/menu"}},
+        "integrations": {"All": True},
+        "originalTimestamp": CALL_ISO,
+        "timestamp": "2024-01-02T03:04:05.000Z",
+        "name": "Pizza",
+        "category": "Food",
+        "properties": {"price": 9},
+    }
+
+
+# -- properties --------------------------------------------------------------------------------------
+
+MAX_NS = ns(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+MIN_NS = ns(dt.datetime(1, 1, 1, tzinfo=UTC))
+
+
+def _iso_of_ns(value: int) -> str:
+    moment = EPOCH + dt.timedelta(microseconds=value // 1000)
+    return iso_utc_ms(moment)
+
+
+# Second -1 (1969-12-31T23:59:59) is left to the example test below, which it fails.
+instants = st.integers(MIN_NS, MAX_NS).filter(lambda v: v // 1_000_000_000 != -1)
+
+
+@PROPERTY
+@given(st.lists(instants, min_size=1, max_size=20))
+def test_iso_clock_matches_datetime_and_its_cache_is_sound(values: list[int]) -> None:
+    clock = IsoClock()
+    for value in values:
+        text = clock.format_ns(value)
+        assert ISO_RE.match(text)
+        assert text == _iso_of_ns(value) == IsoClock().format_ns(value)
+
+
+@PROPERTY
+@given(st.integers(0, 2**40), st.integers(0, 999_999_999))
+def test_iso_clock_within_one_second(second: int, sub: int) -> None:
+    clock = IsoClock()
+    clock.format_ns(second * 1_000_000_000)  # prime the per-second cache
+    assert clock.format_ns(second * 1_000_000_000 + sub).endswith(f".{sub // 1_000_000:03d}Z")
+
+
+def test_iso_clock_second_before_the_epoch() -> None:
+    """The clock's "nothing cached yet" marker is second -1, a real second (1969-12-31T23:59:59):
+    a fresh clock formats any time in it as just "<ms>Z"."""
+    assert IsoClock().format_ns(-500_000_000) == "1969-12-31T23:59:59.500Z"
+    assert IsoClock().format_ns(-1) == "1969-12-31T23:59:59.999Z"
+
+
+# Integer nanoseconds in a record must fit msgpack's int64/uint64: years 1678..2554.
+@PROPERTY
+@given(st.datetimes(min_value=dt.datetime(1678, 1, 1), max_value=dt.datetime(2554, 1, 1)))
+def test_caller_timestamp_formats_like_the_value_normaliser(moment: dt.datetime) -> None:
+    ts = check_timestamp(moment)
+    assert wire(rec(KIND_TRACK, "e", None, timestamp=ts))["timestamp"] == iso_utc_ms(moment)
+
+
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+)
+json_object = st.dictionaries(st.text(max_size=8), json_value, max_size=5)
+ids = st.text(min_size=1, max_size=20).filter(lambda s: s.strip() == s and s.isprintable() and s)
+
+
+@PROPERTY
+@given(
+    st.sampled_from([KIND_TRACK, KIND_IDENTIFY, KIND_PAGE, KIND_SCREEN, KIND_GROUP, KIND_ALIAS]),
+    st.one_of(st.none(), ids),
+    ids,
+    st.one_of(st.none(), json_object),
+    st.one_of(st.none(), json_object),
+    st.one_of(st.none(), json_object),
+    st.integers(0, 2**63 - 1),
+    st.integers(0, 2**63 - 1),  # time.time_ns() of the call
+)
+def test_any_record_maps_to_its_inputs(
+    kind: int,
+    user_id: str | None,
+    anon: str,
+    payload: dict[str, Any] | None,
+    context: dict[str, Any] | None,
+    integrations: dict[str, Any] | None,
+    seq: int,
+    call_ns: int,
+) -> None:
+    data = encode_json_field("x", payload)
+    fields: list[Any] = {
+        KIND_TRACK: ["Ev", data],
+        KIND_IDENTIFY: [data],
+        KIND_PAGE: ["N", "C", data],
+        KIND_SCREEN: ["N", "C", data],
+        KIND_GROUP: ["G", data],
+        KIND_ALIAS: ["P"],
+    }[kind]
+    record = [kind, call_ns, user_id, anon, None, None, encode_json_field("c", context)]
+    record += [encode_json_field("i", integrations), *fields]
+    got = wire(record, seq)
+    assert got["messageId"] == f"{NONCE}-{seq}"
+    assert got.get("userId") == user_id
+    assert got["anonymousId"] == anon
+    assert got["channel"] == "server"
+    assert got["originalTimestamp"] == _iso_of_ns(call_ns)
+    assert got["integrations"] == (integrations if integrations is not None else {"All": True})
+    expected_context: dict[str, Any] = {"library": LIBRARY, **(context or {})}
+    if kind == KIND_IDENTIFY and payload is not None:
+        expected_context["traits"] = payload
+    assert got["context"] == expected_context
+    assert "sentAt" not in got
+    assert "timestamp" not in got
+    key = {KIND_TRACK: "properties", KIND_PAGE: "properties", KIND_SCREEN: "properties"}.get(kind, "traits")
+    if kind != KIND_ALIAS:
+        assert got.get(key, {} if payload is None else None) == (payload if payload is not None else {})
+    names = {
+        KIND_TRACK: {"type": "track", "event": "Ev"},
+        KIND_IDENTIFY: {"type": "identify"},
+        KIND_PAGE: {"type": "page", "name": "N", "category": "C"},
+        KIND_SCREEN: {"type": "screen", "name": "N", "category": "C"},
+        KIND_GROUP: {"type": "group", "groupId": "G"},
+        KIND_ALIAS: {"type": "alias", "previousId": "P"},
+    }[kind]
+    assert {k: got[k] for k in names} == names
