@@ -59,6 +59,11 @@ CLOSE_WAIT_S: Final = 2.0  # close() waits this long for connection threads to f
 # -- the snapshot and the exposition format --------------------------------------------------------------
 
 
+class MetricsUnavailable(Exception):
+    """Raised by a provider that has nothing true to say yet (before the ledger's counters are loaded):
+    the scrape is answered 503, a failed scrape, instead of counters at zero that would read as a reset."""
+
+
 @dataclass(frozen=True)
 class MetricsSnapshot:
     """What the sender knows at one moment, as plain values. ``None`` means unknown: not exported.
@@ -249,6 +254,10 @@ class _Handler(BaseHTTPRequestHandler):
             body = provider()
             if not isinstance(body, bytes):
                 raise TypeError(f"the metrics provider returned {type(body).__name__}, not bytes")
+        except MetricsUnavailable as exc:
+            log.debug("metrics not ready: %s", exc)
+            self._reply(503, f"metrics not ready: {exc}\n".encode(), "text/plain; charset=utf-8", head)
+            return
         except Exception as exc:
             log.exception("metrics provider failed")
             text = f"metrics unavailable: {type(exc).__name__}\n".encode()
@@ -333,7 +342,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class MetricsServer:
-    """``GET /metrics`` answered with ``provider()``; 404 elsewhere, 500 if the provider raises.
+    """``GET /metrics`` answered with ``provider()``; 404 elsewhere; 503 if the provider raises
+    :class:`MetricsUnavailable`, 500 (logged) if it raises anything else. The server goes on either way.
 
     Binds at construction (so a port in use fails at once, with OSError); :meth:`start` serves from a
     daemon thread; :meth:`close` stops serving and closes every connection. Port 0 picks a free port,

@@ -980,6 +980,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, help="[$RUDDER_FAST_CONNECT_TIMEOUT] default 5")
     p.add_argument("--read-timeout", type=float, help="[$RUDDER_FAST_READ_TIMEOUT] default 30")
     p.add_argument("--ca-bundle", help="CA certificates for an https data plane [$RUDDER_FAST_CA_BUNDLE]")
+    p.add_argument(
+        "--quota-bytes",
+        help="bound on unacknowledged spool bytes, e.g. 512M (K/M/G = x1024) [$RUDDER_FAST_QUOTA_BYTES] none",
+    )
+    p.add_argument(
+        "--on-full",
+        choices=("drop", "drop_oldest"),
+        help="at the quota: producers drop new events, or the sender deletes the oldest "
+        "[$RUDDER_FAST_ON_FULL] drop",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [$RUDDER_FAST_LOG_LEVEL] INFO")
     return p
 
@@ -1027,7 +1037,13 @@ def config_from_args(args: argparse.Namespace) -> SenderConfig:
         batch_url(url)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
+    quota_bytes = config.resolve_quota_bytes(args.quota_bytes)
+    on_full = args.on_full or _env(quota.ENV_ON_FULL) or "drop"
+    if on_full not in ("drop", "drop_oldest"):
+        raise ConfigurationError(f"{quota.ENV_ON_FULL} must be drop or drop_oldest, not {on_full!r}")
     return SenderConfig(
+        quota_bytes=quota_bytes,
+        on_full=on_full,
         spool_dir=config.resolve_spool_dir(args.spool_dir),
         write_key=write_key,
         data_plane_url=url,

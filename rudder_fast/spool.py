@@ -183,6 +183,8 @@ class SegmentWriter:
         if self._pid != _getpid():
             self._after_fork()
         ctrl = self._ctrl
+        if ctrl is None and not self._quota_check_ns:
+            ctrl = self._first_quota_check(now_ns)  # once per process: the very first event obeys too
         if ctrl is not None and ctrl[8] and not self._admit(now_ns):  # 8: quota.FLAGS_OFFSET
             return None
         with self._lock:
@@ -248,6 +250,17 @@ class SegmentWriter:
             self._count_drop_locked(DROP_QUOTA, now_ns)
             self._report_drops_now(now_ns)
         return False
+
+    def _first_quota_check(self, now_ns: int) -> Any:
+        with self._lock:
+            if self._paths is None:
+                try:
+                    self._paths = ensure_spool(self.spool_dir)
+                except SpoolError:
+                    self._quota_check_ns = now_ns + 1_000_000_000  # the append reports the problem
+                    return None
+            self._refresh_quota(now_ns, force=True)
+            return self._ctrl
 
     def _report_drops_now(self, now_ns: int) -> None:
         """While calls are being dropped, write the counts at most every 100 ms (not only at the next

@@ -12,7 +12,11 @@ from rudder_fast.batching import SERVER_MAX_BODY, BatchLimits, body_size, build_
 SENT_AT = "2026-11-26T10:01:02.345Z"
 
 events = st.lists(
-    st.dictionaries(st.text(max_size=8), st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.text(max_size=20), st.none()), max_size=4),
+    st.dictionaries(
+        st.text(max_size=8),
+        st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.text(max_size=20), st.none()),
+        max_size=4,
+    ),
     max_size=30,
 )
 
