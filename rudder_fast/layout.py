@@ -68,6 +68,7 @@ def segment_name(nonce: str, pid: int, index: int) -> str:
 def _ensure_private_dir(path: Path) -> None:
     try:
         os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # exactly 0700 whatever the umask
     except FileExistsError:
         pass
     st = os.lstat(path)
@@ -77,8 +78,54 @@ def _ensure_private_dir(path: Path) -> None:
         raise SpoolError(
             f"spool directory {path} is owned by uid {st.st_uid}, not by this user ({os.geteuid()})"
         )
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)  # umask may have narrowed it; never leave it wider
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise SpoolError(
+            f"spool directory {path} is writable by others (mode {mode:04o}); "
+            f"others could plant files or symlinks in it: fix it with `chmod 700 {path}`"
+        )
+    if mode != 0o700:
+        os.chmod(path, 0o700)  # a umask may have narrowed it: make it exactly owner-only
+
+
+# File systems where flock and O_APPEND do not give the guarantees the spool depends on (one writer per
+# file, atomic appends, locks that die with their process), or that are shared between hosts.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",
+     "gfs2", "ocfs2", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.glusterfs", "davfs"}
+)  # fmt: skip
+ENV_ALLOW_NETWORK_FS = "RUDDER_FAST_ALLOW_NETWORK_FS"
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the file system holding ``path``, from /proc/self/mountinfo (Linux), or None."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", None
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, right.split()[0] if right.split() else None
+    return best_type
+
+
+def check_local_filesystem(root: Path) -> None:
+    if os.environ.get(ENV_ALLOW_NETWORK_FS, "").lower() in ("1", "true", "yes"):
+        return
+    fstype = filesystem_type(root if root.exists() else root.parent)
+    if fstype in NETWORK_FILESYSTEMS:
+        raise SpoolError(
+            f"spool directory {root} is on a network file system ({fstype}): flock and appends are "
+            f"not reliable there; use a local disk, or set {ENV_ALLOW_NETWORK_FS}=1 to force it"
+        )
 
 
 def ensure_spool(root: Path) -> SpoolPaths:
@@ -86,6 +133,7 @@ def ensure_spool(root: Path) -> SpoolPaths:
     paths = SpoolPaths(root)
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
+        check_local_filesystem(root)
         _ensure_private_dir(root)
         for sub in (paths.tmp, paths.segments, paths.rejected):
             _ensure_private_dir(sub)

@@ -47,9 +47,10 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 METRICS_PATH: Final = "/metrics"
 DEFAULT_HOST: Final = "127.0.0.1"  # loopback: exposing the endpoint wider is an explicit choice
 SENDER_STATES: Final = ("starting", "ok", "backoff", "halted", "disabled")
-# Drop reasons a producer can report: exported as 0 from the start, so rate() and alerts see the series
-# before the first drop happens. Other reasons found in the spool are exported as they appear.
-KNOWN_DROP_REASONS: Final = (DROP_DISK, DROP_QUOTA, DROP_SPOOL)
+DROP_OLDEST: Final = "oldest"  # events the sender deleted unsent under --on-full drop_oldest (sender.py)
+# Drop reasons producers and the sender count: exported as 0 from the start, so rate() and alerts see the
+# series before the first drop happens. Any other reason found in the spool is exported as it appears.
+KNOWN_DROP_REASONS: Final = (DROP_DISK, DROP_OLDEST, DROP_QUOTA, DROP_SPOOL)
 
 IDLE_TIMEOUT_S: Final = 120.0  # a keep-alive connection idle this long is closed (scrapes are ~15-60 s)
 POLL_INTERVAL_S: Final = 0.2  # how quickly close() stops the accept loop
@@ -163,7 +164,7 @@ def render(snapshot: MetricsSnapshot) -> bytes:
         out,
         "rudder_fast_events_dropped_total",
         "counter",
-        "Events producers dropped before they reached the spool, by reason.",
+        "Events lost before delivery, by reason: dropped by producers, or deleted unsent by the sender.",
         [({"reason": reason}, dropped[reason]) for reason in sorted(dropped)],
     )
     _family(

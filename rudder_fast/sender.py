@@ -45,7 +45,7 @@ from typing import Any, Final
 import msgpack
 import orjson
 
-from . import __version__, config, ledger, quota
+from . import __version__, config, ledger, metrics, quota
 from .batching import (
     BODY_OVERHEAD,
     PER_EVENT_OVERHEAD,
@@ -77,7 +77,9 @@ DEFAULT_READ_TIMEOUT_S: Final = 30.0  # the gateway's own write timeout is 10 s;
 DEFAULT_STOP_TIMEOUT_S: Final = 5.0  # SIGTERM: wait this long for requests in flight, then abandon them
 POLL_MIN_S: Final = 0.005  # idle polling starts fast (new events are found within milliseconds)...
 POLL_MAX_S: Final = 0.1  # ...and slows to this when nothing arrives
-PROBE_INTERVAL_S: Final = 0.25  # how often an idle live segment's writer lock is probed
+PROBE_INTERVAL_S: Final = 1.0  # how often an idle live segment's writer lock is probed
+READ_CHUNK: Final = 1 << 20  # bytes read from a segment at a time: bounds the per-segment buffer
+TMP_MAX_AGE_S: Final = 60.0  # a tmp/ entry this old whose creator is gone is debris: removed
 RESCAN_INTERVAL_S: Final = 0.2  # how often segments/ is listed for new files
 REJECTED_MAX_BYTES: Final = 64 * 1024 * 1024  # bound on rejected/; beyond it refused events are counted
 STATUS_INTERVAL_S: Final = 1.0
@@ -100,6 +102,9 @@ class SenderConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     quota_bytes: int = 0  # 0: no quota
     on_full: str = "drop"  # or "drop_oldest"
+    metrics_host: str = metrics.DEFAULT_HOST
+    metrics_port: int | None = None
+    metrics_textfile: Path | None = None
 
     def __repr__(self) -> str:  # never show the write key
         return (
@@ -126,7 +131,7 @@ class Chunk:
 
 
 class Segment:
-    __slots__ = ("acked", "chunks", "name", "next_probe", "tail")
+    __slots__ = ("acked", "chunks", "name", "next_probe", "size", "tail")
 
     def __init__(self, name: str, tail: SegmentTail, acked: int) -> None:
         self.name = name
@@ -134,6 +139,7 @@ class Segment:
         self.acked = acked
         self.chunks: collections.deque[Chunk] = collections.deque()
         self.next_probe = 0.0
+        self.size = 1 << 62  # until the first directory scan says otherwise: read
 
     @property
     def finished(self) -> bool:
@@ -381,6 +387,8 @@ class Sender:
         self._next_status = 0.0
         self._started = time.monotonic()
         self._sent_window: collections.deque[tuple[float, int]] = collections.deque()
+        self._next_tmp_sweep = 0.0
+        self._metrics: metrics.MetricsSnapshot | None = None
         self.control: quota.ControlFile | None = None
         self.usage_bytes = 0
         self._rotate_until = 0.0
@@ -439,6 +447,9 @@ class Sender:
                 if now >= self._next_rescan:
                     self._rescan()
                     self._next_rescan = now + RESCAN_INTERVAL_S
+                if now >= self._next_tmp_sweep:
+                    self._next_tmp_sweep = now + 30.0
+                    self._sweep_tmp()
                 progressed = self._pump(now)
                 self._flush_due(now, caught_up=not progressed)
                 self._reap_finished()
@@ -520,6 +531,7 @@ class Sender:
                 if tail is None:
                     continue
                 seg = self.segments[name] = Segment(name, tail, tail.decoder.offset)
+            seg.size = max(size, seg.tail.read_pos)
             usage += max(0, size - seg.acked)
         for name in list(self.ledger.offsets):
             if name not in present and name not in self.segments:
@@ -528,6 +540,30 @@ class Sender:
         self.usage_bytes = usage
         if self.control is not None:
             self._enforce_quota(usage)
+
+    def _sweep_tmp(self) -> None:
+        """Remove segments a producer died creating (between open in tmp/ and rename): old and unlocked."""
+        cutoff = time.time() - TMP_MAX_AGE_S
+        try:
+            entries = list(os.scandir(self.paths.tmp))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                if writer_alive(fd):
+                    continue
+                os.unlink(entry.path)
+                log.info("removed debris %s from tmp/ (its creator died before finishing it)", entry.name)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def _enforce_quota(self, usage: int) -> None:
         """Publish the quota verdict for producers (``drop``), or make room (``drop_oldest``)."""
@@ -598,7 +634,7 @@ class Sender:
             self.ledger.offsets.pop(name, None)
             counters = self.ledger.counters
             counters.add_drops(drops)
-            counters.add_drops({"oldest": events})
+            counters.add_drops({metrics.DROP_OLDEST: events})
             lost += events
             usage -= max(0, size - seg.acked)
             self._dirty = True
@@ -679,15 +715,21 @@ class Sender:
                 return consumed
 
     def _read(self, seg: Segment, now: float) -> int:
+        """New bytes of a segment into its decoder. An idle segment costs no syscall between directory
+        scans (which refresh ``seg.size``) and liveness probes: thousands of idle producers stay cheap."""
         tail = seg.tail
-        try:
-            data = os.pread(tail.fd, 1 << 20, tail.read_pos)
-        except OSError:
-            data = b""
-        if data:
-            tail.read_pos += len(data)
-            tail.decoder.feed(data)
-            return len(data)
+        if tail.read_pos < seg.size:
+            try:
+                data = os.pread(tail.fd, READ_CHUNK, tail.read_pos)
+            except OSError:
+                data = b""
+            if data:
+                tail.read_pos += len(data)
+                tail.decoder.feed(data)
+                if len(data) == READ_CHUNK:
+                    seg.size = max(seg.size, tail.read_pos + 1)  # probably more: keep reading
+                return len(data)
+            seg.size = tail.read_pos
         if tail.sealed or now >= seg.next_probe:
             seg.next_probe = now + PROBE_INTERVAL_S
             return tail.read_more()  # probes the writer's lock; marks the tail final when it is gone
@@ -898,6 +940,13 @@ class Sender:
 
     # status
 
+    def metrics_bytes(self) -> bytes:
+        """The Prometheus exposition of the last published snapshot (called on the server's thread)."""
+        snap = self._metrics
+        if snap is None:
+            raise metrics.MetricsUnavailable("the sender has not published its counters yet")
+        return metrics.render(snap)
+
     def _write_status_if_due(self, now: float) -> None:
         if now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL_S
@@ -909,18 +958,41 @@ class Sender:
         while window and window[0][0] < now - 60:
             window.popleft()
         span = min(60.0, max(1e-3, now - self._started))
+        events_per_s = sum(n for _, n in window) / span
         status = {
             "pid": os.getpid(),
             "state": "stopped" if final else self.state.state,
             "state_since": self.state.since,
             "data_plane_url": redact_url(self.transport.url),
             "updated_at": time.time(),
-            "events_per_s": sum(n for _, n in window) / span,
+            "events_per_s": events_per_s,
             "inflight": self.inflight,
             "counters": self.ledger.counters.to_json(),
             "last_error": self.state.last_error,
             "last_error_at": self.state.last_error_at,
         }
+        c = self.ledger.counters
+        snap = metrics.MetricsSnapshot(
+            version=__version__,
+            state=self.state.state if self.state.state in metrics.SENDER_STATES else "starting",
+            events_sent=c.sent,
+            request_retries=c.retried,
+            events_rejected=c.rejected,
+            skipped_bytes=c.skipped_bytes,
+            dropped=c.dropped,
+            requests_in_flight=self.inflight,
+            delivery_rate=events_per_s,
+            backlog_bytes=self.usage_bytes,
+            backlog_segments=len(self.segments),
+            live_producers=sum(1 for s in self.segments.values() if not s.tail.final),
+            up=not final,
+        )
+        self._metrics = snap
+        if self.cfg.metrics_textfile is not None:
+            try:
+                metrics.write_textfile(self.cfg.metrics_textfile, metrics.render(snap))
+            except OSError as exc:
+                log.debug("cannot write the metrics textfile: %s", exc)
         tmp = self.paths.status.with_name("status.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -990,6 +1062,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="at the quota: producers drop new events, or the sender deletes the oldest "
         "[$RUDDER_FAST_ON_FULL] drop",
     )
+    p.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics here [$RUDDER_FAST_METRICS_PORT]"
+    )
+    p.add_argument("--metrics-host", help="address for --metrics-port [$RUDDER_FAST_METRICS_HOST] 127.0.0.1")
+    p.add_argument(
+        "--metrics-textfile",
+        help="write metrics to this file for node-exporter [$RUDDER_FAST_METRICS_TEXTFILE]",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [$RUDDER_FAST_LOG_LEVEL] INFO")
     return p
 
@@ -1041,7 +1121,14 @@ def config_from_args(args: argparse.Namespace) -> SenderConfig:
     on_full = args.on_full or _env(quota.ENV_ON_FULL) or "drop"
     if on_full not in ("drop", "drop_oldest"):
         raise ConfigurationError(f"{quota.ENV_ON_FULL} must be drop or drop_oldest, not {on_full!r}")
+    metrics_port = pick(args.metrics_port, "RUDDER_FAST_METRICS_PORT", int)
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise ConfigurationError("metrics port must be between 0 and 65535")
+    textfile = args.metrics_textfile or _env("RUDDER_FAST_METRICS_TEXTFILE")
     return SenderConfig(
+        metrics_port=metrics_port,
+        metrics_host=args.metrics_host or _env("RUDDER_FAST_METRICS_HOST") or metrics.DEFAULT_HOST,
+        metrics_textfile=Path(textfile) if textfile else None,
         quota_bytes=quota_bytes,
         on_full=on_full,
         spool_dir=config.resolve_spool_dir(args.spool_dir),
@@ -1093,9 +1180,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_LOCKED
     _raise_fd_limit()
+    server = None
+    if cfg.metrics_port is not None:
+        try:
+            server = metrics.MetricsServer(cfg.metrics_host, cfg.metrics_port, sender.metrics_bytes)
+        except OSError as exc:
+            print(
+                f"rudder-fast-sender: cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        server.start()
+        log.info("metrics at %s", server.url)
     signal.signal(signal.SIGTERM, sender.request_stop)
     signal.signal(signal.SIGINT, sender.request_stop)
-    code = sender.run()
+    try:
+        code = sender.run()
+    finally:
+        if server is not None:
+            server.close()
     log.info("sender stopped (exit %d)", code)
     return code
 
