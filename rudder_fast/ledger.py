@@ -66,11 +66,33 @@ class Counters:
         )
 
 
+# Per-producer counters are kept for this many producers (the most recently active): enough to see
+# which processes drop or lose bytes, bounded however many short-lived processes come and go.
+MAX_PRODUCERS = 256
+
+
 @dataclass
 class LedgerState:
     generation: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
+    producers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def credit_producer(
+        self, nonce: str, pid: int, events: int, skipped: int, drops: dict[str, int] | None, now: float
+    ) -> None:
+        p = self.producers.get(nonce)
+        if p is None:
+            if len(self.producers) >= MAX_PRODUCERS:
+                oldest = min(self.producers, key=lambda k: self.producers[k].get("last_seen", 0))
+                del self.producers[oldest]
+            p = self.producers[nonce] = {"pid": pid, "sent": 0, "skipped_bytes": 0, "dropped": {}}
+        p["sent"] += events
+        p["skipped_bytes"] += skipped
+        if drops:
+            for reason, n in drops.items():
+                p["dropped"][reason] = p["dropped"].get(reason, 0) + n
+        p["last_seen"] = now
 
 
 def encode(state: LedgerState) -> bytes:
@@ -79,6 +101,7 @@ def encode(state: LedgerState) -> bytes:
             "generation": state.generation,
             "offsets": state.offsets,
             "counters": state.counters.to_json(),
+            "producers": state.producers,
         }
     )
     return _MAGIC + f"{zlib.crc32(body):08x}\n".encode() + body
@@ -104,6 +127,7 @@ def decode(data: bytes) -> LedgerState | None:
             generation=int(obj["generation"]),
             offsets=offsets,
             counters=Counters.from_json(obj.get("counters")),
+            producers=obj.get("producers") if isinstance(obj.get("producers"), dict) else {},
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

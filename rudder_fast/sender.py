@@ -120,12 +120,13 @@ class SenderConfig:
 class Chunk:
     """A contiguous range of one segment, ending at ``end``, resolved when ``batch`` is."""
 
-    __slots__ = ("batch", "done", "drops", "end", "skipped")
+    __slots__ = ("batch", "done", "drops", "end", "events", "skipped")
 
     def __init__(self, batch: Batch | None, end: int, done: bool = False) -> None:
         self.batch = batch
         self.end = end
         self.done = done
+        self.events = 0
         self.skipped = 0
         self.drops: dict[str, int] | None = None
 
@@ -706,11 +707,13 @@ class Sender:
                     batch.cost += cost
                     batch.stub_bytes += len(stub)
                     if chunks and chunks[-1].batch is batch:
-                        chunks[-1].end = item.end
+                        chunk = chunks[-1]
+                        chunk.end = item.end
                     else:
                         chunk = Chunk(batch, item.end)
                         chunks.append(chunk)
                         batch.chunks.append((seg, chunk))
+                    chunk.events += 1
             if self.ready is not None and not self._submit_ready():
                 return consumed
 
@@ -784,11 +787,13 @@ class Sender:
         batch.cost += len(stub) + PER_EVENT_OVERHEAD
         chunks = seg.chunks
         if chunks and chunks[-1].batch is batch:
-            chunks[-1].end = end
+            chunk = chunks[-1]
+            chunk.end = end
         else:
             chunk = Chunk(batch, end)
             chunks.append(chunk)
             batch.chunks.append((seg, chunk))
+        chunk.events += 1
 
     def _mark_resolved(
         self,
@@ -813,6 +818,7 @@ class Sender:
             c.rejected += rejected
             if drops:
                 c.add_drops(drops)
+            self._credit_producer(seg, 0, skipped, drops)
             self.ledger.offsets[seg.name] = end
             self._dirty = True
             return
@@ -894,8 +900,18 @@ class Sender:
                 counters.skipped_bytes += chunk.skipped
                 if chunk.drops:
                     counters.add_drops(chunk.drops)
+                self._credit_producer(seg, chunk.events, chunk.skipped, chunk.drops)
             self.ledger.offsets[seg.name] = seg.acked
         self._dirty = True
+
+    def _credit_producer(self, seg: Segment, events: int, skipped: int, drops: dict[str, int] | None) -> None:
+        """Per-producer counters (a producer is a process: one nonce), kept with the ledger."""
+        if not (events or skipped or drops):
+            return
+        header = seg.tail.header
+        self.ledger.credit_producer(
+            seg.tail.nonce, header.pid if header else 0, events, skipped, drops, time.time()
+        )
 
     def _reap_finished(self) -> None:
         for name, seg in list(self.segments.items()):

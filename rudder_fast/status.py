@@ -78,7 +78,14 @@ def collect(spool_dir: Path) -> dict[str, Any]:
             "segments": pending.segments,
             "oldest_age_s": (now_ns - pending.oldest_ns) / 1e9 if pending.oldest_ns else None,
         },
-        "producers": {"live": _live_producers(paths.segments)},
+        "producers": {
+            "live": _live_producers(paths.segments),
+            "recent": sorted(
+                ({"nonce": k, **v} for k, v in state.producers.items()),
+                key=lambda p: p.get("last_seen", 0),
+                reverse=True,
+            )[:50],
+        },
         "sender": {
             "state": sender_doc.get("state", "unknown") if running else "not running",
             "pid": sender_doc.get("pid") if running else None,
