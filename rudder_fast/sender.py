@@ -83,6 +83,7 @@ TMP_MAX_AGE_S: Final = 60.0  # a tmp/ entry this old whose creator is gone is de
 RESCAN_INTERVAL_S: Final = 0.2  # how often segments/ is listed for new files
 REJECTED_MAX_BYTES: Final = 64 * 1024 * 1024  # bound on rejected/; beyond it refused events are counted
 STATUS_INTERVAL_S: Final = 1.0
+DROPS_QUIET_S: Final = 30.0  # drops are over once none has been reported for this long
 
 
 @dataclass(frozen=True)
@@ -389,6 +390,9 @@ class Sender:
         self._started = time.monotonic()
         self._sent_window: collections.deque[tuple[float, int]] = collections.deque()
         self._next_tmp_sweep = 0.0
+        self._drops_seen = -1  # set from the ledger at start: only new drops are announced
+        self._dropping_since: float | None = None
+        self._last_drop_at = 0.0
         self._metrics: metrics.MetricsSnapshot | None = None
         self.control: quota.ControlFile | None = None
         self.usage_bytes = 0
@@ -419,6 +423,7 @@ class Sender:
     def run(self) -> int:
         self.ledger = ledger.load(self.paths.ledger)
         self.control = quota.ControlFile(self.paths.control)
+        self._drops_seen = sum(self.ledger.counters.dropped.values())
         for i in range(self.cfg.concurrency):
             deliverer = Deliverer(self.transport, self.cfg.retry, self.state, self.stop, self.quarantine)
             t = threading.Thread(
@@ -966,7 +971,26 @@ class Sender:
     def _write_status_if_due(self, now: float) -> None:
         if now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL_S
+            self._watch_drops(now)
             self._write_status()
+
+    def _watch_drops(self, now: float) -> None:
+        """One warning when producers start dropping events, one when they stop: never one per event."""
+        total = sum(self.ledger.counters.dropped.values())
+        if total > self._drops_seen:
+            if self._dropping_since is None:
+                log.warning(
+                    "producers are dropping events: %s so far (see `rudder-fast status`)",
+                    dict(self.ledger.counters.dropped),
+                )
+                self._dropping_since = now
+            self._drops_seen = total
+            self._last_drop_at = now
+        elif self._dropping_since is not None and now - self._last_drop_at >= DROPS_QUIET_S:
+            log.warning(
+                "producers stopped dropping events; dropped in total: %s", dict(self.ledger.counters.dropped)
+            )
+            self._dropping_since = None
 
     def _write_status(self, final: bool = False) -> None:
         now = time.monotonic()
