@@ -59,6 +59,69 @@ def _cmd_status(args: argparse.Namespace) -> int:
             return 0
 
 
+_REPLAY_FIELDS = {
+    "userId": "user_id",
+    "anonymousId": "anonymous_id",
+    "integrations": "integrations",
+    "messageId": "message_id",
+    "event": "event",
+    "properties": "properties",
+    "traits": "traits",
+    "name": "name",
+    "category": "category",
+    "groupId": "group_id",
+    "previousId": "previous_id",
+}
+
+
+def replay_kwargs(event: dict[str, object]) -> tuple[str, dict[str, object]]:
+    """The emit call that re-creates a wire event: (method name, keyword arguments)."""
+    kind = event.get("type")
+    if kind not in ("track", "identify", "page", "screen", "group", "alias"):
+        raise ValueError(f"not a rudder event type: {kind!r}")
+    kwargs = {kw: event[key] for key, kw in _REPLAY_FIELDS.items() if key in event}
+    context = event.get("context")
+    if isinstance(context, dict):
+        context = {k: v for k, v in context.items() if k != "library"}
+        if kind == "identify":
+            context.pop("traits", None)  # re-added from the event's traits
+        if context:
+            kwargs["context"] = context
+    # Keep the event's time: the original timestamp if it had one, else when it was first tracked.
+    when = event.get("timestamp") or event.get("originalTimestamp")
+    if isinstance(when, str):
+        kwargs["timestamp"] = when
+    return str(kind), kwargs
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .emitter import Emitter
+    from .errors import InvalidEventError
+
+    emitter = Emitter(args.spool_dir)
+    replayed = failed = 0
+    for path in args.files:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = orjson.loads(line)
+                    event = doc.get("event", doc) if isinstance(doc, dict) else None
+                    if not isinstance(event, dict):
+                        raise ValueError("no event object on this line")
+                    method, kwargs = replay_kwargs(event)
+                    if getattr(emitter, method)(**kwargs) is None:
+                        raise ValueError("dropped (spool over quota or unwritable)")
+                    replayed += 1
+                except (ValueError, InvalidEventError, orjson.JSONDecodeError) as exc:
+                    failed += 1
+                    print(f"{path}:{number}: not replayed: {exc}", file=sys.stderr)
+    emitter.close()
+    print(f"replayed {replayed} events into {emitter.spool_dir}; {failed} not replayed", file=sys.stderr)
+    return 0 if failed == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rudder-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="refresh in place until interrupted")
     st.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
     st.set_defaults(func=_cmd_status)
+    rep = sub.add_parser(
+        "replay", help="re-enter events from rejected/*.jsonl (after fixing the cause) into the spool"
+    )
+    rep.add_argument("files", nargs="+", type=Path)
+    rep.add_argument("--spool-dir", type=Path, default=None)
+    rep.set_defaults(func=_cmd_replay)
     dev = sub.add_parser("devserver", help="a local stand-in for the RudderStack data plane")
     devserver.add_arguments(dev)
     dev.set_defaults(func=devserver.run)
