@@ -38,8 +38,10 @@ Differences from rudder-sdk-python
 - Bad input raises :class:`rudder_fast.InvalidEventError`, a ``ValueError`` naming the field, where
   rudder-sdk-python raises ``AssertionError`` (its ``require``): code that catches ``AssertionError``
   around a call must catch ``InvalidEventError`` (or ``ValueError``) instead. It is raised for more
-  input too: what the data plane would refuse (a blank id; a value that cannot be encoded, which
-  rudder-sdk-python deletes from the event with a log line; a ``bool`` id) is refused at the call.
+  input too: a blank id (which rudder-sdk-python sends, and the data plane rejects the whole batch
+  for), a ``bool`` id, a value of a type that cannot be encoded (``timedelta``, an arbitrary object:
+  rudder-sdk-python deletes it from the event with a log line). Values it also deletes but that have
+  an obvious encoding (``UUID``) are kept, normalised as for every rudder_fast call.
 - Ids are str or numbers, as there; a number is turned into its ``str`` (rudder-sdk-python does that for
   ``user_id``, ``anonymous_id`` and ``message_id``; here ``group_id`` and ``previous_id`` too, which it
   sends as JSON numbers).
@@ -307,7 +309,7 @@ def _emitter() -> Emitter | None:
     """The default emitter, or None when ``send`` is False. Applies ``debug`` first."""
     if bool(debug) is not _debug_applied:
         _apply_debug(bool(debug))
-    if False:
+    if not send:
         return None
     return emit.get()
 
@@ -412,12 +414,11 @@ def _warn_sender_settings() -> None:
         _warn_lock.release()
     # Names only: the values (the write key above all) never reach a log.
     log.warning(
-        "rudder_fast.analytics: %s set, but no effect in this process: it only appends events to the "
-        "local spool (%s), where they are durable when the call returns. The rudder-fast-sender daemon "
-        "delivers them and takes its settings from its own options or environment: the write key from "
-        "--write-key or RUDDER_WRITE_KEY, the data plane URL from --data-plane-url or "
-        "RUDDER_DATA_PLANE_URL (gzip, retries and timeouts from its own options too); on_error is never "
-        "called, delivery errors are in `rudder-fast status`.",
+        "rudder_fast.analytics ignores %s in this process: it only appends events to the local spool "
+        "(%s), where they are durable when the call returns. The rudder-fast-sender daemon delivers them "
+        "with its own settings: the write key from --write-key or RUDDER_WRITE_KEY, the data plane URL "
+        "from --data-plane-url or RUDDER_DATA_PLANE_URL, gzip, retries and timeouts from its options. "
+        "on_error is never called: delivery errors show in `rudder-fast status`.",
         ", ".join(changed),
         emit.get().spool_dir,
     )
