@@ -1110,6 +1110,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-textfile",
         help="write metrics to this file for node-exporter [$RUDDER_FAST_METRICS_TEXTFILE]",
     )
+    p.add_argument(
+        "--allow-network-fs",
+        action="store_true",
+        help="use a spool on NFS/CIFS/... anyway (unsafe: flock and appends are unreliable there) "
+        "[$RUDDER_FAST_ALLOW_NETWORK_FS]",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR [$RUDDER_FAST_LOG_LEVEL] INFO")
     return p
 
@@ -1207,6 +1213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s rudder-fast-sender[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if args.allow_network_fs:
+        os.environ["RUDDER_FAST_ALLOW_NETWORK_FS"] = "1"
     try:
         cfg = config_from_args(args)
         sender = Sender(cfg)
