@@ -606,7 +606,11 @@ def test_flask_app_under_test_client_emits_per_request(
 
 CELERY_SETTINGS = """\
 broker_url = "filesystem://"
-broker_transport_options = {{"data_folder_in": {folder!r}, "data_folder_out": {folder!r}}}
+broker_transport_options = {{
+    "data_folder_in": {folder!r},
+    "data_folder_out": {folder!r},
+    "control_folder": {folder!r},  # else kombu writes a control/ folder into the working directory
+}}
 broker_connection_retry_on_startup = True
 worker_enable_remote_control = False  # no fanout/pidbox: the filesystem transport is point-to-point
 task_ignore_result = True
