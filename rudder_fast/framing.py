@@ -87,15 +87,37 @@ def encode_frame(frame_type: int, seq: int, payload: bytes) -> bytes:
     return FRAME_PREFIX.pack(SYNC, zlib.crc32(body)) + body
 
 
-@dataclass(frozen=True, slots=True)
 class Frame:
-    """A whole, checked frame. ``offset``/``end`` are positions in the decoded stream."""
+    """A whole, checked frame. ``offset``/``end`` are positions in the decoded stream.
 
-    type: int
-    seq: int
-    payload: bytes
-    offset: int
-    end: int
+    A plain slotted class rather than a frozen dataclass: the sender builds one per event, and a frozen
+    dataclass's ``__init__`` (object.__setattr__ per field) costs four times as much.
+    """
+
+    __slots__ = ("end", "offset", "payload", "seq", "type")
+
+    def __init__(self, type: int, seq: int, payload: bytes, offset: int, end: int) -> None:
+        self.type = type
+        self.seq = seq
+        self.payload = payload
+        self.offset = offset
+        self.end = end
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.type, self.seq, self.payload, self.offset, self.end) == (
+            other.type, other.seq, other.payload, other.offset, other.end,
+        )  # fmt: skip
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.seq, self.payload, self.offset, self.end))
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame(type={self.type}, seq={self.seq}, payload={self.payload!r}, offset={self.offset}, "
+            f"end={self.end})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -450,6 +450,9 @@ class Sender:
             while not self.stop.is_set():
                 now = time.monotonic()
                 got = self._collect_results(block_for=0.0)
+                # A batch parked while K were in flight must go as soon as a worker is free, even when
+                # nothing is left to read (the pump, which also submits it, skips finished segments).
+                self._submit_ready()
                 if now >= self._next_rescan:
                     self._rescan()
                     self._next_rescan = now + RESCAN_INTERVAL_S
