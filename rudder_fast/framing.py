@@ -28,6 +28,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
+import msgpack
+
 MAGIC: Final = b"RFSPOOL\x00"
 VERSION: Final = 1
 HEADER = struct.Struct("<8sHHIIQ16sI")
@@ -79,6 +81,17 @@ def decode_header(data: bytes) -> SegmentHeader | None:
     except UnicodeDecodeError:
         return None
     return SegmentHeader(pid=pid, index=index, created_ns=created_ns, nonce=text)
+
+
+def decode_drops(payload: bytes) -> dict[str, int]:
+    """A drop-marker frame's counts ({reason: events dropped}); empty if the payload is not one."""
+    try:
+        counts = msgpack.unpackb(payload)
+    except Exception:
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {k: v for k, v in counts.items() if isinstance(k, str) and isinstance(v, int) and v >= 0}
 
 
 def encode_frame(frame_type: int, seq: int, payload: bytes) -> bytes:

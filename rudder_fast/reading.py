@@ -9,7 +9,7 @@ from pathlib import Path
 import msgpack
 import orjson
 
-from .framing import FRAME_DROPS, FRAME_EVENT, Frame
+from .framing import FRAME_DROPS, FRAME_EVENT, Frame, decode_drops
 from .layout import SpoolPaths
 from .tail import list_segments, read_whole
 from .wire import WireMapper
@@ -52,7 +52,8 @@ def scan_pending(
                     summary.skipped_bytes += item.length
                     continue
                 if item.type == FRAME_DROPS:
-                    _add_drops(summary.dropped, item.payload)
+                    for reason, n in decode_drops(item.payload).items():
+                        summary.dropped[reason] = summary.dropped.get(reason, 0) + n
                     continue
                 if item.type != FRAME_EVENT:
                     continue
@@ -70,14 +71,3 @@ def scan_pending(
         finally:
             tail.close()
     return summary
-
-
-def _add_drops(into: dict[str, int], payload: bytes) -> None:
-    try:
-        counts = msgpack.unpackb(payload)
-    except Exception:
-        return
-    if isinstance(counts, dict):
-        for reason, n in counts.items():
-            if isinstance(reason, str) and isinstance(n, int):
-                into[reason] = into.get(reason, 0) + n

@@ -56,7 +56,7 @@ from .batching import (
     halves,
 )
 from .errors import ConfigurationError, SpoolError
-from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, NEED_DATA, Frame, Skip
+from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, NEED_DATA, Frame, Skip, decode_drops
 from .layout import SpoolPaths, ensure_spool
 from .retry import Action, RetryPolicy, default_rng, parse_retry_after
 from .tail import SegmentTail, count_events, scan_segments, writer_alive
@@ -757,7 +757,7 @@ class Sender:
                 return
             self._add_to_batch(seg, item.end, stub)
         elif item.type == FRAME_DROPS:
-            drops = _decode_drops(item.payload)
+            drops = decode_drops(item.payload)
             self._mark_resolved(seg, item.end, drops=drops)
         else:  # FRAME_SEAL (and any frame type this version does not use)
             if item.type == FRAME_SEAL:
@@ -1046,16 +1046,6 @@ class Sender:
             os.replace(tmp, self.paths.status)
         except OSError as exc:
             log.debug("cannot write status: %s", exc)
-
-
-def _decode_drops(payload: bytes) -> dict[str, int]:
-    try:
-        counts = msgpack.unpackb(payload)
-    except Exception:
-        return {}
-    if not isinstance(counts, dict):
-        return {}
-    return {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
 
 
 # -- command line ---------------------------------------------------------------------------------------

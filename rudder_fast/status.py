@@ -6,8 +6,6 @@ whether or not a sender is running (counters then come from the ledger, as last 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import time
 from pathlib import Path
@@ -17,22 +15,9 @@ import orjson
 
 from . import ledger
 from .layout import SpoolPaths
+from .quota import sender_running
 from .reading import scan_pending
 from .tail import list_segments, writer_alive
-
-
-def _sender_running(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
-    finally:
-        os.close(fd)
-    return False
 
 
 def _live_producers(segments: Path) -> int:
@@ -63,7 +48,7 @@ def collect(spool_dir: Path) -> dict[str, Any]:
         sender_doc: dict[str, Any] = orjson.loads(paths.status.read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
         sender_doc = {}
-    running = _sender_running(paths.sender_lock)
+    running = sender_running(paths.sender_lock)
     counters = ledger.Counters.from_json(sender_doc.get("counters")) if running else state.counters
     dropped = dict(counters.dropped)
     for reason, n in pending.dropped.items():

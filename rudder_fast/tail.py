@@ -185,9 +185,7 @@ def read_whole(path: Path, start_offset: int = 0) -> tuple[SegmentTail | None, l
 
 def count_events(path: Path, start_offset: int) -> tuple[int, dict[str, int]]:
     """Events in a finished segment from an offset, and the drop counts its markers carry."""
-    import msgpack
-
-    from .framing import FRAME_DROPS, FRAME_EVENT
+    from .framing import FRAME_DROPS, FRAME_EVENT, decode_drops
 
     tail, items = read_whole(path, start_offset)
     if tail is not None:
@@ -199,12 +197,6 @@ def count_events(path: Path, start_offset: int) -> tuple[int, dict[str, int]]:
             if item.type == FRAME_EVENT:
                 events += 1
             elif item.type == FRAME_DROPS:
-                try:
-                    counts = msgpack.unpackb(item.payload)
-                except Exception:
-                    continue
-                if isinstance(counts, dict):
-                    for k, v in counts.items():
-                        if isinstance(k, str) and isinstance(v, int):
-                            drops[k] = drops.get(k, 0) + v
+                for reason, n in decode_drops(item.payload).items():
+                    drops[reason] = drops.get(reason, 0) + n
     return events, drops
