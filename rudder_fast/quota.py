@@ -103,7 +103,10 @@ class ControlFile:
 
     def publish(self, control: Control) -> None:
         if control != self.current:
-            os.pwrite(self._fd, control.encode(), 0)
+            try:
+                os.pwrite(self._fd, control.encode(), 0)  # in place: the file is already allocated
+            except OSError:
+                return  # retried at the next measurement; producers fall back on their own
             self.current = control
 
     def close(self) -> None:

@@ -415,14 +415,20 @@ class Sender:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return False
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # for people; the lock is what counts
+        except OSError:
+            pass  # a full disk: the sender is exactly what frees it, so carry on
         self._lock_fd = fd
         return True
 
     def run(self) -> int:
         self.ledger = ledger.load(self.paths.ledger)
-        self.control = quota.ControlFile(self.paths.control)
+        try:
+            self.control = quota.ControlFile(self.paths.control)
+        except OSError as exc:
+            log.error("cannot create the control file (%s): producers will measure the quota themselves", exc)
         self._drops_seen = sum(self.ledger.counters.dropped.values())
         for i in range(self.cfg.concurrency):
             deliverer = Deliverer(self.transport, self.cfg.retry, self.state, self.stop, self.quarantine)

@@ -235,6 +235,13 @@ class SegmentWriter:
                     self._fast_until_ns = 0
         if not flags & quota.OVER_QUOTA:
             return True
+        with self._lock:
+            # Dropped calls never reach the write path's periodic refresh: re-measure here (at most once
+            # a second), or a producer without a sender, or whose sender died, would stay over forever.
+            self._refresh_quota(now_ns)
+        ctrl = self._ctrl
+        if ctrl is None or not ctrl[quota.FLAGS_OFFSET] & quota.OVER_QUOTA:
+            return True
         if self._block:
             deadline = time.monotonic() + self._block_timeout
             pause = 0.001
