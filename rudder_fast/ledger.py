@@ -4,8 +4,12 @@ How this works
 --------------
 The ledger maps each segment's file name to the offset up to which every event was acknowledged (or
 quarantined, or skipped as torn/corrupt), together with the delivery counters, so offsets and counters
-always move together. It is replaced atomically: written to ``ledger.tmp``, fsynced, renamed over
-``ledger``, and the directory fsynced. A crash at any point leaves either the old or the new ledger.
+always move together. Batches are acknowledged out of order (K in flight, one may be retried while the
+next ones succeed), so it also records, per segment, the resolved ranges beyond that offset: after a
+crash only the batches that were in flight are sent again.
+
+It is replaced atomically: written to ``ledger.tmp``, fsynced, renamed over ``ledger``, and the
+directory fsynced. A crash at any point leaves either the old or the new ledger.
 
 File format: one line ``rudder-fast-ledger 1 <crc32 of the JSON, hex>``, then the JSON. A ledger that
 fails its check is set aside as ``ledger.corrupt-<time>`` and the sender starts from the segments'
@@ -77,6 +81,8 @@ class LedgerState:
     offsets: dict[str, int] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
     producers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per segment: ranges beyond its offset already resolved (acknowledged out of order), [start, end).
+    ahead: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def credit_producer(
         self, nonce: str, pid: int, events: int, skipped: int, drops: dict[str, int] | None, now: float
@@ -102,6 +108,7 @@ def encode(state: LedgerState) -> bytes:
             "offsets": state.offsets,
             "counters": state.counters.to_json(),
             "producers": state.producers,
+            "ahead": state.ahead,
         }
     )
     return _MAGIC + f"{zlib.crc32(body):08x}\n".encode() + body
@@ -128,6 +135,7 @@ def decode(data: bytes) -> LedgerState | None:
             offsets=offsets,
             counters=Counters.from_json(obj.get("counters")),
             producers=obj.get("producers") if isinstance(obj.get("producers"), dict) else {},
+            ahead={str(k): [[int(a), int(b)] for a, b in v] for k, v in (obj.get("ahead") or {}).items()},
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -121,10 +121,11 @@ class SenderConfig:
 class Chunk:
     """A contiguous range of one segment, ending at ``end``, resolved when ``batch`` is."""
 
-    __slots__ = ("batch", "done", "drops", "end", "events", "skipped")
+    __slots__ = ("batch", "done", "drops", "end", "events", "skipped", "start")
 
-    def __init__(self, batch: Batch | None, end: int, done: bool = False) -> None:
+    def __init__(self, batch: Batch | None, start: int, end: int, done: bool = False) -> None:
         self.batch = batch
+        self.start = start
         self.end = end
         self.done = done
         self.events = 0
@@ -133,12 +134,17 @@ class Chunk:
 
 
 class Segment:
-    __slots__ = ("acked", "chunks", "name", "next_probe", "size", "tail")
+    __slots__ = ("acked", "acked_ahead", "chunks", "name", "next_probe", "size", "tail")
 
-    def __init__(self, name: str, tail: SegmentTail, acked: int) -> None:
+    def __init__(
+        self, name: str, tail: SegmentTail, acked: int, acked_ahead: list[list[int]] | None = None
+    ) -> None:
         self.name = name
         self.tail = tail
         self.acked = acked
+        # Ranges past ``acked`` resolved before a restart (a later batch acknowledged while an earlier
+        # one was still being retried): their events are not sent again.
+        self.acked_ahead: list[list[int]] = acked_ahead or []
         self.chunks: collections.deque[Chunk] = collections.deque()
         self.next_probe = 0.0
         self.size = 1 << 62  # until the first directory scan says otherwise: read
@@ -545,7 +551,9 @@ class Sender:
                 tail = SegmentTail.open(path, self.ledger.offsets.get(name, 0))
                 if tail is None:
                     continue
-                seg = self.segments[name] = Segment(name, tail, tail.decoder.offset)
+                seg = self.segments[name] = Segment(
+                    name, tail, tail.decoder.offset, self.ledger.ahead.get(name)
+                )
             seg.size = max(size, seg.tail.read_pos)
             usage += max(0, size - seg.acked)
         for name in list(self.ledger.offsets):
@@ -702,6 +710,8 @@ class Sender:
             if item is NEED_DATA:
                 return consumed
             consumed = True
+            if seg.acked_ahead and self._acked_before_restart(seg, item):  # type: ignore[arg-type]
+                continue
             if type(item) is not Frame or item.type != FRAME_EVENT:
                 self._account(seg, item)  # type: ignore[arg-type]
             else:
@@ -724,12 +734,51 @@ class Sender:
                         chunk = chunks[-1]
                         chunk.end = item.end
                     else:
-                        chunk = Chunk(batch, item.end)
+                        chunk = Chunk(batch, chunks[-1].end if chunks else seg.acked, item.end)
                         chunks.append(chunk)
                         batch.chunks.append((seg, chunk))
                     chunk.events += 1
             if self.ready is not None and not self._submit_ready():
                 return consumed
+
+    def _acked_before_restart(self, seg: Segment, item: Frame | Skip) -> bool:
+        """Resolve, without sending, an item inside a range the ledger recorded as already resolved."""
+        ranges = seg.acked_ahead
+        start = item.offset
+        end = item.end if isinstance(item, Frame) else item.offset + item.length
+        while ranges and start >= ranges[0][1]:
+            ranges.pop(0)
+        if not ranges or not (ranges[0][0] <= start and end <= ranges[0][1]):
+            return False
+        if isinstance(item, Skip):
+            self._mark_resolved(seg, end, skipped=item.length, already_done=True)
+        elif item.type == FRAME_DROPS:
+            self._mark_resolved(seg, end, drops=decode_drops(item.payload), already_done=True)
+        else:
+            if item.type == FRAME_SEAL:
+                seg.tail.sealed = True
+            # An event delivered before the restart (counted as sent then).
+            self._mark_resolved(seg, end, already_done=True)
+        return True
+
+    def _resolved_ahead(self) -> dict[str, list[list[int]]]:
+        """Per segment, the resolved ranges beyond its acknowledged offset (behind a batch still in
+        flight), merged. Recorded in the ledger so that a crash resends only what was in flight."""
+        ahead: dict[str, list[list[int]]] = {}
+        for name, seg in self.segments.items():
+            ranges: list[list[int]] = []
+            for chunk in seg.chunks:
+                if not chunk.done:
+                    continue
+                if ranges and ranges[-1][1] == chunk.start:
+                    ranges[-1][1] = chunk.end
+                else:
+                    ranges.append([chunk.start, chunk.end])
+            for r in seg.acked_ahead:  # from before a restart, not yet reached again
+                ranges.append(list(r))
+            if ranges:
+                ahead[name] = sorted(ranges)
+        return ahead
 
     def _read(self, seg: Segment, now: float) -> int:
         """New bytes of a segment into its decoder. An idle segment costs no syscall between directory
@@ -804,7 +853,7 @@ class Sender:
             chunk = chunks[-1]
             chunk.end = end
         else:
-            chunk = Chunk(batch, end)
+            chunk = Chunk(batch, chunks[-1].end if chunks else seg.acked, end)
             chunks.append(chunk)
             batch.chunks.append((seg, chunk))
         chunk.events += 1
@@ -817,13 +866,15 @@ class Sender:
         skipped: int = 0,
         drops: dict[str, int] | None = None,
         rejected: int = 0,
+        already_done: bool = False,
     ) -> None:
-        """Bytes up to ``end`` that need no delivery: resolved with the chunk before them, if any."""
+        """Bytes up to ``end`` that need no delivery: resolved with the chunk before them, if any (or,
+        ``already_done``, as a resolved chunk of their own, so the ledger keeps recording them as such)."""
         chunks = seg.chunks
-        if chunks and not chunks[-1].done:
-            chunk = chunks[-1]
+        if chunks and (chunks[-1].done or not already_done):
+            chunk = chunks[-1]  # a pending chunk resolves these bytes with it; a resolved one absorbs them
         elif chunks:
-            chunk = Chunk(None, end, done=True)
+            chunk = Chunk(None, chunks[-1].end, end, done=True)
             chunks.append(chunk)
         else:
             seg.acked = end
@@ -944,6 +995,7 @@ class Sender:
         if not self._dirty:
             return
         self._dirty = False
+        self.ledger.ahead = self._resolved_ahead()
         try:
             ledger.commit(self.paths.ledger, self.ledger)
         except OSError as exc:

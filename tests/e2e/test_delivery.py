@@ -1,0 +1,158 @@
+"""The whole pipeline on the happy path: producer processes → spool → the real sender → the devserver.
+
+Every check is on what crossed the wire (the devserver's ``--out`` file and ``/_stats``) and on what
+the real ``rudder-fast inspect`` says is left, never on the sender's internals.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import (
+    DevServer,
+    Produced,
+    Senders,
+    fill_spool,
+    iso_ms,
+    read_rejected,
+    read_status,
+    sender_env,
+    stop_process,
+    tail,
+)
+from tests.support import inspect_spool, segment_files, wait_for
+
+PRODUCERS = 4
+PER_PRODUCER = 5_000
+EVENT_TYPES = {"track", "identify", "page", "screen", "group", "alias"}
+
+
+def assert_valid_wire_event(event: dict[str, Any]) -> None:
+    """One received event against WIRE.md's field table."""
+    assert event.get("type") in EVENT_TYPES, event
+    assert isinstance(event.get("messageId"), str) and event["messageId"].strip(), event
+    user_id, anonymous_id = event.get("userId"), event.get("anonymousId")
+    assert (isinstance(user_id, str) and user_id.strip()) or (
+        isinstance(anonymous_id, str) and anonymous_id.strip()
+    ), event
+    assert event.get("channel") == "server", event
+    assert event["context"]["library"]["name"] == "rudder-fast", event
+    assert isinstance(event["context"]["library"].get("version"), str), event
+    assert isinstance(event.get("integrations"), dict), event
+    original = iso_ms(event["originalTimestamp"])
+    sent = iso_ms(event["sentAt"])
+    received = iso_ms(event["receivedAt"])
+    assert original <= sent <= received, event
+    assert event.get("event") == "E2E Event", event
+    assert isinstance(event.get("properties"), dict), event
+
+
+def assert_exactly_once(received: list[dict[str, Any]], produced: Produced) -> None:
+    counts = collections.Counter(e["messageId"] for e in received)
+    duplicates = {mid: n for mid, n in counts.items() if n > 1}
+    missing = produced.id_set - counts.keys()
+    unexpected = counts.keys() - produced.id_set
+    assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}"
+    assert not unexpected, f"{len(unexpected)} unknown messageIds, e.g. {sorted(unexpected)[:5]}"
+    assert not duplicates, f"{len(duplicates)} duplicated, e.g. {list(duplicates.items())[:5]}"
+    assert len(received) == len(produced.ids)
+
+
+def assert_spool_empty(spool_dir: Path) -> None:
+    pending, summary = inspect_spool(spool_dir)
+    assert pending == [], f"{len(pending)} events still pending: {summary}"
+    assert "0 events pending" in summary, summary
+    assert segment_files(spool_dir) == [], segment_files(spool_dir)
+
+
+@pytest.mark.parametrize(
+    ("gzip", "suffix", "via"),
+    [
+        pytest.param(True, "", "env", id="gzip-base-url-from-env"),
+        pytest.param(False, "/v1/batch", "args", id="no-gzip-batch-url-from-args"),
+    ],
+)
+def test_drain_delivers_every_event_exactly_once(
+    devserver: DevServer, senders: Senders, spool_dir: Path, gzip: bool, suffix: str, via: str
+) -> None:
+    produced = fill_spool(spool_dir, PRODUCERS, PER_PRODUCER)
+    pending, _ = inspect_spool(spool_dir)
+    assert len(pending) == PRODUCERS * PER_PRODUCER
+
+    url = devserver.url + suffix
+    args = ["--drain", "--drain-timeout", "90"]
+    if not gzip:
+        args.append("--no-gzip")
+    if via == "env":
+        env = sender_env(spool_dir, url, write_key="e2e-key")
+    else:
+        env = sender_env(spool_dir, None, write_key=None)
+        args += ["--spool-dir", str(spool_dir), "--data-plane-url", url, "--write-key", "e2e-key"]
+    proc = senders.run(args, env, timeout=120)
+    assert proc.returncode == 0, tail(proc.stderr)
+
+    received = devserver.received()
+    assert_exactly_once(received, produced)
+    for event in received:
+        assert_valid_wire_event(event)
+        mid = event["messageId"]
+        user_id = produced.user_of[mid]
+        if user_id is not None:
+            assert event["userId"] == user_id
+        before, after = produced.window_ms[mid]
+        assert before <= iso_ms(event["originalTimestamp"]) <= after, (event, before, after)
+
+    stats = devserver.stats()
+    assert stats["by_status"] == {"200": stats["requests"]}, stats
+    assert stats["events"] == PRODUCERS * PER_PRODUCER, stats
+    if gzip:
+        assert stats["gzip_requests"] > 0 and stats["plain_requests"] == 0, stats
+    else:
+        assert stats["plain_requests"] > 0 and stats["gzip_requests"] == 0, stats
+
+    assert_spool_empty(spool_dir)
+    assert read_rejected(spool_dir) == []
+    status = read_status(spool_dir)
+    assert status is not None and status["counters"]["sent"] == PRODUCERS * PER_PRODUCER, status
+
+
+def test_second_sender_on_the_same_spool_exits_3(
+    devserver: DevServer, senders: Senders, spool_dir: Path
+) -> None:
+    produced = fill_spool(spool_dir, 1, 200)
+    env = sender_env(spool_dir, devserver.url)
+    first = senders.start([], env)
+    try:
+        wait_for(lambda: (spool_dir / "status").exists() or first.proc.poll() is not None, timeout=30)
+        assert first.proc.poll() is None, first.stderr()
+
+        second = senders.run([], env, timeout=30)
+        assert second.returncode == 3, (second.returncode, second.stderr)
+        second_drain = senders.run(["--drain"], env, timeout=30)
+        assert second_drain.returncode == 3, (second_drain.returncode, second_drain.stderr)
+
+        # The first one is unaffected: it delivers everything and stops cleanly on SIGTERM.
+        wait_for(lambda: len(devserver.received()) >= len(produced.ids), timeout=30)
+        assert first.proc.poll() is None, first.stderr()
+    finally:
+        code = stop_process(first.proc)
+    assert code == 0, first.stderr()
+    assert_exactly_once(devserver.received(), produced)
+
+
+def test_drain_sends_the_last_partial_batch_while_every_worker_is_busy(
+    devserver: DevServer, senders: Senders, spool_dir: Path
+) -> None:
+    """Five batches for four workers, slow answers: the last, partial batch is complete (the spool is
+    read to its end) while all four workers are busy. It must still be sent once one of them is free."""
+    produced = fill_spool(spool_dir, 1, 450)
+    devserver.control({"latency_ms": 500})
+    args = ["--drain", "--drain-timeout", "15", "--max-batch-events", "100", "--concurrency", "4"]
+    proc = senders.run(args, sender_env(spool_dir, devserver.url), timeout=60)
+    assert proc.returncode == 0, (devserver.stats(), tail(proc.stderr))
+    assert_exactly_once(devserver.received(), produced)
+    assert_spool_empty(spool_dir)
