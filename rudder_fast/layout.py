@@ -103,21 +103,26 @@ def filesystem_type(path: Path) -> str | None:
         text = Path("/proc/self/mountinfo").read_text()
     except OSError:
         return None
-    target = os.path.realpath(path)
+    return mount_type(text, os.path.realpath(path))
+
+
+def mount_type(mountinfo: str, target: str) -> str | None:
+    """The file system type of the deepest mount point holding ``target``, per ``mountinfo`` text."""
     best, best_type = "", None
-    for line in text.splitlines():
+    for line in mountinfo.splitlines():
         left, sep, right = line.partition(" - ")
         fields = left.split()
-        if not sep or len(fields) < 5:
+        if not sep or len(fields) < 5 or not right.split():
             continue
         mount_point = fields[4].replace("\\040", " ")
         inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
         if inside and len(mount_point) >= len(best):
-            best, best_type = mount_point, right.split()[0] if right.split() else None
+            best, best_type = mount_point, right.split()[0]
     return best_type
 
 
 def check_local_filesystem(root: Path) -> None:
+    """Refuse a network file system unless forced (RUDDER_FAST_ALLOW_NETWORK_FS=1)."""
     if os.environ.get(ENV_ALLOW_NETWORK_FS, "").lower() in ("1", "true", "yes"):
         return
     fstype = filesystem_type(root if root.exists() else root.parent)
