@@ -196,6 +196,19 @@ class Summary:
         )
 
 
+QUANTILE_GRID: Final = (
+    *(i / 1000 for i in range(1, 1000)),
+    *(0.999 + i / 10_000 for i in range(1, 10)),
+    *(0.9999 + i / 100_000 for i in range(1, 10)),
+    1.0,
+)
+
+
+def quantiles(sorted_ns: Sequence[int]) -> list[tuple[float, int]]:
+    """(q, nearest-rank percentile) over a fixed grid, finer in the tail: enough to draw the CDF."""
+    return [(q, percentile(sorted_ns, q)) for q in QUANTILE_GRID]
+
+
 def us(ns: float) -> str:
     return f"{ns / 1000:.2f}"
 
@@ -229,6 +242,7 @@ class SingleResult:
     sdk_flush_s: float
     fast_calls: int
     frame_bytes: int
+    quantiles_ns: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # for --json
 
 
 def run_single(plan: Plan, emitter: Emitter, floor: FloorWriter, sink: SinkServer) -> SingleResult:
@@ -275,8 +289,9 @@ def run_single(plan: Plan, emitter: Emitter, floor: FloorWriter, sink: SinkServe
     delivered = sink.stats()["events"]
     record = [KIND_TRACK, time.time_ns(), USER_ID, None, None, None, None, None, EVENT,
               orjson.dumps(PROPERTIES, default=_default, option=_JSON_OPTIONS)]  # fmt: skip
+    summaries = {name: Summary.of(s) for name, s in samples.items()}  # sorts each sample in place
     return SingleResult(
-        summaries={name: Summary.of(s) for name, s in samples.items()},
+        summaries=summaries,
         timer_ns=Summary.of(noop).median_ns,
         sdk_calls=sdk_calls,
         sdk_upload_errors=len(sdk_errors),
@@ -286,6 +301,7 @@ def run_single(plan: Plan, emitter: Emitter, floor: FloorWriter, sink: SinkServe
         sdk_flush_s=flush_ns / 1e9,
         fast_calls=plan.warmup + plan.rounds * plan.block,
         frame_bytes=FRAME_META.size + FRAME_PREFIX.size + len(msgpack.packb(record)),
+        quantiles_ns={name: quantiles(s) for name, s in samples.items()},
     )
 
 
@@ -571,6 +587,59 @@ def print_multi(rows: list[MultiRow], plan: Plan, cpus: int) -> bool:
     return flat
 
 
+def json_report(
+    plan: Plan, cpus: int, single: SingleResult, multi: list[MultiRow], breakdown: list[tuple[str, float]]
+) -> dict[str, Any]:
+    """The figures behind the printed tables, for ``--json`` (times in ns, rates in calls/s)."""
+    s = single.summaries
+    return {
+        "bench": "emit",
+        "plan": plan.name,
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpus": cpus,
+        "load_average": list(os.getloadavg()),
+        "labels": LABELS,
+        "timer_ns": single.timer_ns,
+        "frame_bytes": single.frame_bytes,
+        "single": {
+            name: {
+                "calls": x.calls,
+                "median_ns": x.median_ns,
+                "p90_ns": x.p90_ns,
+                "p99_ns": x.p99_ns,
+                "quantiles_ns": single.quantiles_ns.get(name, []),
+            }
+            for name, x in s.items()
+        },
+        "ratios": {
+            "fast_vs_floor_median": s[FAST].median_ns / s[FLOOR].median_ns,
+            "fast_vs_floor_p99": s[FAST].p99_ns / s[FLOOR].p99_ns,
+            "sdk_vs_fast_median": s[SDK].median_ns / s[FAST].median_ns,
+            "sdk_vs_fast_p99": s[SDK].p99_ns / s[FAST].p99_ns,
+        },
+        "targets": {"fast_vs_floor_max": TARGET_VS_FLOOR, "sdk_vs_fast_min": TARGET_VS_SDK},
+        "sdk": {
+            "calls": single.sdk_calls,
+            "delivered": single.sdk_delivered,
+            "upload_errors": single.sdk_upload_errors,
+            "warnings": single.sdk_log_problems,
+            "flush_s": single.sdk_flush_s,
+        },
+        "multi": [
+            {
+                "processes": n,
+                "median_ns": row.median_ns,
+                "p99_ns": row.p99_ns,
+                "calls_per_s": row.calls_per_s,
+                "errors": row.errors,
+            }
+            for n, row in zip(PROCESS_COUNTS, multi, strict=True)
+        ],
+        "breakdown_ns": [[label, ns] for label, ns in breakdown],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="short run (< 20 s) for CI")
@@ -579,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="where to make the temporary spool and floor files (default: the system temp dir)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="also write the measured figures here as JSON"
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -607,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # The SDK's thread is joined by now: the forks below copy a single-threaded process.
         multi = [run_multi(plan, emitter, floor_dir, n) for n in PROCESS_COUNTS]
-        print_multi(multi, plan, cpus)
+        met_flat = print_multi(multi, plan, cpus)
 
         breakdown, breakdown_events = run_breakdown(plan, spool_dir, floor_dir)
         print()
@@ -649,6 +721,18 @@ def main(argv: list[str] | None = None) -> int:
             f"Summary: rudder_fast/floor {verdict(met_floor)}, vs rudder-sdk-python {verdict(met_sdk)}; "
             f"took {time.perf_counter() - started:.1f} s"
         )
+        if args.json is not None:
+            doc = json_report(plan, cpus, single, multi, breakdown)
+            doc["checks"] = {
+                "spool_events": in_spool,
+                "spool_expected": expected_spool,
+                "spool_skipped_bytes": skipped,
+                "spool_ok": in_spool == expected_spool and not skipped,
+                "sdk_ok": sdk_ok,
+            }
+            doc["verdicts"] = {"vs_floor": met_floor, "vs_sdk": met_sdk, "flat_across_processes": met_flat}
+            doc["seconds"] = time.perf_counter() - started
+            args.json.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -1023,12 +1023,47 @@ def check_e2e(run: E2ERun, checks: list[str]) -> None:
         checks.append(f"    first warning: {run.first_warning}")
 
 
-def run_all(plan: Plan, base: Path, log: IO[bytes]) -> None:
+def drain_json(run: DrainRun) -> dict[str, Any]:
+    s = run.sender
+    return {
+        "backlog": run.backlog,
+        "delivered": run.delivered,
+        "rate": run.rate,
+        "wall_s": s.wall_s,
+        "sender_cpu_s": s.cpu_s,
+        "sender_max_rss_kb": s.max_rss_kb,
+        "devserver_cpu_s": run.devserver_cpu_s,
+        "requests": run.requests,
+        "ok": run.ok,
+    }
+
+
+def e2e_json(run: E2ERun) -> dict[str, Any]:
+    return {
+        "kind": run.kind,
+        "producers": run.producers,
+        "per_producer": run.per_producer,
+        "sent": run.sent,
+        "delivered": run.delivered,
+        "emit_s": run.emit_s,
+        "delivered_s": run.delivered_s,
+        "rate": run.rate,
+        "sender_cpu_s": run.sender.cpu_s if run.sender else None,
+        "sender_max_rss_kb": run.sender.max_rss_kb if run.sender else None,
+        "sdk_errors": run.sdk_errors,
+        "sdk_warnings": run.sdk_warnings,
+        "errors": run.errors,
+    }
+
+
+def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
+    """Runs and prints every part; returns the figures (what ``--json`` writes)."""
     started = time.perf_counter()
     cpus = os.cpu_count() or 1
     fill_procs = max(2, min(4, cpus))
     limits = BatchLimits()
     checks: list[str] = []
+    load_start = list(os.getloadavg())
     print(
         f"rudder_fast send benchmark ({plan.name}): Python {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}, {cpus} CPU(s), load average {load()}, "
@@ -1105,6 +1140,39 @@ def run_all(plan: Plan, base: Path, log: IO[bytes]) -> None:
         f"Summary: drain {verdict(met_drain)}, vs rudder-sdk-python {verdict(met_sdk)}, sender memory flat "
         f"{verdict(met_mem)}; load average {load()}; took {time.perf_counter() - started:.1f} s"
     )
+    best_floor = max(floors, key=lambda f: f.rate)
+    best_drain = max(drains, key=lambda d: d.rate)
+    return {
+        "bench": "send",
+        "plan": plan.name,
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpus": cpus,
+        "filesystem": filesystem_of(base),
+        "load_average_start": load_start,
+        "load_average_end": list(os.getloadavg()),
+        "fill": {"events": fill.accepted, "seconds": fill.seconds, "processes": fill_procs},
+        "floor": [{"events": f.events, "batches": f.batches, "rate": f.rate} for f in floors],
+        "drain": [drain_json(d) for d in drains],
+        "empty_drain": drain_json(empty),
+        "best_floor_rate": best_floor.rate,
+        "best_drain_rate": best_drain.rate,
+        "drain_vs_floor": best_drain.rate / best_floor.rate,
+        "breakdown_ns_per_event": [[st.label, st.ns_per_event, st.top] for st in stages],
+        "devserver_ns_per_event": dev_ns,
+        "e2e": [e2e_json(r) for r in e2e],
+        "memory": [drain_json(m) for m in mem],
+        "targets": {
+            "drain_rate": TARGET_DRAIN_RATE,
+            "drain_vs_floor": TARGET_DRAIN_VS_FLOOR,
+            "vs_sdk": TARGET_VS_SDK,
+            "rss_growth": TARGET_RSS_GROWTH,
+        },
+        "verdicts": {"drain": met_drain, "vs_sdk": met_sdk, "memory_flat": met_mem},
+        "checks": checks,
+        "checks_ok": not any("MISMATCH" in c for c in checks),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1116,6 +1184,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where to make the temporary spools (default: the system temp dir)",
     )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="PATH", help="also write the measured figures here as JSON"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
 
@@ -1126,7 +1197,9 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="rudder-fast-bench-send-", dir=args.dir))
     try:
         with open(base / "subprocesses.log", "wb") as log:
-            run_all(plan, base, log)
+            figures = run_all(plan, base, log)
+        if args.json is not None:
+            args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
