@@ -14,19 +14,22 @@ from . import config, demo, devserver, ledger, status
 from .reading import scan_pending
 
 
-def _acked_offsets(spool: Path) -> dict[str, int]:
-    """The sender's acknowledged offsets (read-only: never sets a corrupt ledger aside)."""
+def _ledger_state(spool: Path) -> ledger.LedgerState:
+    """The sender's committed ledger (read-only: never sets a corrupt ledger aside)."""
     try:
         state = ledger.decode((spool / "ledger").read_bytes())
     except FileNotFoundError:
-        return {}
-    return state.offsets if state is not None else {}
+        return ledger.LedgerState()
+    return state if state is not None else ledger.LedgerState()
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     spool = config.resolve_spool_dir(args.spool_dir)
     out = sys.stdout.buffer
-    summary = scan_pending(spool, on_event=lambda line: out.write(line + b"\n"), acked=_acked_offsets(spool))
+    state = _ledger_state(spool)
+    summary = scan_pending(
+        spool, on_event=lambda line: out.write(line + b"\n"), acked=state.offsets, ahead=state.ahead
+    )
     out.flush()
     print(
         f"{summary.events} events pending in {summary.segments} segments; "

@@ -197,6 +197,23 @@ class FrameDecoder:
         """No more bytes will come: an incomplete frame at the end is now a torn tail to skip."""
         self._final = True
 
+    def rewind(self, offset: int) -> None:
+        """Forget the buffered bytes and start again at stream position ``offset`` (a frame boundary):
+        for a reader that must re-read bytes it suspects changed under it."""
+        self._buf = b""
+        self._pos = 0
+        self._final = False
+        self.offset = offset
+
+    def skip_unread(self, length: int, reason: str) -> Skip | None:
+        """Account ``length`` bytes at the current position that were never fed (a foreign file)."""
+        if length <= 0:
+            return None
+        skip = Skip(offset=self.offset, length=length, reason=reason)
+        self.offset += length
+        self.skipped_bytes += length
+        return skip
+
     def skip_rest(self, reason: str) -> Skip | None:
         """Discard everything buffered as one counted skip (a file that is not a segment at all)."""
         left = self.buffered

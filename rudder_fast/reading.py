@@ -11,7 +11,7 @@ import orjson
 
 from .framing import FRAME_DROPS, FRAME_EVENT, Frame, decode_drops
 from .layout import SpoolPaths
-from .tail import list_segments, read_whole
+from .tail import in_ranges, list_segments, read_whole
 from .wire import WireMapper
 
 
@@ -31,6 +31,7 @@ def scan_pending(
     *,
     on_event: Callable[[bytes], object] | None = None,
     acked: dict[str, int] | None = None,
+    ahead: dict[str, list[list[int]]] | None = None,
 ) -> PendingSummary:
     """Walk every segment past its acknowledged offset; call ``on_event`` with each event's JSON."""
     from . import __version__
@@ -47,7 +48,10 @@ def scan_pending(
             summary.bytes += max(0, tail.read_pos - tail.decoder.offset) + sum(
                 i.end - i.offset for i in items if isinstance(i, Frame)
             )
+            resolved = (ahead or {}).get(path.name)
             for item in items:
+                if in_ranges(item.offset, resolved):
+                    continue  # acknowledged out of order before the sender's last commit
                 if not isinstance(item, Frame):
                     summary.skipped_bytes += item.length
                     continue

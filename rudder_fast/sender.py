@@ -88,6 +88,8 @@ RESCAN_PER_SEGMENT_S: Final = 0.0005
 RESCAN_MAX_S: Final = 1.0
 REJECTED_MAX_BYTES: Final = 64 * 1024 * 1024  # bound on rejected/; beyond it refused events are counted
 STATUS_INTERVAL_S: Final = 1.0
+DROP_TOO_LARGE: Final = "too_large"  # an event over the server's limit that could not even be kept
+DROP_NOT_KEPT: Final = "rejected_not_kept"  # refused by the server while rejected/ was full
 DROPS_QUIET_S: Final = 30.0  # drops are over once none has been reported for this long
 
 
@@ -126,7 +128,7 @@ class SenderConfig:
 class Chunk:
     """A contiguous range of one segment, ending at ``end``, resolved when ``batch`` is."""
 
-    __slots__ = ("batch", "done", "drops", "end", "events", "skipped", "start")
+    __slots__ = ("batch", "done", "drops", "end", "events", "rejected", "skipped", "start")
 
     def __init__(self, batch: Batch | None, start: int, end: int, done: bool = False) -> None:
         self.batch = batch
@@ -134,12 +136,13 @@ class Chunk:
         self.end = end
         self.done = done
         self.events = 0
+        self.rejected = 0
         self.skipped = 0
         self.drops: dict[str, int] | None = None
 
 
 class Segment:
-    __slots__ = ("acked", "acked_ahead", "chunks", "name", "next_probe", "size", "tail")
+    __slots__ = ("acked", "acked_ahead", "chunks", "name", "next_probe", "reread_at", "size", "tail")
 
     def __init__(
         self, name: str, tail: SegmentTail, acked: int, acked_ahead: list[list[int]] | None = None
@@ -153,6 +156,7 @@ class Segment:
         self.chunks: collections.deque[Chunk] = collections.deque()
         self.next_probe = 0.0
         self.size = 1 << 62  # until the first directory scan says otherwise: read
+        self.reread_at = -1  # offset of the last suspected corruption re-read from disk
 
     @property
     def finished(self) -> bool:
@@ -187,6 +191,7 @@ class Result:
     batch: Batch
     delivered: int = 0
     rejected: int = 0
+    not_kept: int = 0  # rejected, and not kept in rejected/ because it was full
     retried: int = 0
     abandoned: bool = False
 
@@ -316,8 +321,18 @@ class Deliverer:
                 if action is Action.QUARANTINE:
                     self.state.success()
                     assert resp is not None
-                    self.quarantine.put(stubs[0], resp.status, resp.body)
+                    while True:
+                        try:
+                            kept = self.quarantine.put(stubs[0], resp.status, resp.body)
+                            break
+                        except OSError as exc:
+                            log.error("cannot write to rejected/ (%s); the event is kept, retrying", exc)
+                            if self.stop.wait(5.0):
+                                result.abandoned = True
+                                return result
                     result.rejected += 1
+                    if not kept:
+                        result.not_kept += 1
                     break
                 # RETRY, HALT, DISABLED: keep the events, wait, and try the same request again.
                 result.retried += 1
@@ -339,7 +354,9 @@ class Quarantine:
         self._lock = threading.Lock()
         self.overflow = 0
 
-    def put(self, stub: bytes, status: int, answer: str) -> None:
+    def put(self, stub: bytes, status: int, answer: str) -> bool:
+        """Keep a refused event: True once it is on disk, False if rejected/ is full (it is then only
+        counted). Raises OSError if it cannot be written: the caller keeps the event and tries again."""
         line = orjson.dumps(
             {
                 "status": status,
@@ -349,12 +366,18 @@ class Quarantine:
             }
         )
         with self._lock:
+            self.directory.mkdir(mode=0o700, exist_ok=True)  # an operator may have removed it
             path = self.directory / f"rejected-{time.strftime('%Y%m%d', time.gmtime())}.jsonl"
-            used = sum(p.stat().st_size for p in self.directory.glob("*.jsonl"))
+            used = 0
+            for p in self.directory.glob("*.jsonl"):
+                try:
+                    used += p.stat().st_size
+                except FileNotFoundError:
+                    pass
             if used + len(line) > self.max_bytes:
                 self.overflow += 1
-                log.error("rejected/ is full (%d bytes): a refused event was not kept", used)
-                return
+                log.error("rejected/ is full (%d bytes): a refused event was counted, not kept", used)
+                return False
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, line + b"\n")
@@ -362,6 +385,7 @@ class Quarantine:
             finally:
                 os.close(fd)
         log.warning("quarantined one event in %s: HTTP %d %s", path.name, status, answer)
+        return True
 
 
 # -- the main loop ---------------------------------------------------------------------------------------
@@ -401,6 +425,7 @@ class Sender:
         self._started = time.monotonic()
         self._sent_window: collections.deque[tuple[float, int]] = collections.deque()
         self._next_tmp_sweep = 0.0
+        self._signalled = False
         self._drops_seen = -1  # set from the ledger at start: only new drops are announced
         self._dropping_since: float | None = None
         self._last_drop_at = 0.0
@@ -418,14 +443,25 @@ class Sender:
     # lifecycle
 
     def acquire_lock(self) -> bool:
+        """Take the spool's sender lock; False if another sender holds it.
+
+        Producers and ``status`` probe this lock (a shared lock held for microseconds) to learn whether
+        a sender runs, so a refusal is only believed once it has lasted a second.
+        """
         fd = os.open(self.paths.sender_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
-            raise
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())  # for people; the lock is what counts
@@ -465,6 +501,11 @@ class Sender:
         idle_sleep = POLL_MIN_S
         try:
             while not self.stop.is_set():
+                if self._signalled:
+                    if self.cfg.drain and not self._drained():
+                        log.warning("drain interrupted by a signal with events still pending")
+                        code = EXIT_DRAIN_FAILED
+                    break
                 now = time.monotonic()
                 got = self._collect_results(block_for=0.0)
                 # A batch parked while K were in flight must go as soon as a worker is free, even when
@@ -484,8 +525,13 @@ class Sender:
                 self._commit_if_dirty()
                 self._write_status_if_due(now)
                 if self.cfg.drain:
-                    if self.state.state == "halted":
-                        log.error("drain stopped: the data plane refused the write key (401)")
+                    if self.state.state in ("halted", "disabled"):
+                        log.error(
+                            "drain stopped: the data plane %s",
+                            "refused the write key (401)"
+                            if self.state.state == "halted"
+                            else "says the source is disabled (404)",
+                        )
                         code = EXIT_DRAIN_FAILED
                         break
                     if not progressed and self._drained():
@@ -505,7 +551,9 @@ class Sender:
         return code
 
     def request_stop(self, *_: Any) -> None:
-        self.stop.set()
+        """The signal handler: only sets a flag (the main loop sets the Event: a handler that took the
+        Event's lock while the interrupted main thread held it would deadlock)."""
+        self._signalled = True
 
     def _shutdown(self) -> None:
         self.stop.set()  # workers abandon backoff waits at once
@@ -537,12 +585,15 @@ class Sender:
             batch = self._work.get()
             if batch is None:
                 return
-            try:
-                result = deliverer.deliver(batch)
-            except Exception:  # a bug must not lose the batch: report it abandoned (kept pending)
-                log.exception("unexpected error delivering a batch; its events stay pending")
-                result = Result(batch, abandoned=True)
-                self.stop.wait(1.0)
+            while True:
+                try:
+                    result = deliverer.deliver(batch)
+                    break
+                except Exception:  # never lose or strand a batch: keep it, and try it again
+                    log.exception("unexpected error delivering a batch; it is kept and retried in 5 s")
+                    if self.stop.wait(5.0):
+                        result = Result(batch, abandoned=True)
+                        break
             self._results.put(result)
 
     # discovery and reading
@@ -654,7 +705,7 @@ class Sender:
                 size = tail.size()
             except OSError:
                 continue
-            events, drops = count_events(tail.path, seg.acked)
+            events, drops = count_events(tail.path, seg.acked, seg.acked_ahead)
             tail.close()
             try:
                 os.unlink(tail.path)
@@ -685,7 +736,7 @@ class Sender:
             while True:
                 if self.ready is not None and not self._submit_ready():
                     return progressed  # K batches in flight and one waiting: read no further
-                if tail.header is not None and self._consume_frames(seg):
+                if not tail.foreign and self._consume_frames(seg):
                     progressed = True
                     continue
                 got = self._read(seg, now)
@@ -693,7 +744,9 @@ class Sender:
                     progressed = True
                     continue
                 if tail.final:
-                    for leftover in tail.frames():
+                    if not tail.foreign and tail.decoder.buffered:
+                        continue  # final now: the decoder turns the rest into frames and torn skips
+                    for leftover in tail.frames():  # a foreign file: one skip, never buffered
                         self._account(seg, leftover)
                         progressed = True
                 break
@@ -717,6 +770,14 @@ class Sender:
             if item is NEED_DATA:
                 return consumed
             consumed = True
+            if type(item) is Skip and not seg.tail.writer_gone and seg.reread_at != item.offset:
+                # Corruption in a file whose writer is alive is most likely a race, not damage: the
+                # writer rolled back a short write (ftruncate) and wrote again where this reader had
+                # already buffered the old bytes. Re-read from the disk once before believing it.
+                seg.reread_at = item.offset
+                seg.tail.rewind(item.offset)
+                seg.size = max(seg.size, item.offset + 1)
+                return consumed
             if seg.acked_ahead and self._acked_before_restart(seg, item):  # type: ignore[arg-type]
                 continue
             if type(item) is not Frame or item.type != FRAME_EVENT:
@@ -764,8 +825,8 @@ class Sender:
         else:
             if item.type == FRAME_SEAL:
                 seg.tail.sealed = True
-            # An event delivered before the restart (counted as sent then).
-            self._mark_resolved(seg, end, already_done=True)
+            # An event delivered before the restart (counted as sent then, credited to its producer now).
+            self._mark_resolved(seg, end, events=int(item.type == FRAME_EVENT), already_done=True)
         return True
 
     def _resolved_ahead(self) -> dict[str, list[list[int]]]:
@@ -838,8 +899,13 @@ class Sender:
     def _add_to_batch(self, seg: Segment, end: int, stub: bytes) -> None:
         limits = self.cfg.limits
         if body_size(len(stub), 1) > SERVER_MAX_BODY:
-            self.quarantine.put(stub, 413, "event larger than the data plane's request size limit")
-            self._mark_resolved(seg, end, rejected=1)
+            try:
+                kept = self.quarantine.put(stub, 413, "event larger than the data plane's request size limit")
+            except OSError as exc:
+                log.error("an event too large to send could not be kept in rejected/ (%s): counted", exc)
+                self._mark_resolved(seg, end, drops={DROP_TOO_LARGE: 1})
+                return
+            self._mark_resolved(seg, end, rejected=1, drops=None if kept else {DROP_NOT_KEPT: 1})
             return
         batch = self.batch
         if batch is not None and (
@@ -873,6 +939,7 @@ class Sender:
         skipped: int = 0,
         drops: dict[str, int] | None = None,
         rejected: int = 0,
+        events: int = 0,
         already_done: bool = False,
     ) -> None:
         """Bytes up to ``end`` that need no delivery: resolved with the chunk before them, if any (or,
@@ -890,14 +957,14 @@ class Sender:
             c.rejected += rejected
             if drops:
                 c.add_drops(drops)
-            self._credit_producer(seg, 0, skipped, drops)
+            self._credit_producer(seg, events, skipped, drops)
             self.ledger.offsets[seg.name] = end
             self._dirty = True
             return
         chunk.end = end
         chunk.skipped += skipped
-        if rejected:
-            self.ledger.counters.rejected += rejected
+        chunk.rejected += rejected
+        chunk.events += events
         if drops:
             if chunk.drops is None:
                 chunk.drops = {}
@@ -955,6 +1022,8 @@ class Sender:
             return  # its chunks stay unresolved: the events are resent after a restart
         counters.sent += result.delivered
         counters.rejected += result.rejected
+        if result.not_kept:
+            counters.add_drops({DROP_NOT_KEPT: result.not_kept})
         self._sent_window.append((time.monotonic(), result.delivered))
         touched = []
         batch = result.batch
@@ -970,6 +1039,7 @@ class Sender:
                 chunk = chunks.popleft()
                 seg.acked = chunk.end
                 counters.skipped_bytes += chunk.skipped
+                counters.rejected += chunk.rejected
                 if chunk.drops:
                     counters.add_drops(chunk.drops)
                 self._credit_producer(seg, chunk.events, chunk.skipped, chunk.drops)

@@ -43,7 +43,7 @@ def collect(spool_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         state = None
     state = state or ledger.LedgerState()
-    pending = scan_pending(spool_dir, acked=state.offsets)
+    pending = scan_pending(spool_dir, acked=state.offsets, ahead=state.ahead)
     try:
         sender_doc: dict[str, Any] = orjson.loads(paths.status.read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,35 +78,66 @@ def writer_alive(fd: int) -> bool:
     return False
 
 
+_SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})-(\d+)-(\d+)\.seg$")
+
+
 @dataclass(slots=True)
 class SegmentTail:
-    """Incremental reader of one segment, from a starting offset (the ledger's acknowledged offset)."""
+    """Incremental reader of one segment, from a starting offset (the ledger's acknowledged offset).
+
+    A file whose header does not decode is still read as a segment when its name is one a producer
+    makes (``<nonce>-<pid>-<index>.seg``): the nonce comes from the name and the decoder resynchronises
+    on the frames after the header. Any other file in segments/ is foreign: it is never buffered, only
+    measured, and skipped whole once nobody holds a lock on it.
+    """
 
     path: Path
     fd: int
     header: SegmentHeader | None
     decoder: FrameDecoder
     read_pos: int
+    name_nonce: str | None = None
     sealed: bool = False
+    writer_gone: bool = False  # the lock is free: the file will not change again
     final: bool = False  # the writer is gone and every byte has been read
 
     @classmethod
     def open(cls, path: Path, start_offset: int = 0) -> SegmentTail | None:
-        """Open a segment, or None if it vanished. A foreign or corrupt header reads as all garbage."""
+        """Open a segment, or None if it vanished."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except (FileNotFoundError, OSError):
+        except OSError:
             return None
-        head = os.pread(fd, HEADER_SIZE, 0)
+        try:
+            head = os.pread(fd, HEADER_SIZE, 0)
+        except OSError:
+            os.close(fd)
+            return None
         header = decode_header(head)
-        start = max(start_offset, HEADER_SIZE) if header is not None else max(start_offset, 0)
-        return cls(path=path, fd=fd, header=header, decoder=FrameDecoder(start), read_pos=start)
+        named = _SEGMENT_NAME.match(path.name)
+        if header is not None or named is not None:
+            start = max(start_offset, HEADER_SIZE)
+        else:
+            start = max(start_offset, 0)
+        return cls(
+            path=path,
+            fd=fd,
+            header=header,
+            decoder=FrameDecoder(start),
+            read_pos=start,
+            name_nonce=named.group(1) if named else None,
+        )
+
+    @property
+    def foreign(self) -> bool:
+        """Not a segment a producer wrote: no valid header and not a producer's file name."""
+        return self.header is None and self.name_nonce is None
 
     @property
     def nonce(self) -> str:
         if self.header is not None:
             return self.header.nonce
-        return self.path.name.split("-", 1)[0]
+        return self.name_nonce or self.path.name.split("-", 1)[0]
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -115,6 +147,11 @@ class SegmentTail:
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
+    def rewind(self, offset: int) -> None:
+        """Re-read from ``offset`` (a frame boundary): the buffered bytes may be stale."""
+        self.decoder.rewind(offset)
+        self.read_pos = offset
+
     def read_more(self, max_bytes: int = READ_CHUNK) -> int:
         """Read up to ``max_bytes`` new bytes into the decoder; returns how many were read.
 
@@ -123,30 +160,41 @@ class SegmentTail:
         """
         if self.final:
             return 0
+        if self.foreign:
+            return self._measure_foreign()
         data = os.pread(self.fd, max_bytes, self.read_pos)
         if data:
             self.read_pos += len(data)
             self.decoder.feed(data)
             return len(data)
-        if self.sealed or not writer_alive(self.fd):
-            # Dead writer: one last read catches a frame written just before it died.
-            data = os.pread(self.fd, max_bytes, self.read_pos)
-            if data:
-                self.read_pos += len(data)
-                self.decoder.feed(data)
-                return len(data)
-            self.final = True
-            self.decoder.finish()
+        if not self.writer_gone:
+            if not (self.sealed or not writer_alive(self.fd)):
+                return 0
+            self.writer_gone = True
+            # A writer rolls back a short write (ftruncate) and writes again at the same place: bytes
+            # buffered before that are stale. The file is final now: read its tail afresh.
+            if self.decoder.buffered:
+                self.rewind(self.decoder.offset)
+            return self.read_more(max_bytes)
+        self.final = True
+        self.decoder.finish()
+        return 0
+
+    def _measure_foreign(self) -> int:
+        if not writer_alive(self.fd):
+            self.read_pos = max(self.read_pos, self.size())
+            self.writer_gone = self.final = True
         return 0
 
     def frames(self) -> Iterator[Frame | Skip]:
         """Every whole frame or counted skip the buffered bytes allow, in file order."""
-        if self.header is None:
-            # Not a segment of ours: nothing in it can be trusted, skip it whole once it is final.
-            if self.final and self.decoder.buffered:
-                yield from self._skip_all()
-            return
         decoder = self.decoder
+        if self.foreign:
+            if self.final:
+                skip = decoder.skip_unread(self.read_pos - decoder.offset, "corrupt")
+                if skip is not None:
+                    yield skip
+            return
         while True:
             item = decoder.next()
             if item is NEED_DATA:
@@ -156,14 +204,11 @@ class SegmentTail:
                 self.sealed = True
             yield item
 
-    def _skip_all(self) -> Iterator[Skip]:
-        skip = self.decoder.skip_rest("corrupt")
-        if skip is not None:
-            yield skip
-
     @property
     def done(self) -> bool:
         """Final and fully decoded: the segment will yield nothing more."""
+        if self.foreign:
+            return self.final and self.decoder.offset >= self.read_pos
         return self.final and self.decoder.buffered == 0
 
 
@@ -183,8 +228,16 @@ def read_whole(path: Path, start_offset: int = 0) -> tuple[SegmentTail | None, l
     return tail, items
 
 
-def count_events(path: Path, start_offset: int) -> tuple[int, dict[str, int]]:
-    """Events in a finished segment from an offset, and the drop counts its markers carry."""
+def in_ranges(offset: int, ranges: list[list[int]] | None) -> bool:
+    """Whether ``offset`` falls in one of the [start, end) ranges (the ledger's resolved-ahead ones)."""
+    return bool(ranges) and any(start <= offset < end for start, end in ranges or ())
+
+
+def count_events(
+    path: Path, start_offset: int, skip_ranges: list[list[int]] | None = None
+) -> tuple[int, dict[str, int]]:
+    """Events in a finished segment from an offset (outside ranges already resolved), and the drop
+    counts its markers carry."""
     from .framing import FRAME_DROPS, FRAME_EVENT, decode_drops
 
     tail, items = read_whole(path, start_offset)
@@ -193,7 +246,7 @@ def count_events(path: Path, start_offset: int) -> tuple[int, dict[str, int]]:
     events = 0
     drops: dict[str, int] = {}
     for item in items:
-        if isinstance(item, Frame):
+        if isinstance(item, Frame) and not in_ranges(item.offset, skip_ranges):
             if item.type == FRAME_EVENT:
                 events += 1
             elif item.type == FRAME_DROPS:
