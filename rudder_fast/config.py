@@ -60,7 +60,17 @@ def resolve_quota_bytes(value: int | str | None) -> int:
     from .quota import parse_size
 
     if value is None:
-        value = os.environ.get(ENV_QUOTA_BYTES) or 0
+        env = os.environ.get(ENV_QUOTA_BYTES)
+        if not env:
+            return 0
+        try:
+            return parse_size(env)
+        except ValueError as exc:
+            # A producer must not fail every call over a deployment's typo: no quota, said loudly.
+            import logging
+
+            logging.getLogger("rudder_fast").error("ignoring %s: %s", ENV_QUOTA_BYTES, exc)
+            return 0
     if isinstance(value, int):
         if value < 0:
             raise ConfigurationError("quota_bytes must be >= 0")

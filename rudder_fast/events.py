@@ -83,7 +83,7 @@ class _Refused(TypeError):
 
 def iso_utc_ms(dt: _dt.datetime) -> str:
     """ISO-8601 in UTC with milliseconds and ``Z``; a naive datetime is taken as UTC."""
-    if dt.tzinfo is not None:
+    if dt.utcoffset() is not None:
         dt = dt.astimezone(_UTC)
     return (
         f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
@@ -169,7 +169,11 @@ def _find_refused(value: Any, path: str, depth: int) -> tuple[str, str] | None:
     if isinstance(value, int) and not isinstance(value, enum.Enum):
         if _INT_MIN <= value <= _UINT_MAX:
             return None
-        return (path, f"integer {value} is outside the 64-bit range")
+        try:
+            shown = str(value)
+        except ValueError:  # more digits than Python will print
+            shown = "with thousands of digits"
+        return (path, f"integer {shown} is outside the 64-bit range")
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -204,12 +208,13 @@ def check_id(field: str, value: object) -> str | None:
     """An id as a non-blank str, or None if absent. ints are accepted and turned into str."""
     if value is None:
         return None
-    if (
-        type(value) is str
-        or isinstance(value, str)
-        or (isinstance(value, int) and not isinstance(value, bool))
-    ):
+    if isinstance(value, str):
         text = str(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            text = str(value)
+        except ValueError:  # more digits than Python will print
+            raise InvalidEventError(field, "integer id is too large") from None
     else:
         raise InvalidEventError(field, f"must be a str, not {type(value).__name__}")
     if is_blank(text):
@@ -233,7 +238,10 @@ def check_required_str(field: str, value: object) -> str:
         raise InvalidEventError(field, "is required")
     if not isinstance(value, str):
         if field in ("group_id", "previous_id") and isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
+            try:
+                value = str(value)
+            except ValueError:  # more digits than Python will print
+                raise InvalidEventError(field, "integer id is too large") from None
         else:
             raise InvalidEventError(field, f"must be a str, not {type(value).__name__}")
     if is_blank(value):
@@ -266,7 +274,8 @@ def check_timestamp(value: object) -> int | str | None:
     if value is None:
         return None
     if isinstance(value, _dt.datetime):
-        dt = value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
+        # Naive, or with a tzinfo that gives no offset: taken as UTC, as documented.
+        dt = value if value.utcoffset() is not None else value.replace(tzinfo=_UTC)
         try:
             delta = dt - _EPOCH
         except OverflowError:

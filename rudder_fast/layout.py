@@ -100,10 +100,10 @@ ENV_ALLOW_NETWORK_FS = "RUDDER_FAST_ALLOW_NETWORK_FS"
 def filesystem_type(path: Path) -> str | None:
     """The type of the file system holding ``path``, from /proc/self/mountinfo (Linux), or None."""
     try:
-        text = Path("/proc/self/mountinfo").read_text()
+        text = Path("/proc/self/mountinfo").read_bytes().decode("utf-8", "surrogateescape")
     except OSError:
         return None
-    return mount_type(text, os.path.realpath(path))
+    return mount_type(text, os.fsdecode(os.path.realpath(path)))
 
 
 def mount_type(mountinfo: str, target: str) -> str | None:

@@ -46,15 +46,15 @@ RESUME_FRACTION: Final = 0.9
 ENV_QUOTA_BYTES: Final = "RUDDER_FAST_QUOTA_BYTES"
 ENV_ON_FULL: Final = "RUDDER_FAST_ON_FULL"
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGkmg]?)(i?[Bb])?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTkmgt]?)(i?[Bb])?\s*$")
 
 
 def parse_size(text: str) -> int:
-    """``"512M"`` → 536870912: a number with an optional K/M/G (x1024) suffix."""
+    """``"512M"`` → 536870912: a whole number with an optional K/M/G/T (x1024) suffix."""
     m = _SIZE_RE.match(text)
     if not m:
         raise ValueError(f"not a size: {text!r} (use a number with an optional K, M or G suffix)")
-    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2).lower()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ carries a drop-marker frame with the counts, so the sender learns what was lost.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import logging
@@ -59,6 +60,15 @@ log = logging.getLogger("rudder_fast")
 DROP_DISK: Final = "disk_error"
 DROP_SPOOL: Final = "spool_unusable"
 DROP_QUOTA: Final = "quota"
+DROP_REENTRANT: Final = "reentrant"  # a call made from inside a call (a signal or logging handler)
+
+# While calls are being dropped, their counts are written to the spool at most this often.
+DROP_REPORT_INTERVAL_NS: Final = 100_000_000
+# How often a producer re-reads the quota state (the sender's control file, or its own measurement).
+QUOTA_CHECK_NS: Final = 1_000_000_000
+# Above this encoded size a record's JSON size is checked too: escaping can make the JSON much larger
+# than the msgpack record, and the data plane refuses a request body over 4,096,000 bytes.
+JSON_CHECK_ABOVE: Final = 1_000_000
 
 _meta_pack = FRAME_META.pack
 _prefix_pack = FRAME_PREFIX.pack
@@ -69,21 +79,48 @@ _write = os.write
 _OPEN_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
 
 _live_writers: weakref.WeakSet[SegmentWriter] = weakref.WeakSet()
-_fork_hook_installed = False
-_fork_hook_lock = threading.Lock()
+_hooks_installed = False
+_hooks_lock = threading.Lock()
+# Serialises the reset of writers in a child forked without Python's hooks, where several threads may
+# notice the new pid at once. Held across os.fork by the hooks, so no child inherits it locked.
+_reset_lock = threading.Lock()
 
 
 def _reset_all_after_fork() -> None:
+    global _reset_lock
+    _reset_lock = threading.Lock()
     for writer in list(_live_writers):
         writer._after_fork()
 
 
-def _install_fork_hook() -> None:
-    global _fork_hook_installed
-    with _fork_hook_lock:
-        if not _fork_hook_installed:
-            os.register_at_fork(after_in_child=_reset_all_after_fork)
-            _fork_hook_installed = True
+def _hold_reset_lock() -> None:
+    _reset_lock.acquire()
+
+
+def _release_reset_lock() -> None:
+    _reset_lock.release()
+
+
+def _close_all_at_exit() -> None:
+    """At interpreter exit: seal every open segment, writing the drop counts not yet reported."""
+    for writer in list(_live_writers):
+        try:
+            writer.close()
+        except Exception:  # nothing may escape at exit
+            pass
+
+
+def _install_process_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if not _hooks_installed:
+            os.register_at_fork(
+                before=_hold_reset_lock,  # never copied into a child while held
+                after_in_parent=_release_reset_lock,
+                after_in_child=_reset_all_after_fork,
+            )
+            atexit.register(_close_all_at_exit)
+            _hooks_installed = True
 
 
 def new_nonce() -> str:
@@ -94,11 +131,41 @@ class SegmentWriter:
     """Appends framed records to this process's own segment file. Thread-safe and fork-safe."""
 
     __slots__ = (
-        "__weakref__", "_backoff_reason", "_block", "_block_timeout", "_ctrl", "_disk_retry_ns",
-        "_fallback_quota", "_fast_until_ns", "_fd", "_index", "_last_report_ns", "_last_warning_ns",
-        "_local_ctrl", "_lock", "_max_age_ns", "_max_bytes", "_other_frames", "_packer", "_path", "_paths",
-        "_pid", "_quota_check_ns", "_roll_at_ns", "_rotate_seen", "_seq", "_size", "_unreported", "dropped",
-        "id_prefix", "nonce", "spool_dir",
+        "__weakref__",
+        "_backoff_reason",
+        "_block",
+        "_block_timeout",
+        "_busy",
+        "_ctrl",
+        "_disk_retry_ns",
+        "_fallback_quota",
+        "_fast_from_ns",
+        "_fast_until_ns",
+        "_fd",
+        "_index",
+        "_last_report_ns",
+        "_last_warning_ns",
+        "_local_ctrl",
+        "_lock",
+        "_max_age_ns",
+        "_max_bytes",
+        "_other_frames",
+        "_packer",
+        "_path",
+        "_paths",
+        "_pending_warning",
+        "_pid",
+        "_quota_check_ns",
+        "_roll_at_ns",
+        "_rotate_seen",
+        "_seq",
+        "_size",
+        "_size_limit",
+        "_unreported",
+        "dropped",
+        "id_prefix",
+        "nonce",
+        "spool_dir",
     )  # fmt: skip
 
     def __init__(
@@ -118,29 +185,37 @@ class SegmentWriter:
         self._block_timeout = block_timeout
         self._fallback_quota = quota_bytes  # used only while no sender publishes one
         self._paths: SpoolPaths | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._busy = False  # inside append's critical section (the lock is re-entrant for one thread)
         self._packer = msgpack.Packer()
-        self._reset_state()
-        _install_fork_hook()
+        self._pid = 0
+        self._reset_state(os.getpid())
+        _install_process_hooks()
         _live_writers.add(self)
 
-    def _reset_state(self) -> None:
-        self._pid = os.getpid()
-        self.nonce = new_nonce()
-        self.id_prefix = self.nonce + "-"  # messageId = f"{nonce}-{seq}"
+    def _reset_state(self, pid: int) -> None:
+        nonce = new_nonce()
+        self.nonce = nonce
+        self.id_prefix = nonce + "-"  # messageId = f"{nonce}-{seq}"
         self._seq = 0
         self._index = 0
         self._fd = -1
         self._size = 0
+        self._size_limit = 0  # the fast path's bound on _size: rotation size, or the quota's room
         self._roll_at_ns = 0
+        # The fast path runs while _fast_from_ns <= now < _fast_until_ns: 0/0 whenever anything needs
+        # the slow path (no open file, a disk back-off, drops to report), and a window that a clock
+        # stepping backwards also leaves.
+        self._fast_from_ns = 0
         self._fast_until_ns = 0
         self._path: Path | None = None
         self._disk_retry_ns = 0
         self._backoff_reason = DROP_DISK
-        self._other_frames = 0  # drop-marker and seal frames: every other seq number is an event
+        self._other_frames = 0  # seq numbers of drop markers, seals and failed writes: not events
         self.dropped: dict[str, int] = {}
         self._unreported: dict[str, int] = {}
         self._last_warning_ns = 0
+        self._pending_warning: str | None = None
         self._last_report_ns = 0
         # Quota: ``_ctrl`` is what the hot path tests (byte 8 non-zero: go to ``_admit``): the sender's
         # mapped control file while a sender runs, else a local copy this process maintains itself.
@@ -148,12 +223,21 @@ class SegmentWriter:
         self._local_ctrl = bytearray(quota.CONTROL_SIZE)
         self._quota_check_ns = 0
         self._rotate_seen = -1
+        self._pid = pid  # last: other threads take the pid check as "state ready"
 
     def __repr__(self) -> str:
         return (
             f"<SegmentWriter pid={self._pid} nonce={self.nonce} seq={self._seq} "
             f"segment={self._path.name if self._path else None} size={self._size}>"
         )
+
+    def __del__(self) -> None:
+        # An emitter dropped without close(): release the file (and its lock) so the sender can finish it.
+        try:
+            if self._fd >= 0 and self._pid == os.getpid():
+                self.close_segment()
+        except Exception:
+            pass
 
     @property
     def accepted(self) -> int:
@@ -165,13 +249,19 @@ class SegmentWriter:
         return self._path
 
     def _after_fork(self) -> None:
-        """In a child: forget the parent's segment (close our copy of the fd, never unlock it)."""
-        if self._pid == os.getpid():
-            return
-        fd = self._fd
-        self._lock = threading.Lock()  # another thread may have held it at the fork
-        self._packer = msgpack.Packer()
-        self._reset_state()
+        """In a child: forget the parent's segment (close our copy of the fd, never unlock it).
+
+        Runs from the at-fork hook, or from the pid check of the first call after a fork that skipped
+        the hooks (then possibly in several threads at once: serialised, and ``_pid`` is set last)."""
+        with _reset_lock:
+            pid = os.getpid()
+            if self._pid == pid:
+                return
+            fd = self._fd
+            self._lock = threading.RLock()  # another thread may have held it at the fork
+            self._busy = False
+            self._packer = msgpack.Packer()
+            self._reset_state(pid)
         if fd >= 0:
             try:
                 os.close(fd)
@@ -185,42 +275,65 @@ class SegmentWriter:
         ctrl = self._ctrl
         if ctrl is None and not self._quota_check_ns:
             ctrl = self._first_quota_check(now_ns)  # once per process: the very first event obeys too
-        if ctrl is not None and ctrl[8] and not self._admit(now_ns):  # 8: quota.FLAGS_OFFSET
+        if ctrl is not None and ctrl[8] and not self._admit(now_ns, record):  # 8: quota.FLAGS_OFFSET
             return None
-        with self._lock:
-            # Packed first: a record that cannot be packed is refused before anything touches the disk.
-            try:
-                payload = self._packer.pack(record)
-            except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
-                self._packer = msgpack.Packer()  # do not trust its state after a failure
-                raise _refused(record) from None
-            n = len(payload)
-            if n > MAX_PAYLOAD:
-                raise InvalidEventError(
-                    _largest_field(record),
-                    f"the event is {n:,} bytes encoded; the limit is {MAX_PAYLOAD:,}",
-                )
-            # One comparison pair decides the fast path: ``_fast_until_ns`` is 0 whenever anything needs
-            # the slow path (no open file, a disk back-off, drops to report) and the rotation time
-            # otherwise.
-            if (now_ns >= self._fast_until_ns or self._size >= self._max_bytes) and self._prepare(now_ns) < 0:
-                return None
-            seq = self._seq
-            body = _meta_pack(n, FRAME_EVENT, seq) + payload
-            frame = _prefix_pack(SYNC, _crc32(body)) + body
-            try:
-                written = _write(self._fd, frame)
-            except OSError as exc:
-                self._write_failed(now_ns, exc)
-                return None
-            if written != len(frame):
-                self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"))
-                return None
-            self._size += written
-            self._seq = seq + 1
-            return self.id_prefix + str(seq)
+        try:
+            with self._lock:  # an RLock: a signal handler calling in from inside a call gets here...
+                if self._busy:  # ...and is turned away: the interrupted call's state is half-updated
+                    self._reentrant()
+                    return None
+                self._busy = True
+                try:
+                    return self._append_locked(record, now_ns)
+                finally:
+                    self._busy = False
+        finally:
+            if self._pending_warning is not None:
+                self._log_pending_warning()
 
-    def _admit(self, now_ns: int) -> bool:
+    def _append_locked(self, record: list[Any], now_ns: int) -> str | None:
+        """The body of append, under the writer lock."""
+        # Packed first: a record that cannot be packed is refused before anything touches the disk.
+        try:
+            payload = self._packer.pack(record)
+        except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
+            self._packer = msgpack.Packer()  # do not trust its state after a failure
+            raise _refused(record) from None
+        n = len(payload)
+        if n > JSON_CHECK_ABOVE:
+            _check_size(record, n)
+        if (
+            not self._fast_from_ns <= now_ns < self._fast_until_ns or self._size >= self._size_limit
+        ) and self._prepare(now_ns) < 0:
+            return None
+        seq = self._seq
+        self._seq = seq + 1  # before the write: an exception raised during it must not reuse seq
+        body = _meta_pack(n, FRAME_EVENT, seq) + payload
+        frame = _prefix_pack(SYNC, _crc32(body)) + body
+        try:
+            written = _write(self._fd, frame)
+        except OSError as exc:
+            self._write_failed(now_ns, exc, 0)
+            return None
+        if written != len(frame):
+            self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"), written)
+            return None
+        self._size += written
+        return self.id_prefix + str(seq)
+
+    def _reentrant(self) -> None:
+        """A call made while this thread already holds the writer lock (from a signal or logging
+        handler inside a call): waiting would deadlock, so the event is dropped and counted."""
+        self.dropped[DROP_REENTRANT] = self.dropped.get(DROP_REENTRANT, 0) + 1
+        self._unreported[DROP_REENTRANT] = self._unreported.get(DROP_REENTRANT, 0) + 1
+        self._fast_until_ns = 0
+
+    def _log_pending_warning(self) -> None:
+        message, self._pending_warning = self._pending_warning, None
+        if message:
+            log.warning(message)  # outside the lock: a handler may itself emit events
+
+    def _admit(self, now_ns: int, record: list[Any]) -> bool:
         """The control flags are set: rotate if asked; over quota, drop or wait for room."""
         ctrl = self._ctrl
         if ctrl is None:
@@ -235,6 +348,7 @@ class SegmentWriter:
                     self._fast_until_ns = 0
         if not flags & quota.OVER_QUOTA:
             return True
+        _check_record(record)  # bad input still raises, whatever the quota
         with self._lock:
             # Dropped calls never reach the write path's periodic refresh: re-measure here (at most once
             # a second), or a producer without a sender, or whose sender died, would stay over forever.
@@ -256,6 +370,8 @@ class SegmentWriter:
         with self._lock:
             self._count_drop_locked(DROP_QUOTA, now_ns)
             self._report_drops_now(now_ns)
+        if self._pending_warning is not None:
+            self._log_pending_warning()
         return False
 
     def _first_quota_check(self, now_ns: int) -> Any:
@@ -263,8 +379,8 @@ class SegmentWriter:
             if self._paths is None:
                 try:
                     self._paths = ensure_spool(self.spool_dir)
-                except SpoolError:
-                    self._quota_check_ns = now_ns + 1_000_000_000  # the append reports the problem
+                except (SpoolError, OSError, ValueError):
+                    self._quota_check_ns = now_ns + QUOTA_CHECK_NS  # the append reports the problem
                     return None
             self._refresh_quota(now_ns, force=True)
             return self._ctrl
@@ -272,73 +388,106 @@ class SegmentWriter:
     def _report_drops_now(self, now_ns: int) -> None:
         """While calls are being dropped, write the counts at most every 100 ms (not only at the next
         successful append), so a process that exits or dies meanwhile has reported nearly all of them."""
-        if self._fd < 0 or now_ns - self._last_report_ns < 100_000_000 or not self._unreported:
+        if not self._unreported or 0 <= now_ns - self._last_report_ns < DROP_REPORT_INTERVAL_NS:
             return
         self._last_report_ns = now_ns
+        if self._fd < 0:
+            try:
+                self._open_segment(now_ns)  # a header and a drop marker: tiny, even over the quota
+            except (SpoolError, OSError):
+                return
+        self._write_drops(now_ns)
+
+    def _write_drops(self, now_ns: int) -> bool:
+        """Write a drop-marker frame with the unreported counts. False (counted) if the disk refused."""
         frame = self._drops_frame()
+        self._seq += 1
         try:
             written = _write(self._fd, frame)
-        except OSError:
-            return
-        if written == len(frame):
-            self._size += written
-            self._seq += 1
-            self._other_frames += 1
-            self._unreported = {}
-        else:
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
+        except OSError as exc:
+            self._write_failed(now_ns, exc, 0)
+            return False
+        if written != len(frame):
+            self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"), written)
+            return False
+        self._size += written
+        self._other_frames += 1
+        self._unreported = {}
+        return True
 
     def _refresh_quota(self, now_ns: int, force: bool = False) -> None:
-        """Once a second (slow path): follow the sender's control file, or measure usage ourselves."""
-        if not force and now_ns < self._quota_check_ns:
+        """Once a second (slow path): follow the sender's control file, or measure usage ourselves.
+        Also bounds the fast path's bytes by the room left under the quota, so one producer cannot run
+        far past it between two checks."""
+        if not force and now_ns < self._quota_check_ns and now_ns >= self._quota_check_ns - QUOTA_CHECK_NS:
             return
-        self._quota_check_ns = now_ns + 1_000_000_000
+        self._quota_check_ns = now_ns + QUOTA_CHECK_NS
+        self._size_limit = self._max_bytes
         paths = self._paths
         if paths is None:
             return
         if quota.sender_running(paths.sender_lock):
-            self._ctrl = quota.map_control(paths.control)
+            mapped = quota.map_control(paths.control)
+            self._ctrl = mapped
+            published = quota.Control.decode(bytes(mapped[: quota.CONTROL_SIZE])) if mapped else None
+            if published is not None and published.quota_bytes:
+                self._bound_size(published.quota_bytes - published.usage_bytes)
             return
         published = quota.read_control(paths.control)
         limit = (published.quota_bytes if published else 0) or self._fallback_quota
         if limit <= 0:
             self._ctrl = None
             return
+        started = time.monotonic_ns()
         usage = quota.measure_usage(paths.segments, quota.read_acked(paths.ledger))
+        took = time.monotonic_ns() - started
+        # Measuring a huge spool is slow and runs on the app's thread: keep it under 1 % of the time.
+        self._quota_check_ns = now_ns + max(QUOTA_CHECK_NS, 100 * took)
         local = self._local_ctrl
         over = quota.next_flags(bool(local[quota.FLAGS_OFFSET]), usage, limit)
         local[quota.FLAGS_OFFSET] = quota.OVER_QUOTA if over else 0
         self._ctrl = local
+        self._bound_size(limit - usage)
+
+    def _bound_size(self, room: int) -> None:
+        self._size_limit = min(self._max_bytes, self._size + max(room, 0))
 
     def count_drop(self, reason: str, now_ns: int) -> None:
-        """Count an event dropped before it reached the disk (quota); reported by the next frame."""
+        """Count an event dropped before it reached the disk; reported by the next frame."""
         with self._lock:
             self._count_drop_locked(reason, now_ns)
+        if self._pending_warning is not None:
+            self._log_pending_warning()
 
     def _count_drop_locked(self, reason: str, now_ns: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self._fast_until_ns = 0  # the next append takes the slow path, which reports the drops
         self._unreported[reason] = self._unreported.get(reason, 0) + 1
-        if now_ns - self._last_warning_ns >= config.WARNING_INTERVAL_S * 1e9:
+        if abs(now_ns - self._last_warning_ns) >= config.WARNING_INTERVAL_S * 1e9:
             self._last_warning_ns = now_ns
-            log.warning("rudder_fast: dropping events (%s); dropped so far: %s", reason, self.dropped)
+            self._pending_warning = f"rudder_fast: dropping events ({reason}); dropped so far: {self.dropped}"
 
     def _drops_frame(self) -> bytes:
-        """A drop-marker frame for the drops not yet reported; the caller advances seq once written."""
+        """A drop-marker frame for the drops not yet reported; the caller advances seq."""
         return encode_frame(FRAME_DROPS, self._seq, msgpack.packb(self._unreported))
 
-    def _write_failed(self, now_ns: int, exc: OSError) -> None:
-        # Roll back whatever part of the frame reached the file: only whole frames may stay.
+    def _write_failed(self, now_ns: int, exc: OSError, written: int) -> None:
+        """Take back the part of a frame a short write left (only whole frames may stay), back off."""
+        self._other_frames += 1  # the seq number the failed frame took is no event's
+        fd = self._fd
         try:
-            os.ftruncate(self._fd, self._size)
+            size = os.fstat(fd).st_size
+            if written:
+                size -= written  # exactly our bytes: this process is the file's only writer
+                os.ftruncate(fd, size)
+            self._size = size  # the file's real size, whatever an interrupted call left in _size
         except OSError:
             pass
         if exc.errno == errno.EBADF:
             self._fd = -1  # someone closed our descriptor: start a new segment next time
             self._roll_at_ns = 0
+        elif exc.errno == errno.EFBIG:
+            self._roll_at_ns = 0  # a file-size limit: a new, empty segment may still fit
         self._back_off(now_ns, DROP_DISK)
         self._count_drop_locked(DROP_DISK, now_ns)
         if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
@@ -351,10 +500,13 @@ class SegmentWriter:
 
     def _prepare(self, now_ns: int) -> int:
         """The slow path: honour a disk back-off, rotate or open, report drops. The fd, or -1."""
-        if now_ns < self._disk_retry_ns:
+        backoff_ns = int(config.DISK_ERROR_BACKOFF_S * 1e9)
+        if self._disk_retry_ns - backoff_ns <= now_ns < self._disk_retry_ns:
             self._count_drop_locked(self._backoff_reason, now_ns)
             return -1
         fd = self._fd
+        if fd >= 0 and now_ns < self._roll_at_ns - self._max_age_ns:
+            self._roll_at_ns = now_ns + self._max_age_ns  # the clock stepped back: restart the age
         if fd < 0 or self._size >= self._max_bytes or now_ns >= self._roll_at_ns:
             if fd >= 0:
                 self.close_segment()
@@ -364,27 +516,18 @@ class SegmentWriter:
                 self._back_off(now_ns, DROP_SPOOL)
                 self._count_drop_locked(DROP_SPOOL, now_ns)
                 if self.dropped[DROP_SPOOL] == 1:
-                    log.warning("rudder_fast: %s", exc)
+                    self._pending_warning = f"rudder_fast: {exc}"
                 return -1
             except OSError:
                 self._back_off(now_ns, DROP_DISK)
                 self._count_drop_locked(DROP_DISK, now_ns)
                 return -1
-        if self._unreported:
-            frame = self._drops_frame()
-            try:
-                written = _write(fd, frame)
-            except OSError as exc:
-                self._write_failed(now_ns, exc)
-                return -1
-            if written != len(frame):
-                self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"))
-                return -1
-            self._size += written
-            self._seq += 1
-            self._other_frames += 1
-            self._unreported = {}
+        if self._unreported and not self._write_drops(now_ns):
+            return -1
         self._refresh_quota(now_ns)
+        if self._size >= self._size_limit and self._size < self._max_bytes:
+            self._refresh_quota(now_ns, force=True)  # out of room: is the quota really reached?
+        self._fast_from_ns = now_ns
         self._fast_until_ns = min(self._roll_at_ns, self._quota_check_ns)
         return fd
 
@@ -398,6 +541,10 @@ class SegmentWriter:
             fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
         except FileNotFoundError:
             self._paths = paths = ensure_spool(self.spool_dir)  # the directories were removed
+            fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
+        except FileExistsError:
+            # Our own debris (the nonce is this process's): an earlier attempt was interrupted.
+            os.unlink(tmp_path)
             fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
         try:
             os.fchmod(fd, 0o600)  # the umask may have removed bits the sender needs (0600 exactly)
@@ -418,6 +565,7 @@ class SegmentWriter:
             raise
         self._fd = fd
         self._size = len(header)
+        self._size_limit = self._max_bytes
         self._path = final_path
         self._index += 1
         self._roll_at_ns = now_ns + self._max_age_ns
@@ -438,17 +586,15 @@ class SegmentWriter:
             seq += 1
         frame += encode_frame(FRAME_SEAL, seq, b"")
         try:
-            if os.write(fd, frame) == len(frame):
+            written = os.write(fd, frame)
+            if written == len(frame):
                 self._other_frames += seq + 1 - self._seq
                 self._seq = seq + 1
                 self._unreported = {}
             else:
-                os.ftruncate(fd, self._size)  # a partial seal is torn garbage: take it back
+                os.ftruncate(fd, os.fstat(fd).st_size - written)  # a partial seal is torn: take it back
         except OSError:
-            try:
-                os.ftruncate(fd, self._size)
-            except OSError:
-                pass
+            pass
         finally:
             os.close(fd)  # releases the flock: the sender now sees the file as finished
 
@@ -458,6 +604,36 @@ class SegmentWriter:
             return
         with self._lock:
             self.close_segment()
+
+
+def _check_record(record: list[Any]) -> None:
+    """Raise InvalidEventError if a record cannot be packed or is too large (for calls that will not
+    be written, so that bad input raises whatever the spool's state)."""
+    try:
+        payload = msgpack.packb(record)
+    except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
+        raise _refused(record) from None
+    if len(payload) > JSON_CHECK_ABOVE:
+        _check_size(record, len(payload))
+
+
+def _check_size(record: list[Any], packed: int) -> None:
+    """A large record: refuse it if it, or the JSON the sender will make of it, is too large to send."""
+    if packed > MAX_PAYLOAD:
+        raise InvalidEventError(
+            _largest_field(record), f"the event is {packed:,} bytes encoded; the limit is {MAX_PAYLOAD:,}"
+        )
+    import orjson
+
+    from . import __version__
+    from .wire import WireMapper
+
+    size = len(orjson.dumps(WireMapper(__version__).event(record, "0" * 16, 0))) + 64  # + sentAt, batch
+    if size > MAX_PAYLOAD:
+        raise InvalidEventError(
+            _largest_field(record),
+            f"the event is {size:,} bytes as JSON (escaped characters grow); the limit is {MAX_PAYLOAD:,}",
+        )
 
 
 def _refused(record: list[Any]) -> InvalidEventError:

@@ -249,11 +249,15 @@ def test_sigkill_in_the_middle_of_writing(spool_dir: Path) -> None:
 # -- a torn tail, made deterministically -----------------------------------------------------------
 
 
+_still_referenced: list[Emitter] = []
+
+
 def _dead_writer_segment(spool_dir: Path, n: int) -> tuple[list[str], Path, Frame]:
     """A segment left by a process that emitted ``n`` events and died (no seal); its last frame."""
 
     def child(w: int) -> None:
         em = Emitter(spool_dir)
+        _still_referenced.append(em)  # a dying writer seals nothing: no finalizer may run either
         for i in range(n):
             report(w, em.track(user_id="u", event="torn", properties={"i": i, "pad": "x" * 100}))
 
