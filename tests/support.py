@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -56,3 +58,34 @@ def env_with(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def reap(pid: int, deadline: float) -> int:
+    """A forked child's exit code (negative: the signal that killed it); SIGKILLs it and fails the test
+    at the deadline."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} did not exit in time")
+        time.sleep(0.005)
+
+
+def read_to_eof(r: int, pid: int, deadline: float) -> bytes:
+    """Everything a child writes to pipe ``r`` until EOF (the caller closes ``r``); SIGKILLs the child
+    and fails the test if no EOF comes by the deadline."""
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} sent no EOF in time (deadlocked?)")
+        if select.select([r], [], [], left)[0]:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)

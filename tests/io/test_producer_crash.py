@@ -25,7 +25,7 @@ import pytest
 from rudder_fast import Emitter
 from rudder_fast.framing import Frame, Skip
 from rudder_fast.reading import read_whole
-from tests.support import inspect_spool, segment_files
+from tests.support import inspect_spool, read_to_eof, reap, segment_files
 
 CHILD_DEADLINE_S = 60.0
 
@@ -46,38 +46,6 @@ def start_child(body: Callable[[int], None]) -> tuple[int, int]:
             os._exit(code)
     os.close(w)
     return pid, r
-
-
-def reap(pid: int, deadline: float) -> int:
-    """The exit code (negative: the signal that killed it); SIGKILL it and fail at the deadline."""
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child {pid} did not exit in time")
-        time.sleep(0.005)
-
-
-def read_to_eof(r: int, pid: int, deadline: float) -> bytes:
-    """Everything a child writes to its pipe (closed afterwards); SIGKILL it and fail at the deadline."""
-    chunks: list[bytes] = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise AssertionError(f"child {pid} sent no EOF in time")
-            if select.select([r], [], [], left)[0]:
-                chunk = os.read(r, 1 << 16)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-    finally:
-        os.close(r)
 
 
 def report(w: int, message_id: str | None) -> None:
@@ -126,7 +94,10 @@ def test_sigkill_the_instant_the_last_call_returned_loses_nothing(spool_dir: Pat
 
     pid, r = start_child(child)
     deadline = time.monotonic() + CHILD_DEADLINE_S
-    raw = read_to_eof(r, pid, deadline)  # EOF once the child is dead
+    try:
+        raw = read_to_eof(r, pid, deadline)  # EOF once the child is dead
+    finally:
+        os.close(r)
     assert reap(pid, deadline) == -signal.SIGKILL
     ids = raw.decode().split()
     assert len(ids) == n and "None" not in ids
@@ -263,7 +234,10 @@ def _dead_writer_segment(spool_dir: Path, n: int) -> tuple[list[str], Path, Fram
 
     pid, r = start_child(child)
     deadline = time.monotonic() + CHILD_DEADLINE_S
-    raw = read_to_eof(r, pid, deadline)
+    try:
+        raw = read_to_eof(r, pid, deadline)
+    finally:
+        os.close(r)
     assert reap(pid, deadline) == 0
     (path,) = segment_files(spool_dir)
     tail, items = read_whole(path)

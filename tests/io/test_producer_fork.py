@@ -15,7 +15,6 @@ import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import pytest
 from rudder_fast import Emitter
 from rudder_fast.emitter import _DefaultEmitter
 from rudder_fast.tail import SegmentTail, writer_alive
-from tests.support import inspect_spool, segment_files
+from tests.support import inspect_spool, read_to_eof, reap, segment_files
 
 CHILD_DEADLINE_S = 60.0
 
@@ -60,35 +59,6 @@ def start_child(body: Callable[[], Iterable[str | None]]) -> tuple[int, int]:
             os._exit(code)
     os.close(w)
     return pid, r
-
-
-def reap(pid: int, deadline: float) -> int:
-    """The child's exit code (negative: killed by that signal); SIGKILL it and fail at the deadline."""
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child {pid} did not exit in time")
-        time.sleep(0.005)
-
-
-def read_to_eof(r: int, pid: int, deadline: float) -> bytes:
-    """Everything a child writes to its pipe; SIGKILLs it and fails if no EOF comes by the deadline."""
-    chunks: list[bytes] = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child {pid} sent no EOF in time (deadlocked?)")
-        if select.select([r], [], [], left)[0]:
-            chunk = os.read(r, 1 << 16)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
 
 
 def finish_child(pid: int, r: int, timeout: float = CHILD_DEADLINE_S) -> tuple[list[str], int]:
