@@ -26,6 +26,7 @@ carries a drop-marker frame with the counts, so the sender learns what was lost.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import fcntl
 import logging
@@ -34,6 +35,7 @@ import threading
 import time
 import weakref
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -82,23 +84,16 @@ _live_writers: weakref.WeakSet[SegmentWriter] = weakref.WeakSet()
 _hooks_installed = False
 _hooks_lock = threading.Lock()
 # Serialises the reset of writers in a child forked without Python's hooks, where several threads may
-# notice the new pid at once. Held across os.fork by the hooks, so no child inherits it locked.
-_reset_lock = threading.Lock()
+# notice the new pid at once. Only ever held while a child resets, so a parent forks with it free (the
+# at-fork hook replaces it anyway); re-entrant, for a signal handler that emits during a reset.
+_reset_lock = threading.RLock()
 
 
 def _reset_all_after_fork() -> None:
     global _reset_lock
-    _reset_lock = threading.Lock()
+    _reset_lock = threading.RLock()  # a thread of the parent may have held it at the fork
     for writer in list(_live_writers):
         writer._after_fork()
-
-
-def _hold_reset_lock() -> None:
-    _reset_lock.acquire()
-
-
-def _release_reset_lock() -> None:
-    _reset_lock.release()
 
 
 def _close_all_at_exit() -> None:
@@ -114,11 +109,7 @@ def _install_process_hooks() -> None:
     global _hooks_installed
     with _hooks_lock:
         if not _hooks_installed:
-            os.register_at_fork(
-                before=_hold_reset_lock,  # never copied into a child while held
-                after_in_parent=_release_reset_lock,
-                after_in_child=_reset_all_after_fork,
-            )
+            os.register_at_fork(after_in_child=_reset_all_after_fork)
             atexit.register(_close_all_at_exit)
             _hooks_installed = True
 
@@ -156,10 +147,13 @@ class SegmentWriter:
         "_pending_warning",
         "_pid",
         "_quota_check_ns",
+        "_quota_checked_ns",
         "_roll_at_ns",
+        "_room_left",
         "_rotate_seen",
         "_seq",
         "_size",
+        "_size_at_bound",
         "_size_limit",
         "_unreported",
         "dropped",
@@ -222,6 +216,9 @@ class SegmentWriter:
         self._ctrl: Any = None
         self._local_ctrl = bytearray(quota.CONTROL_SIZE)
         self._quota_check_ns = 0
+        self._quota_checked_ns = 0
+        self._room_left = -1  # bytes this process may still write under the quota (-1: no quota known)
+        self._size_at_bound = 0
         self._rotate_seen = -1
         self._pid = pid  # last: other threads take the pid check as "state ready"
 
@@ -307,19 +304,52 @@ class SegmentWriter:
         ) and self._prepare(now_ns) < 0:
             return None
         seq = self._seq
-        self._seq = seq + 1  # before the write: an exception raised during it must not reuse seq
         body = _meta_pack(n, FRAME_EVENT, seq) + payload
         frame = _prefix_pack(SYNC, _crc32(body)) + body
         try:
+            self._seq = seq + 1  # before the write: an exception raised around it must not reuse seq
             written = _write(self._fd, frame)
         except OSError as exc:
             self._write_failed(now_ns, exc, 0)
             return None
+        except BaseException:  # raised by a signal handler around the write
+            self._interrupted_write(len(frame))
+            raise
         if written != len(frame):
             self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"), written)
             return None
         self._size += written
         return self.id_prefix + str(seq)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[bool]:
+        """The writer lock for the slow paths, and whether this thread may change the writer's state:
+        False when this thread is already inside a call (a signal handler calling in)."""
+        with self._lock:
+            if self._busy:
+                yield False
+                return
+            self._busy = True
+            try:
+                yield True
+            finally:
+                self._busy = False
+
+    def _interrupted_write(self, frame_len: int) -> None:
+        """An exception interrupted the call around its write: keep the file whole-framed and the
+        counts right. The frame either went in entirely (it stays: an event whose id was not returned),
+        or not at all, or partly (taken back)."""
+        try:
+            size = os.fstat(self._fd).st_size
+            extra = size - self._size
+            if extra == frame_len:
+                self._size = size
+                return
+            if 0 < extra < frame_len:
+                os.ftruncate(self._fd, self._size)
+            self._other_frames += 1  # its seq number is no event's
+        except OSError:
+            pass
 
     def _reentrant(self) -> None:
         """A call made while this thread already holds the writer lock (from a signal or logging
@@ -342,14 +372,18 @@ class SegmentWriter:
         if flags & quota.ROTATE:
             gen = int.from_bytes(ctrl[12:16], "little")
             if gen != self._rotate_seen:
-                with self._lock:
-                    self._rotate_seen = gen
-                    self._roll_at_ns = 0  # seal at the next append so the sender may delete the file
-                    self._fast_until_ns = 0
+                with self._exclusive() as mine:
+                    if mine:
+                        self._rotate_seen = gen
+                        self._roll_at_ns = 0  # seal at the next append so the sender may delete it
+                        self._fast_until_ns = 0
         if not flags & quota.OVER_QUOTA:
             return True
         _check_record(record)  # bad input still raises, whatever the quota
-        with self._lock:
+        with self._exclusive() as mine:
+            if not mine:
+                self._reentrant()
+                return False
             # Dropped calls never reach the write path's periodic refresh: re-measure here (at most once
             # a second), or a producer without a sender, or whose sender died, would stay over forever.
             self._refresh_quota(now_ns)
@@ -362,12 +396,16 @@ class SegmentWriter:
             while time.monotonic() < deadline:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
-                with self._lock:
-                    self._refresh_quota(time.time_ns())
+                with self._exclusive() as mine:
+                    if mine:
+                        self._refresh_quota(time.time_ns())
                 ctrl = self._ctrl
                 if ctrl is None or not ctrl[quota.FLAGS_OFFSET] & quota.OVER_QUOTA:
                     return True
-        with self._lock:
+        with self._exclusive() as mine:
+            if not mine:
+                self._reentrant()
+                return False
             self._count_drop_locked(DROP_QUOTA, now_ns)
             self._report_drops_now(now_ns)
         if self._pending_warning is not None:
@@ -375,7 +413,9 @@ class SegmentWriter:
         return False
 
     def _first_quota_check(self, now_ns: int) -> Any:
-        with self._lock:
+        with self._exclusive() as mine:
+            if not mine:
+                return None
             if self._paths is None:
                 try:
                     self._paths = ensure_spool(self.spool_dir)
@@ -396,19 +436,20 @@ class SegmentWriter:
                 self._open_segment(now_ns)  # a header and a drop marker: tiny, even over the quota
             except (SpoolError, OSError):
                 return
-        self._write_drops(now_ns)
+        self._write_drops(now_ns, for_call=False)
 
-    def _write_drops(self, now_ns: int) -> bool:
-        """Write a drop-marker frame with the unreported counts. False (counted) if the disk refused."""
+    def _write_drops(self, now_ns: int, for_call: bool = True) -> bool:
+        """Write a drop-marker frame with the unreported counts. False if the disk refused (then, when
+        the marker was written for a call, that call is counted as dropped: it returns None)."""
         frame = self._drops_frame()
         self._seq += 1
         try:
             written = _write(self._fd, frame)
         except OSError as exc:
-            self._write_failed(now_ns, exc, 0)
+            self._write_failed(now_ns, exc, 0, count=for_call)
             return False
         if written != len(frame):
-            self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"), written)
+            self._write_failed(now_ns, OSError(errno.ENOSPC, "short write"), written, count=for_call)
             return False
         self._size += written
         self._other_frames += 1
@@ -419,10 +460,12 @@ class SegmentWriter:
         """Once a second (slow path): follow the sender's control file, or measure usage ourselves.
         Also bounds the fast path's bytes by the room left under the quota, so one producer cannot run
         far past it between two checks."""
-        if not force and now_ns < self._quota_check_ns and now_ns >= self._quota_check_ns - QUOTA_CHECK_NS:
-            return
+        if not force and self._quota_checked_ns <= now_ns < self._quota_check_ns:
+            return  # (a clock stepping backwards leaves the window: measured again)
+        self._quota_checked_ns = now_ns
         self._quota_check_ns = now_ns + QUOTA_CHECK_NS
         self._size_limit = self._max_bytes
+        self._room_left = -1
         paths = self._paths
         if paths is None:
             return
@@ -439,7 +482,11 @@ class SegmentWriter:
             self._ctrl = None
             return
         started = time.monotonic_ns()
-        usage = quota.measure_usage(paths.segments, quota.read_acked(paths.ledger))
+        try:
+            usage = quota.measure_usage(paths.segments, quota.read_acked(paths.ledger))
+        except OSError:
+            self._ctrl = None  # the spool cannot be measured now: the write path reports its trouble
+            return
         took = time.monotonic_ns() - started
         # Measuring a huge spool is slow and runs on the app's thread: keep it under 1 % of the time.
         self._quota_check_ns = now_ns + max(QUOTA_CHECK_NS, 100 * took)
@@ -450,12 +497,17 @@ class SegmentWriter:
         self._bound_size(limit - usage)
 
     def _bound_size(self, room: int) -> None:
-        self._size_limit = min(self._max_bytes, self._size + max(room, 0))
+        self._room_left = max(room, 0)
+        self._size_at_bound = self._size
+        self._size_limit = min(self._max_bytes, self._size + self._room_left)
 
     def count_drop(self, reason: str, now_ns: int) -> None:
         """Count an event dropped before it reached the disk; reported by the next frame."""
-        with self._lock:
-            self._count_drop_locked(reason, now_ns)
+        with self._exclusive() as mine:
+            if mine:
+                self._count_drop_locked(reason, now_ns)
+            else:
+                self._reentrant()
         if self._pending_warning is not None:
             self._log_pending_warning()
 
@@ -471,7 +523,7 @@ class SegmentWriter:
         """A drop-marker frame for the drops not yet reported; the caller advances seq."""
         return encode_frame(FRAME_DROPS, self._seq, msgpack.packb(self._unreported))
 
-    def _write_failed(self, now_ns: int, exc: OSError, written: int) -> None:
+    def _write_failed(self, now_ns: int, exc: OSError, written: int, count: bool = True) -> None:
         """Take back the part of a frame a short write left (only whole frames may stay), back off."""
         self._other_frames += 1  # the seq number the failed frame took is no event's
         fd = self._fd
@@ -486,10 +538,13 @@ class SegmentWriter:
         if exc.errno == errno.EBADF:
             self._fd = -1  # someone closed our descriptor: start a new segment next time
             self._roll_at_ns = 0
-        elif exc.errno == errno.EFBIG:
-            self._roll_at_ns = 0  # a file-size limit: a new, empty segment may still fit
+        elif exc.errno == errno.EFBIG or written:
+            self._roll_at_ns = 0  # a file-size limit (a short write): a new, empty segment may still fit
         self._back_off(now_ns, DROP_DISK)
-        self._count_drop_locked(DROP_DISK, now_ns)
+        if count:
+            self._count_drop_locked(DROP_DISK, now_ns)
+        else:
+            self._fast_until_ns = 0
         if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             log.debug("rudder_fast: spool write failed: %s", exc)
 
@@ -512,7 +567,7 @@ class SegmentWriter:
                 self.close_segment()
             try:
                 fd = self._open_segment(now_ns)
-            except SpoolError as exc:
+            except (SpoolError, ValueError) as exc:
                 self._back_off(now_ns, DROP_SPOOL)
                 self._count_drop_locked(DROP_SPOOL, now_ns)
                 if self.dropped[DROP_SPOOL] == 1:
@@ -563,9 +618,14 @@ class SegmentWriter:
             except OSError:
                 pass
             raise
+        if self._room_left >= 0:  # the quota's room, less what went into the previous segment
+            self._room_left = max(0, self._room_left - (self._size - self._size_at_bound))
         self._fd = fd
         self._size = len(header)
-        self._size_limit = self._max_bytes
+        self._size_at_bound = self._size
+        self._size_limit = (
+            self._max_bytes if self._room_left < 0 else min(self._max_bytes, self._size + self._room_left)
+        )
         self._path = final_path
         self._index += 1
         self._roll_at_ns = now_ns + self._max_age_ns
@@ -599,11 +659,21 @@ class SegmentWriter:
             os.close(fd)  # releases the flock: the sender now sees the file as finished
 
     def close(self) -> None:
+        """Seal this process's segment, writing any drop counts not yet reported (in a segment of their
+        own if the current one refuses them). A close from inside a call (a handler) is ignored."""
         if self._pid != os.getpid():
             self._after_fork()
             return
-        with self._lock:
+        with self._exclusive() as mine:
+            if not mine:
+                return
             self.close_segment()
+            if self._unreported:
+                try:
+                    self._open_segment(time.time_ns())
+                except (SpoolError, OSError, ValueError):
+                    return
+                self.close_segment()
 
 
 def _check_record(record: list[Any]) -> None:
