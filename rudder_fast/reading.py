@@ -49,6 +49,7 @@ def scan_pending(
                 i.end - i.offset for i in items if isinstance(i, Frame)
             )
             resolved = (ahead or {}).get(path.name)
+            first_seen = False
             for item in items:
                 if in_ranges(item.offset, resolved):
                     continue  # acknowledged out of order before the sender's last commit
@@ -61,6 +62,10 @@ def scan_pending(
                     continue
                 if item.type != FRAME_EVENT:
                     continue
+                if on_event is None and first_seen:
+                    summary.events += 1  # counting only (status): the segment's first event dated it
+                    continue
+                first_seen = True
                 try:
                     record = msgpack.unpackb(item.payload)
                     event = mapper.event(record, tail.nonce, item.seq)
