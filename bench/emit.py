@@ -47,7 +47,8 @@ import msgpack
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sinkserver import SinkServer  # a sibling script, not a package
+from _common import EVENT, FAST, PROPERTIES, SDK  # sibling modules: bench/ is not a package
+from _sinkserver import SinkServer
 
 from rudder_fast import Emitter
 from rudder_fast.events import _JSON_OPTIONS, KIND_TRACK, _default
@@ -58,16 +59,6 @@ from rudder_fast.tail import list_segments, read_whole
 TrackFn = Callable[..., object]
 
 USER_ID: Final = "user-8c2f1e"
-EVENT: Final = "Order Completed"
-PROPERTIES: Final[dict[str, Any]] = {
-    "revenue": 19.95,
-    "shippingMethod": "Premium",
-    "sku": "ABC-123",
-    "quantity": 3,
-    "coupon": None,
-    "cart": {"id": "c-9", "items": 2},
-    "tags": ["a", "b", "c"],
-}
 
 TARGET_VS_FLOOR: Final = 1.5  # rudder_fast median <= 1.5x the floor's
 TARGET_VS_SDK: Final = 10.0  # rudder-sdk-python median >= 10x rudder_fast's
@@ -75,8 +66,6 @@ PROCESS_COUNTS: Final = (1, 2, 4)
 BREAKDOWN_NUMBER: Final = 1_000
 
 FLOOR: Final = "floor"
-FAST: Final = "rudder_fast"
-SDK: Final = "rudder-sdk-python"
 LABELS: Final = {
     FLOOR: "floor: packb + crc32 + os.write",
     FAST: "rudder_fast Emitter.track",

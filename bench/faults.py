@@ -53,20 +53,9 @@ from typing import IO, Any, Final
 
 import orjson
 
-WRITE_KEY: Final = "bench-write-key"
-EVENT: Final = "Order Completed"
-PROPERTIES: Final[dict[str, Any]] = {
-    "revenue": 19.95,
-    "shippingMethod": "Premium",
-    "sku": "ABC-123",
-    "quantity": 3,
-    "coupon": None,
-    "cart": {"id": "c-9", "items": 2},
-    "tags": ["a", "b", "c"],
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import EVENT, FAST, PROPERTIES, SDK, WRITE_KEY  # a sibling module: bench/ is not a package
 
-FAST: Final = "rudder_fast"
-SDK: Final = "rudder-sdk-python"
 LIBS: Final = (FAST, SDK)
 
 SIGKILL: Final = "sigkill"

@@ -42,14 +42,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import FAST, SDK  # a sibling module: bench/ is not a package
+
 BENCH_DIR: Final = Path(__file__).resolve().parent
 ROOT: Final = BENCH_DIR.parent
 RESULTS: Final = BENCH_DIR / "results"
 BENCHES: Final = ("emit", "send", "faults")
 COMMAND: Final = ".venv/bin/python bench/report.py"
 
-FAST: Final = "rudder_fast"
-SDK: Final = "rudder-sdk-python"
 FLOOR: Final = "floor"
 COLORS: Final = {FAST: "#1f6fb4", SDK: "#d0432b", FLOOR: "#8c8c8c"}
 DPI: Final = 100

@@ -66,18 +66,10 @@ from rudder_fast.tail import SegmentTail, list_segments
 from rudder_fast.transport import gzip_bytes
 from rudder_fast.wire import WireMapper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import EVENT, FAST, PROPERTIES, SDK, WRITE_KEY  # a sibling module: bench/ is not a package
+
 USER_COUNT: Final = 1_000  # each producer cycles through this many user ids
-EVENT: Final = "Order Completed"
-PROPERTIES: Final[dict[str, Any]] = {
-    "revenue": 19.95,
-    "shippingMethod": "Premium",
-    "sku": "ABC-123",
-    "quantity": 3,
-    "coupon": None,
-    "cart": {"id": "c-9", "items": 2},
-    "tags": ["a", "b", "c"],
-}
-WRITE_KEY: Final = "bench-write-key"
 
 TARGET_DRAIN_RATE: Final = 150_000.0  # events/s...
 TARGET_DRAIN_VS_FLOOR: Final = 1 / 3  # ...or this share of the floor measured in the same run
@@ -88,8 +80,6 @@ STATS_POLL_S: Final = 0.01
 WAIT_POLL_S: Final = 0.002
 RSS_SAMPLE_S: Final = 0.02
 
-FAST: Final = "rudder_fast"
-SDK: Final = "rudder-sdk-python"
 
 BIN_DIR: Final = Path(sys.executable).parent  # the venv's bin/, with the console scripts
 

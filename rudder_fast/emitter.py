@@ -96,6 +96,32 @@ class Emitter:
 
     # -- the hot path ------------------------------------------------------------------------------
 
+    def _emit(
+        self,
+        kind: int,
+        fields: list[Any],
+        user_id: object,
+        anonymous_id: object,
+        context: object,
+        integrations: object,
+        timestamp: object,
+        message_id: object,
+    ) -> str | None:
+        """The five calls other than track (whose inlined path is the hot one): check, build, write."""
+        return self._write(
+            build_record(
+                kind,
+                _time_ns(),
+                user_id=user_id,
+                anonymous_id=anonymous_id,
+                context=context,
+                integrations=integrations,
+                timestamp=timestamp,
+                message_id=message_id,
+                fields=fields,
+            )
+        )
+
     def _write(self, record: list[Any]) -> str | None:
         generated = self._writer.append(record, record[1])
         message_id: str | None = record[4]
@@ -169,18 +195,8 @@ class Emitter:
         if message is not None:
             return self.identify(**keywords_from_mapping("identify", message, locals()))
         fields = [encode_json_field("traits", traits)]
-        return self._write(
-            build_record(
-                KIND_IDENTIFY,
-                _time_ns(),
-                user_id=user_id,
-                anonymous_id=anonymous_id,
-                context=context,
-                integrations=integrations,
-                timestamp=timestamp,
-                message_id=message_id,
-                fields=fields,
-            )
+        return self._emit(
+            KIND_IDENTIFY, fields, user_id, anonymous_id, context, integrations, timestamp, message_id
         )
 
     def page(
@@ -247,19 +263,7 @@ class Emitter:
             check_optional_str("category", category),
             encode_json_field("properties", properties),
         ]
-        return self._write(
-            build_record(
-                kind,
-                _time_ns(),
-                user_id=user_id,
-                anonymous_id=anonymous_id,
-                context=context,
-                integrations=integrations,
-                timestamp=timestamp,
-                message_id=message_id,
-                fields=fields,
-            )
-        )
+        return self._emit(kind, fields, user_id, anonymous_id, context, integrations, timestamp, message_id)
 
     def group(
         self,
@@ -279,18 +283,8 @@ class Emitter:
         if message is not None:
             return self.group(**keywords_from_mapping("group", message, locals()))
         fields = [check_required_str("group_id", group_id), encode_json_field("traits", traits)]
-        return self._write(
-            build_record(
-                KIND_GROUP,
-                _time_ns(),
-                user_id=user_id,
-                anonymous_id=anonymous_id,
-                context=context,
-                integrations=integrations,
-                timestamp=timestamp,
-                message_id=message_id,
-                fields=fields,
-            )
+        return self._emit(
+            KIND_GROUP, fields, user_id, anonymous_id, context, integrations, timestamp, message_id
         )
 
     def alias(
@@ -310,18 +304,8 @@ class Emitter:
         if message is not None:
             return self.alias(**keywords_from_mapping("alias", message, locals()))
         fields = [check_required_str("previous_id", previous_id)]
-        return self._write(
-            build_record(
-                KIND_ALIAS,
-                _time_ns(),
-                user_id=user_id,
-                anonymous_id=anonymous_id,
-                context=context,
-                integrations=integrations,
-                timestamp=timestamp,
-                message_id=message_id,
-                fields=fields,
-            )
+        return self._emit(
+            KIND_ALIAS, fields, user_id, anonymous_id, context, integrations, timestamp, message_id
         )
 
     # -- housekeeping ------------------------------------------------------------------------------
