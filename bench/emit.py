@@ -51,7 +51,7 @@ from _common import EVENT, FAST, PROPERTIES, SDK  # sibling modules: bench/ is n
 from _sinkserver import SinkServer
 
 from rudder_fast import Emitter
-from rudder_fast.events import _JSON_OPTIONS, KIND_TRACK, _default
+from rudder_fast.events import _JSON_OPTIONS, KIND_TRACK
 from rudder_fast.framing import FRAME_EVENT, FRAME_META, FRAME_PREFIX, SYNC, Frame
 from rudder_fast.layout import SpoolPaths
 from rudder_fast.tail import list_segments, read_whole
@@ -277,7 +277,7 @@ def run_single(plan: Plan, emitter: Emitter, floor: FloorWriter, sink: SinkServe
         sdk_log.removeHandler(counter)
     delivered = sink.stats()["events"]
     record = [KIND_TRACK, time.time_ns(), USER_ID, None, None, None, None, None, EVENT,
-              orjson.dumps(PROPERTIES, default=_default, option=_JSON_OPTIONS)]  # fmt: skip
+              orjson.dumps(PROPERTIES, option=_JSON_OPTIONS)]  # fmt: skip
     summaries = {name: Summary.of(s) for name, s in samples.items()}  # sorts each sample in place
     return SingleResult(
         summaries=summaries,
@@ -421,7 +421,7 @@ def run_breakdown(plan: Plan, spool_dir: Path, scratch: Path) -> tuple[list[tupl
     bare._writer = _NullWriter()  # type: ignore[assignment]
     bare._append = bare._writer.append
     writer = emitter._writer
-    props_json = orjson.dumps(PROPERTIES, default=_default, option=_JSON_OPTIONS)
+    props_json = orjson.dumps(PROPERTIES, option=_JSON_OPTIONS)
     record = [KIND_TRACK, time.time_ns(), USER_ID, None, None, None, None, None, EVENT, props_json]
     plain = [KIND_TRACK, time.time_ns(), USER_ID, None, None, None, None, None, EVENT, PROPERTIES]
     packer = msgpack.Packer()
@@ -434,14 +434,14 @@ def run_breakdown(plan: Plan, spool_dir: Path, scratch: Path) -> tuple[list[tupl
         "emitter": emitter, "bare": bare, "writer": writer, "record": record, "plain": plain,
         "packer": packer, "payload": payload, "body": body, "frame": frame, "fd": fd, "os": os,
         "time": time, "zlib": zlib, "msgpack": msgpack, "orjson": orjson, "P": PROPERTIES,
-        "U": USER_ID, "E": EVENT, "D": _default, "O": _JSON_OPTIONS, "lock": threading.Lock(),
+        "U": USER_ID, "E": EVENT, "O": _JSON_OPTIONS, "lock": threading.Lock(),
         "meta": FRAME_META.pack, "prefix": FRAME_PREFIX.pack, "SYNC": SYNC, "T": FRAME_EVENT,
         "getpid": spool_mod._getpid, "NOW": time.time_ns(),
     }  # fmt: skip
     rows = [
         ("Emitter.track, whole call", "emitter.track(user_id=U, event=E, properties=P)"),
         ("  track() minus the append (writer stubbed)", "bare.track(user_id=U, event=E, properties=P)"),
-        ("    of which orjson.dumps(properties)", "orjson.dumps(P, default=D, option=O)"),
+        ("    of which orjson.dumps(properties)", "orjson.dumps(P, option=O)"),
         ("  SegmentWriter.append(record)", "writer.append(record, NOW)"),
         ("    of which os.getpid() fork check", "getpid()"),
         ("    of which threading.Lock acquire+release", "with lock: pass"),

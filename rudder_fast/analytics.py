@@ -311,7 +311,7 @@ def _emitter() -> Emitter | None:
         _apply_debug(bool(debug))
     if not send:
         return None
-    return emit.get()
+    return emit
 
 
 def _common(
@@ -420,7 +420,7 @@ def _warn_sender_settings() -> None:
         "from --data-plane-url or RUDDER_DATA_PLANE_URL, gzip, retries and timeouts from its options. "
         "on_error is never called: delivery errors show in `rudder-fast status`.",
         ", ".join(changed),
-        emit.get().spool_dir,
+        emit.spool_dir,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,11 +17,7 @@ from .reading import scan_pending
 
 def _ledger_state(spool: Path) -> ledger.LedgerState:
     """The sender's committed ledger (read-only: never sets a corrupt ledger aside)."""
-    try:
-        state = ledger.decode((spool / "ledger").read_bytes())
-    except FileNotFoundError:
-        return ledger.LedgerState()
-    return state if state is not None else ledger.LedgerState()
+    return ledger.read(spool / "ledger") or ledger.LedgerState()
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -157,7 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (``rudder-fast inspect | head``): not an error. Point stdout at
+        # /dev/null so that the interpreter's final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a missing spool, a permission denied, a damaged spool file
+        print(f"rudder-fast: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

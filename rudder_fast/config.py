@@ -54,28 +54,27 @@ def resolve_spool_dir(spool_dir: str | os.PathLike[str] | None) -> Path:
 ENV_QUOTA_BYTES: Final = "RUDDER_FAST_QUOTA_BYTES"
 
 
-def resolve_quota_bytes(value: int | str | None) -> int:
-    """A quota in bytes from an int, a size string ("512M"), or $RUDDER_FAST_QUOTA_BYTES; 0 = none."""
+def resolve_quota_bytes(value: int | str | None) -> tuple[int, str | None]:
+    """A quota in bytes from an int, a size string ("512M"), or $RUDDER_FAST_QUOTA_BYTES (0 = none),
+    and a warning to log when the environment's value was unusable and ignored. Logs nothing itself:
+    producers call this where a logging handler that emits must not re-enter."""
     from .errors import ConfigurationError
     from .quota import parse_size
 
     if value is None:
         env = os.environ.get(ENV_QUOTA_BYTES)
         if not env:
-            return 0
+            return 0, None
         try:
-            return parse_size(env)
+            return parse_size(env), None
         except ValueError as exc:
             # A producer must not fail every call over a deployment's typo: no quota, said loudly.
-            import logging
-
-            logging.getLogger("rudder_fast").error("ignoring %s: %s", ENV_QUOTA_BYTES, exc)
-            return 0
+            return 0, f"ignoring {ENV_QUOTA_BYTES}: {exc}"
     if isinstance(value, int):
         if value < 0:
             raise ConfigurationError("quota_bytes must be >= 0")
-        return value
+        return value, None
     try:
-        return parse_size(value)
+        return parse_size(value), None
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None

@@ -8,10 +8,11 @@ returns the event's ``messageId``, or None when the event was dropped for an ope
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -27,7 +28,6 @@ from .events import (
     KIND_PAGE,
     KIND_SCREEN,
     KIND_TRACK,
-    _default,
     build_record,
     check_id,
     check_identity,
@@ -36,9 +36,12 @@ from .events import (
     check_required_str,
     check_timestamp,
     encode_json_field,
+    encode_snapshot,
     keywords_from_mapping,
 )
-from .spool import SegmentWriter
+from .spool import DROP_REENTRANT, SegmentWriter
+
+log = logging.getLogger("rudder_fast")
 
 OnFull = Literal["drop", "block"]
 _ON_FULL_CHOICES: Final = ("drop", "block")
@@ -68,27 +71,54 @@ class Emitter:
         segment_max_age_s: float = config.SEGMENT_MAX_AGE_S,
         quota_bytes: int | str | None = None,
     ) -> None:
+        warning = self._setup(
+            spool_dir,
+            on_full=on_full,
+            block_timeout=block_timeout,
+            segment_max_bytes=segment_max_bytes,
+            segment_max_age_s=segment_max_age_s,
+            quota_bytes=quota_bytes,
+        )
+        if warning:
+            log.error("%s", warning)
+
+    def _setup(
+        self,
+        spool_dir: str | os.PathLike[str] | None,
+        *,
+        on_full: OnFull = "drop",
+        block_timeout: float = 5.0,
+        segment_max_bytes: int = config.SEGMENT_MAX_BYTES,
+        segment_max_age_s: float = config.SEGMENT_MAX_AGE_S,
+        quota_bytes: int | str | None = None,
+    ) -> str | None:
+        """Check the options and open a writer for them. Logs nothing (the caller may hold a lock that
+        a logging handler calling back in would need): returns the warning to log, if any."""
         if on_full not in _ON_FULL_CHOICES:
             raise ConfigurationError(f"on_full must be one of {_ON_FULL_CHOICES}, not {on_full!r}")
         if block_timeout < 0:
             raise ConfigurationError("block_timeout must be >= 0")
         if segment_max_bytes < 4096:
             raise ConfigurationError("segment_max_bytes must be at least 4096")
+        quota, warning = config.resolve_quota_bytes(quota_bytes)
         self.spool_dir: Path = config.resolve_spool_dir(spool_dir)
         self.on_full: OnFull = on_full
         self.block_timeout = block_timeout
-        self._writer = SegmentWriter(
+        self._writer: SegmentWriter | None = SegmentWriter(
             self.spool_dir,
             segment_max_bytes=segment_max_bytes,
             segment_max_age_s=segment_max_age_s,
             on_full=on_full,
             block_timeout=block_timeout,
-            quota_bytes=config.resolve_quota_bytes(quota_bytes),
+            quota_bytes=quota,
         )
-        self._append = self._writer.append
+        self._append: Callable[[list[Any], int], str | None] = self._writer.append
+        return warning
 
     def __repr__(self) -> str:
         w = self._writer
+        if w is None:
+            return "<Emitter (not used yet)>"
         return (
             f"<Emitter spool_dir={str(self.spool_dir)!r} accepted={w.accepted} "
             f"dropped={sum(w.dropped.values())}>"
@@ -123,7 +153,7 @@ class Emitter:
         )
 
     def _write(self, record: list[Any]) -> str | None:
-        generated = self._writer.append(record, record[1])
+        generated = self._append(record, record[1])
         message_id: str | None = record[4]
         if message_id is None or generated is None:
             return generated
@@ -158,10 +188,10 @@ class Emitter:
         props_json: bytes | None = None
         if properties is not None:
             if type(properties) is dict:
-                try:
-                    props_json = _dumps(properties, default=_default, option=_JSON_OPTIONS)
+                try:  # C only, no hook: see events.encode_json_field
+                    props_json = _dumps(properties, option=_JSON_OPTIONS)
                 except JSONEncodeError:
-                    props_json = encode_json_field("properties", properties)
+                    props_json = encode_snapshot("properties", properties)
             else:
                 props_json = encode_json_field("properties", properties)
         context_json = integrations_json = event_time = None
@@ -312,7 +342,9 @@ class Emitter:
 
     def stats(self) -> dict[str, Any]:
         """This process's counts since it started (or forked): accepted and dropped by reason."""
-        w = self._writer
+        w = self._writer_for_use()
+        if w is None:
+            return {"accepted": 0, "dropped": {}, "segment": None}
         return {
             "accepted": w.accepted,
             "dropped": dict(w.dropped),
@@ -325,70 +357,101 @@ class Emitter:
         Optional: a process that just exits (or is killed) loses nothing; its segment is finished when
         the kernel releases its lock. A later call opens a new segment.
         """
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    def _writer_for_use(self) -> SegmentWriter | None:
+        return self._writer
 
 
-class _DefaultEmitter:
-    """``rudder_fast.emit``: creates the real Emitter on first use, never at import."""
+class _DefaultEmitter(Emitter):
+    """``rudder_fast.emit``: an :class:`Emitter` that sets itself up on first use, never at import
+    (the spool directory and options come from the environment as it is at the first call).
 
-    def __init__(self) -> None:
-        self._emitter: Emitter | None = None
+    The first call builds the writer under a lock; a call that comes back in from that very setup (a
+    logging or signal handler) is dropped and counted as ``reentrant`` rather than deadlocking, and the
+    setup's own warnings are logged after the lock is released, so a handler that emits works.
+    """
+
+    def __init__(self) -> None:  # deliberately not Emitter.__init__: nothing is resolved or opened yet
+        self._writer = None
+        self._append = self._first_append
         self._lock = threading.Lock()
+        self._setting_up = threading.local()
+        self._reentrant_at_setup = 0
         # A fork while another thread holds the lock would leave the child's copy locked forever.
-        os.register_at_fork(after_in_child=self._reset_lock)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
 
-    def _reset_lock(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        self._setting_up = threading.local()
 
-    def configure(self, spool_dir: str | os.PathLike[str] | None = None, **options: Any) -> Emitter:
-        emitter = Emitter(spool_dir, **options)
+    def __getattr__(self, name: str) -> Any:
+        # ``spool_dir``, ``on_full`` and ``block_timeout`` exist once set up: asking sets it up.
+        if name in ("spool_dir", "on_full", "block_timeout"):
+            self._writer_for_use()
+            if name in self.__dict__:
+                return self.__dict__[name]
+        raise AttributeError(name)
+
+    def _writer_for_use(self) -> SegmentWriter | None:
+        writer = self._writer
+        if writer is not None:
+            return writer
+        if getattr(self._setting_up, "active", False):
+            self._reentrant_at_setup += 1
+            return None
+        warning = None
         with self._lock:
-            old, self._emitter = self._emitter, emitter
-        if old is not None:
-            old.close()
-        return emitter
+            if self._writer is None:
+                self._setting_up.active = True
+                try:
+                    warning = self._setup(None)
+                finally:
+                    self._setting_up.active = False
+            writer = self._writer
+        assert writer is not None
+        if self._reentrant_at_setup:
+            for _ in range(self._reentrant_at_setup):
+                writer.count_drop(DROP_REENTRANT, time.time_ns())
+            self._reentrant_at_setup = 0
+        if warning:
+            log.error("%s", warning)
+        return writer
+
+    def _first_append(self, record: list[Any], now_ns: int) -> str | None:
+        writer = self._writer_for_use()
+        if writer is None:
+            return None  # called back from the setup itself: dropped, counted once it is done
+        return writer.append(record, now_ns)
 
     def get(self) -> Emitter:
-        emitter = self._emitter
-        if emitter is None:
-            with self._lock:
-                if self._emitter is None:
-                    self._emitter = Emitter()
-                emitter = self._emitter
-        return emitter
+        """This emitter, set up (for code that needs its ``spool_dir`` or options)."""
+        self._writer_for_use()
+        return self
+
+    def configure(self, spool_dir: str | os.PathLike[str] | None = None, **options: Any) -> Emitter:
+        with self._lock:
+            old = self._writer
+            warning = self._setup(spool_dir, **options)
+        if old is not None:
+            old.close()
+        if warning:
+            log.error("%s", warning)
+        return self
 
     def __repr__(self) -> str:
-        return f"<default emitter {self._emitter!r}>"
-
-    def track(self, message: Mapping[str, Any] | None = None, /, **kw: Any) -> str | None:
-        return self.get().track(message, **kw)
-
-    def identify(self, message: Mapping[str, Any] | None = None, /, **kw: Any) -> str | None:
-        return self.get().identify(message, **kw)
-
-    def page(self, message: Mapping[str, Any] | None = None, /, **kw: Any) -> str | None:
-        return self.get().page(message, **kw)
-
-    def screen(self, message: Mapping[str, Any] | None = None, /, **kw: Any) -> str | None:
-        return self.get().screen(message, **kw)
-
-    def group(self, message: Mapping[str, Any] | None = None, /, **kw: Any) -> str | None:
-        return self.get().group(message, **kw)
-
-    def alias(self, message: Mapping[str, Any] | None = None, /, **kw: Any) -> str | None:
-        return self.get().alias(message, **kw)
-
-    def stats(self) -> dict[str, Any]:
-        return self.get().stats()
-
-    def close(self) -> None:
-        if self._emitter is not None:
-            self._emitter.close()
+        if self._writer is None:
+            return "<default emitter (not used yet)>"
+        return f"<default emitter {super().__repr__()}>"
 
 
-emit: Final = _DefaultEmitter()
+emit: Final[Emitter] = _DefaultEmitter()
+"""The default emitter: ``from rudder_fast import emit; emit.track(...)``. Set up on first use."""
 
 
 def configure(spool_dir: str | os.PathLike[str] | None = None, **options: Any) -> Emitter:
     """Set up the default emitter ``rudder_fast.emit`` (optional: it configures itself on first use)."""
-    return emit.configure(spool_dir, **options)
+    default = emit
+    assert isinstance(default, _DefaultEmitter)
+    return default.configure(spool_dir, **options)

@@ -39,6 +39,7 @@ import datetime as _dt
 import decimal
 import enum
 import math
+import re
 import unicodedata
 import uuid
 from collections.abc import Mapping
@@ -67,9 +68,13 @@ KIND_NAMES: Final = {
 R_KIND, R_CALL_NS, R_USER_ID, R_ANON_ID, R_MESSAGE_ID, R_TIMESTAMP, R_CONTEXT, R_INTEGRATIONS = range(8)
 R_FIELDS: Final = 8
 
-_JSON_OPTIONS: Final = (
-    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_SERIALIZE_NUMPY
-)
+# orjson options for the caller's own (live) values: datetimes and dataclasses are not orjson's to
+# format (they go to the slow path, which normalises them as documented), and neither is numpy: with
+# OPT_SERIALIZE_NUMPY, orjson's check of every type it does not know lets other threads run in the
+# middle of its walk (seen on Python 3.11 and 3.13: a list of Decimals that another thread refills then
+# crashes the process), so numpy values are only ever encoded one at a time, from the private copy.
+_JSON_OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_NUMPY_OPTIONS: Final = _JSON_OPTIONS | orjson.OPT_SERIALIZE_NUMPY
 _UTC = _dt.timezone.utc
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _INVISIBLE_CATEGORIES: Final = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp"))
@@ -77,8 +82,7 @@ _INT_MIN: Final = -(2**63)
 _UINT_MAX: Final = 2**64 - 1
 
 
-class _Refused(TypeError):
-    """Raised inside the orjson hook; caught and turned into InvalidEventError with a path."""
+MAX_DEPTH: Final = 250  # orjson's own limit is 254 levels
 
 
 def iso_utc_ms(dt: _dt.datetime) -> str:
@@ -91,13 +95,107 @@ def iso_utc_ms(dt: _dt.datetime) -> str:
     )
 
 
-def _default(obj: Any) -> Any:
-    """orjson's hook for the types it does not encode itself. Must be deterministic."""
+def encode_json_field(field: str, value: Any) -> bytes | None:
+    """A mapping argument as JSON bytes, or None when absent. Refuses what cannot be sent.
+
+    The fast path is orjson alone, with no ``default`` hook: for the types it encodes natively it runs
+    in C, holding the GIL from start to end, so no other thread can change the containers under it.
+    Only when it refuses a value does :func:`snapshot` normalise a private copy in Python, which is
+    then encoded, again without a hook. (With a hook, orjson runs Python code while it holds borrowed
+    references into the caller's lists and dicts: another thread, or the hook itself, changing them
+    then crashes the process.)"""
+    if value is None:
+        return None
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise InvalidEventError(field, f"must be a mapping, not {type(value).__name__}")
+    try:
+        return orjson.dumps(value, option=_JSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        pass
+    return encode_snapshot(field, value)
+
+
+def encode_snapshot(field: str, value: Any) -> bytes:
+    """The slow path of :func:`encode_json_field`: a private, normalised copy, encoded."""
+    private = snapshot(value, field, 0)
+    try:
+        return orjson.dumps(private, option=_JSON_OPTIONS)
+    except orjson.JSONEncodeError as exc:  # not expected: snapshot() refuses what orjson would
+        raise InvalidEventError(field, str(exc)) from None
+
+
+def snapshot(value: Any, path: str, depth: int) -> Any:
+    """A private copy of ``value`` made only of what orjson encodes without running Python code (exact
+    dict, list, str, int, float, bool, None, and ``orjson.Fragment``), with every other type normalised
+    as documented; raises InvalidEventError naming the path of the first refused part.
+
+    Containers are copied first, in one C call each (``list.copy``, ``dict.items``), so another
+    thread changing them meanwhile cannot disturb the walk. Types orjson encodes natively come out
+    exactly as orjson writes them, so a value reads the same whichever path encoded it."""
+    if depth > MAX_DEPTH:
+        raise InvalidEventError(path, f"nested too deeply (more than {MAX_DEPTH} levels)")
+    t = type(value)
+    if value is None or t is bool or t is float:
+        return value
+    if t is str:
+        return _checked_str(value, path)
+    if t is int:
+        return _checked_int(value, path)
+    if isinstance(value, dict):  # dict and its subclasses: their own items, as orjson reads them
+        out = {}
+        for key, item in list(dict.items(value)):
+            if type(key) is not str:
+                if not isinstance(key, str):
+                    raise InvalidEventError(path, f"mapping key {key!r} is not a str")
+                key = str.__str__(key)
+            out[key] = snapshot(item, f"{path}.{key}", depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        items = list.copy(value) if isinstance(value, list) else list(tuple.__getitem__(value, slice(None)))
+        return [snapshot(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(items)]
+    try:
+        converted = _normalise(value, path)
+    except InvalidEventError:
+        raise
+    except Exception as exc:  # the value's own code raised (a Mapping, a tzinfo, an Enum's value...)
+        raise InvalidEventError(path, f"reading a {t.__name__} raised {type(exc).__name__}: {exc}") from None
+    if type(converted) is orjson.Fragment:
+        return converted
+    return snapshot(converted, path, depth + 1)
+
+
+def _checked_str(value: str, path: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEventError(path, "string is not valid UTF-8 (lone surrogate)") from None
+    return value
+
+
+def _checked_int(value: int, path: str) -> int:
+    if _INT_MIN <= value <= _UINT_MAX:
+        return value
+    try:
+        shown = str(value)
+    except ValueError:  # more digits than Python will print
+        shown = "with thousands of digits"
+    raise InvalidEventError(path, f"integer {shown} is outside the 64-bit range")
+
+
+def _normalise(obj: Any, path: str) -> Any:
+    """What one value of a type other than the plain JSON ones stands for (normalised again by the
+    caller), or an ``orjson.Fragment``. Deterministic: the same in every process."""
+    if isinstance(obj, int):  # before Enum: an IntEnum is an int, as orjson writes it
+        return int.__int__(obj)
+    if isinstance(obj, str):  # a StrEnum, numpy.str_: the characters themselves, never __str__
+        return str.__str__(obj)
+    if isinstance(obj, float):
+        return float.__float__(obj)
     if isinstance(obj, _dt.datetime):
         try:
             return iso_utc_ms(obj)
         except OverflowError:
-            raise _Refused("datetime outside the range a UTC timestamp can represent") from None
+            raise InvalidEventError(path, "datetime outside the range of a UTC timestamp") from None
     if isinstance(obj, _dt.date):
         return obj.isoformat()
     if isinstance(obj, decimal.Decimal):
@@ -105,96 +203,58 @@ def _default(obj: Any) -> Any:
             return None
         if not math.isfinite(float(obj)):
             # The gateway parses numbers as doubles: 1E+400 would make it refuse the whole batch.
-            raise _Refused(f"Decimal {obj} is beyond the range of a JSON number (a double)")
+            raise InvalidEventError(path, f"Decimal {obj} is beyond the range of a JSON number (a double)")
         return orjson.Fragment(str(obj).encode())  # exact: no trip through float
+    if isinstance(obj, uuid.UUID):
+        return str(uuid.UUID(int=obj.int))
     if isinstance(obj, (bytes, bytearray, memoryview)):
         try:
             return bytes(obj).decode("utf-8")
         except UnicodeDecodeError:
-            raise _Refused("bytes that are not valid UTF-8") from None
+            raise InvalidEventError(path, "bytes that are not valid UTF-8") from None
     if isinstance(obj, (set, frozenset)):
+        items = list(obj)
         try:
-            return sorted(obj)  # a set's iteration order varies between processes
+            return sorted(items)  # a set's iteration order varies between processes
         except TypeError:
             # Mixed types: order by each element's own encoding, which is the same in every process.
-            return sorted(obj, key=lambda v: (type(v).__name__, _encode_key(v)))
+            return sorted(items, key=lambda v: (type(v).__name__, _sort_key(v, path)))
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, Mapping):
         return dict(obj)
-    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
-        return obj.tolist()  # arrays orjson does not take natively (non-contiguous, object dtype...)
-    raise _Refused(f"cannot encode a value of type {type(obj).__name__}")
+    if isinstance(obj, orjson.Fragment):
+        return obj
+    if type(obj).__module__ == "numpy":
+        return _numpy(obj, path)
+    raise InvalidEventError(path, f"cannot encode a value of type {type(obj).__name__}")
 
 
-def _encode_key(value: Any) -> bytes:
+def _numpy(obj: Any, path: str) -> Any:
+    """A numpy scalar or array (numpy is never imported here): orjson's own encoding when it has one,
+    else the Python values it stands for."""
     try:
-        return orjson.dumps(value, default=_default, option=_JSON_OPTIONS)
+        return orjson.Fragment(orjson.dumps(obj, option=_NUMPY_OPTIONS))
     except orjson.JSONEncodeError:
+        pass
+    if not hasattr(obj, "tolist"):
+        raise InvalidEventError(path, f"cannot encode a value of type {type(obj).__name__}")
+    plain = obj.tolist()  # object arrays, non-contiguous arrays, longdouble...
+    if type(plain) is type(obj):  # no Python equivalent: longdouble as a double; never a complex
+        if getattr(getattr(obj, "dtype", None), "kind", "") == "c":
+            raise InvalidEventError(path, f"cannot encode a complex number ({type(obj).__name__})")
+        try:
+            return float(obj)
+        except (TypeError, ValueError):
+            raise InvalidEventError(path, f"cannot encode a value of type {type(obj).__name__}") from None
+    return plain
+
+
+def _sort_key(value: Any, path: str) -> bytes:
+    try:
+        return orjson.dumps(snapshot(value, path, 0), option=_JSON_OPTIONS)
+    except InvalidEventError:
         return repr(value).encode()
-
-
-def encode_json_field(field: str, value: Any) -> bytes | None:
-    """A mapping argument as JSON bytes, or None when absent. Refuses what cannot be sent."""
-    if value is None:
-        return None
-    if type(value) is not dict and not isinstance(value, Mapping):
-        raise InvalidEventError(field, f"must be a mapping, not {type(value).__name__}")
-    try:
-        return orjson.dumps(value, default=_default, option=_JSON_OPTIONS)
-    except orjson.JSONEncodeError as exc:
-        raise _explain(field, value, exc) from None
-
-
-def _explain(field: str, value: Any, exc: Exception) -> InvalidEventError:
-    found = _find_refused(value, field, 0)
-    if found is not None:
-        return InvalidEventError(*found)
-    cause = exc.__cause__
-    return InvalidEventError(field, str(cause) if cause is not None else str(exc))
-
-
-def _find_refused(value: Any, path: str, depth: int) -> tuple[str, str] | None:
-    """Walk ``value`` by the same rules as the fast path and name the first refused part."""
-    if depth > 250:
-        return (path, "nested too deeply (more than 250 levels)")
-    if value is None or isinstance(value, (bool, float)):
-        return None
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return (path, "string is not valid UTF-8 (lone surrogate)")
-        return None
-    if isinstance(value, int) and not isinstance(value, enum.Enum):
-        if _INT_MIN <= value <= _UINT_MAX:
-            return None
-        try:
-            shown = str(value)
-        except ValueError:  # more digits than Python will print
-            shown = "with thousands of digits"
-        return (path, f"integer {shown} is outside the 64-bit range")
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return (path, f"mapping key {key!r} is not a str")
-            found = _find_refused(item, f"{path}.{key}", depth + 1)
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            found = _find_refused(item, f"{path}[{i}]", depth + 1)
-            if found is not None:
-                return found
-        return None
-    try:
-        converted = _default(value)
-    except _Refused as exc:
-        return (path, str(exc))
-    if converted is value or isinstance(converted, orjson.Fragment):
-        return None
-    return _find_refused(converted, path, depth + 1)
 
 
 def is_blank(text: str) -> bool:
@@ -209,12 +269,9 @@ def check_id(field: str, value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        text = str(value)
+        text = str.__str__(value)  # the characters themselves: a subclass's __str__ is never called
     elif isinstance(value, int) and not isinstance(value, bool):
-        try:
-            text = str(value)
-        except ValueError:  # more digits than Python will print
-            raise InvalidEventError(field, "integer id is too large") from None
+        text = _int_text(field, value)
     else:
         raise InvalidEventError(field, f"must be a str, not {type(value).__name__}")
     if is_blank(text):
@@ -233,15 +290,22 @@ def check_identity(user_id: object, anonymous_id: object) -> tuple[str | None, s
     return uid, aid
 
 
+def _int_text(field: str, value: int) -> str:
+    """An integer id as its decimal digits (``int.__repr__``: a subclass's __str__ is never called)."""
+    try:
+        return int.__repr__(value)
+    except ValueError:  # more digits than Python will print
+        raise InvalidEventError(field, "integer id is too large") from None
+
+
 def check_required_str(field: str, value: object) -> str:
     if value is None:
         raise InvalidEventError(field, "is required")
-    if not isinstance(value, str):
-        if field in ("group_id", "previous_id") and isinstance(value, int) and not isinstance(value, bool):
-            try:
-                value = str(value)
-            except ValueError:  # more digits than Python will print
-                raise InvalidEventError(field, "integer id is too large") from None
+    if type(value) is not str:
+        if isinstance(value, str):
+            value = str.__str__(value)
+        elif field in ("group_id", "previous_id") and isinstance(value, int) and not isinstance(value, bool):
+            value = _int_text(field, value)
         else:
             raise InvalidEventError(field, f"must be a str, not {type(value).__name__}")
     if is_blank(value):
@@ -252,8 +316,10 @@ def check_required_str(field: str, value: object) -> str:
 def check_optional_str(field: str, value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise InvalidEventError(field, f"must be a str, not {type(value).__name__}")
+    if type(value) is not str:
+        if not isinstance(value, str):
+            raise InvalidEventError(field, f"must be a str, not {type(value).__name__}")
+        value = str.__str__(value)
     return value
 
 
@@ -261,25 +327,35 @@ def check_message_id(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, uuid.UUID):
-        return str(value)
+        return str(uuid.UUID(int=value.int))
     if not isinstance(value, str):
         raise InvalidEventError("message_id", f"must be a str, not {type(value).__name__}")
+    value = str.__str__(value)
     if is_blank(value):
         raise InvalidEventError("message_id", "must not be empty or blank")
     return value
 
 
 def check_timestamp(value: object) -> int | str | None:
-    """The caller's event time: integer ns since the epoch, or an ISO-8601 string kept verbatim."""
+    """The caller's event time: integer ns since the epoch, or an RFC 3339 string (kept as given, but
+    for its separators, written ``T`` and ``Z``)."""
     if value is None:
         return None
     if isinstance(value, _dt.datetime):
+        try:
+            offset = value.utcoffset()
+        except Exception as exc:  # a tzinfo whose utcoffset() raises
+            raise InvalidEventError(
+                "timestamp", f"its tzinfo's utcoffset() raised {type(exc).__name__}: {exc}"
+            ) from None
         # Naive, or with a tzinfo that gives no offset: taken as UTC, as documented.
-        dt = value if value.utcoffset() is not None else value.replace(tzinfo=_UTC)
+        dt = value if offset is not None else value.replace(tzinfo=_UTC)
         try:
             delta = dt - _EPOCH
         except OverflowError:
             raise InvalidEventError("timestamp", "outside the range a UTC timestamp can represent") from None
+        except Exception as exc:
+            raise InvalidEventError("timestamp", f"cannot be read: {type(exc).__name__}: {exc}") from None
         ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
         if _INT_MIN <= ns < 2**63:
             return ns
@@ -289,19 +365,45 @@ def check_timestamp(value: object) -> int | str | None:
         except OverflowError:
             raise InvalidEventError("timestamp", "outside the range a UTC timestamp can represent") from None
     if isinstance(value, str):
-        try:
-            parsed = _dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidEventError("timestamp", f"{value!r} is not an ISO-8601 date-time") from None
-        if parsed.tzinfo is None and not value.endswith("Z"):
-            # The server keeps the string verbatim: without an offset its meaning is ambiguous.
-            raise InvalidEventError("timestamp", f"{value!r} has no UTC offset (add 'Z' or '+00:00')")
-        return value
+        return check_rfc3339(str.__str__(value))
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidEventError("timestamp", "must be a datetime or an ISO-8601 string")
     raise InvalidEventError(
         "timestamp", f"must be a datetime or an ISO-8601 string, not {type(value).__name__}"
     )
+
+
+# RFC 3339's date-time: the one ISO 8601 form every destination reads. A space or a lower-case ``t``/``z``
+# (RFC 3339 allows both) is accepted and written in the canonical form.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-](\d{2}):(\d{2}))?"
+)
+
+
+def check_rfc3339(value: str) -> str:
+    """A timestamp string, checked by one rule on every Python version: an RFC 3339 date-time with an
+    offset (``2026-11-26T10:01:02.345Z``, ``2026-11-26T11:01:02+01:00``)."""
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        raise InvalidEventError(
+            "timestamp",
+            f"{value!r} is not an RFC 3339 date-time such as '2026-11-26T10:01:02.345Z' "
+            f"(other ISO 8601 forms, week dates and the basic format, are not read by every destination)",
+        )
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    try:
+        _dt.datetime(year, month, day, hour, minute, second)
+    except ValueError as exc:
+        raise InvalidEventError("timestamp", f"{value!r} is not a valid date-time: {exc}") from None
+    zone = m.group(8)
+    if zone is None:
+        # The server keeps the string verbatim: without an offset its meaning is ambiguous.
+        raise InvalidEventError("timestamp", f"{value!r} has no UTC offset (add 'Z' or '+00:00')")
+    if m.group(9) is not None and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
+        raise InvalidEventError("timestamp", f"{value!r} has an impossible UTC offset")
+    if value[10] != "T" or zone == "z":
+        value = value[:10] + "T" + value[11:-1] + ("Z" if zone in "Zz" else value[-1])
+    return value
 
 
 # The keys of the RudderStack docs' single-mapping form (camelCase) and their keyword names.

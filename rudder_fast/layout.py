@@ -71,6 +71,14 @@ def _ensure_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)  # exactly 0700 whatever the umask
     except FileExistsError:
         pass
+    mode = _check_private_dir(path)
+    if mode != 0o700:
+        os.chmod(path, 0o700)  # a umask may have narrowed it: make it exactly owner-only
+
+
+def _check_private_dir(path: Path) -> int:
+    """Raise SpoolError unless ``path`` is a real directory of this user that nobody else can write
+    (others could plant files or symlinks in it); its permission bits otherwise."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise SpoolError(f"spool path {path} is not a directory (symlinks are refused)")
@@ -84,8 +92,68 @@ def _ensure_private_dir(path: Path) -> None:
             f"spool directory {path} is writable by others (mode {mode:04o}); "
             f"others could plant files or symlinks in it: fix it with `chmod 700 {path}`"
         )
-    if mode != 0o700:
-        os.chmod(path, 0o700)  # a umask may have narrowed it: make it exactly owner-only
+    return mode
+
+
+def check_private(paths: SpoolPaths) -> None:
+    """The spool is still private: its directories are this user's and writable by nobody else. The
+    sender checks this every second, not only at start, and refuses to go on when it is not."""
+    for directory in (paths.root, paths.tmp, paths.segments, paths.rejected):
+        try:
+            _check_private_dir(directory)
+        except FileNotFoundError:
+            continue  # tmp/ or rejected/ removed: recreated when next needed
+
+
+# The spool's own files: each must be a regular file (or absent). A FIFO would block whoever opens it,
+# a directory or a symlink in their place is damage or an attack; the sender refuses to start on them.
+SPOOL_FILES = ("sender.lock", "control", "ledger", "status")
+
+
+def check_spool_files(paths: SpoolPaths) -> None:
+    """Raise SpoolError if a spool file's name holds anything but a regular file."""
+    from .safefile import describe
+
+    for name in SPOOL_FILES:
+        path = paths.root / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise SpoolError(
+                f"{path} is {describe(st.st_mode)}, not a regular file: the spool is damaged or was "
+                f"tampered with; remove it (the sender recreates it)"
+            )
+
+
+def check_parent(root: Path) -> None:
+    """The directory holding the spool must belong to root or to this user: its owner could otherwise
+    replace the spool with one of their own."""
+    parent = root.parent
+    st = os.stat(parent)
+    if st.st_uid not in (0, os.geteuid()):
+        raise SpoolError(
+            f"the spool's parent directory {parent} is owned by uid {st.st_uid}, neither root nor this "
+            f"user ({os.geteuid()}): its owner could replace the spool; move the spool elsewhere"
+        )
+
+
+def parent_warning(root: Path) -> str | None:
+    """A warning if others may write the spool's parent without the sticky bit (as /tmp has): they
+    could move the spool away (it is then refused, not being this user's), never make anyone write
+    through it."""
+    try:
+        st = os.stat(root.parent)
+    except OSError:
+        return None
+    if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
+        return (
+            f"the spool's parent directory {root.parent} is writable by everyone (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}, no sticky bit): others could move the spool away; prefer "
+            f"a parent only its owner can write"
+        )
+    return None
 
 
 # File systems where flock and O_APPEND do not give the guarantees the spool depends on (one writer per
@@ -139,6 +207,7 @@ def ensure_spool(root: Path) -> SpoolPaths:
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         check_local_filesystem(root)
+        check_parent(root)
         _ensure_private_dir(root)
         for sub in (paths.tmp, paths.segments, paths.rejected):
             _ensure_private_dir(sub)

@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from . import safefile
+
 log = logging.getLogger("rudder_fast.sender")
 
 _MAGIC = b"rudder-fast-ledger 1 "
@@ -141,10 +143,20 @@ def decode(data: bytes) -> LedgerState | None:
         return None
 
 
+def read(path: Path) -> LedgerState | None:
+    """The committed ledger, read-only (for ``status``, ``inspect`` and producers): an empty state if
+    there is none, None if it is damaged. Raises ``safefile.NotRegularFile`` if its name holds a FIFO,
+    a directory or a symlink."""
+    data = safefile.read_small(path)
+    if data is None:
+        return LedgerState()
+    return decode(data)
+
+
 def load(path: Path) -> LedgerState:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    """The ledger for the sender: a damaged one is set aside (events are resent, never lost)."""
+    data = safefile.read_small(path)
+    if data is None:
         return LedgerState()
     state = decode(data)
     if state is None:
@@ -163,20 +175,4 @@ def load(path: Path) -> LedgerState:
 def commit(path: Path, state: LedgerState) -> None:
     """Durably replace the ledger with ``state`` (write temp, fsync, rename, fsync directory)."""
     state.generation += 1
-    data = encode(state)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    safefile.replace(path, encode(state), durable=True)

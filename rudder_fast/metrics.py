@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 import socketserver
 import threading
@@ -39,6 +38,7 @@ from types import MappingProxyType
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
+from . import safefile
 from .spool import DROP_DISK, DROP_QUOTA, DROP_SPOOL
 
 log = logging.getLogger("rudder_fast.metrics")
@@ -417,24 +417,9 @@ class MetricsServer:
 def write_textfile(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically: readers see the old file or the new one, never a part.
 
-    Writes ``<path>.tmp`` in the same directory (the collector reads only ``*.prom``), then renames it
-    over ``path``. Mode 0644 whatever the umask, so node-exporter can read it as another user. No fsync:
-    the file is rewritten every few seconds and worth nothing after a crash.
+    Writes ``<path>.tmp`` in the same directory (the collector reads only ``*.prom``; a symlink planted
+    there is replaced, never written through), then renames it over ``path``. Mode 0644 whatever the
+    umask, so node-exporter can read it as another user. No fsync: the file is rewritten every few
+    seconds and worth nothing after a crash.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    safefile.replace(path, data, durable=False, mode=0o644)

@@ -1,29 +1,39 @@
-"""The disk quota: the ``control`` file the sender writes and every producer reads, and usage measurement.
+"""The disk quota: the ``control`` file the sender writes and producers read, and usage measurement.
 
 How this works
 --------------
 The sender measures the spool's unacknowledged bytes (each segment's size minus its acknowledged
-offset) a few times a second and publishes the verdict in ``<spool>/control``, a 64-byte file it updates
-in place with ``pwrite``. Producers map it read-only (``mmap``) and test one byte per call, about 0.1 µs:
+offset) at every directory scan (0.05-1 s) and publishes the verdict in ``<spool>/control``, a 64-byte
+file it rewrites in place with ``pwrite``, with the time of the measurement:
 
     magic 8s | flags u8 | 3 reserved | rotate_gen u32 | quota_bytes u64 | usage_bytes u64 |
     updated_ns u64 | sender_pid u32 | 20 reserved
 
 ``flags`` bit 0 (OVER_QUOTA): producers drop (or block) new events; set when usage reaches the quota,
 cleared once it falls below 90 % of it (hysteresis, so the flag does not flicker at the boundary).
-Bit 1 (ROTATE): with the ``drop_oldest`` policy, asks live producers to seal their segment so the sender
-can delete it; a producer acts once per ``rotate_gen``.
+Bit 1 (ROTATE) with a new ``rotate_gen``: under ``drop_oldest``, asks live producers to seal their
+segment so the sender can delete it. Bit 2 (DROP_OLDEST): the sender makes room itself; producers
+never stop for the quota while it runs.
 
-The flag is only trusted while a sender holds ``sender.lock``: a sender that died with the flag set must
-not silence producers forever. Without a sender, producers measure usage themselves once a second
-against the last published quota (or ``RUDDER_FAST_QUOTA_BYTES``), so the spool still stops at the quota.
+Producers never map the file (a truncated mapping would kill them with SIGBUS): they read it with one
+``pread`` at most once a second, or when their allowance runs out. Each publication grants a producer
+an *allowance*, ``quota - usage`` bytes, and a producer that has written its allowance stops (drops or
+blocks) until a newer publication grants more. So between two measurements each producer can write at
+most what was left under the quota at the last one.
+
+A publication is only trusted while a sender holds ``sender.lock`` *and* it is fresh
+(``updated_ns`` within ``STALE_NS`` of the producer's clock): a sender that died, or that is stopped
+(SIGSTOP, ``docker pause``, a debugger) or hung, publishes nothing new, and producers then measure the
+spool themselves once a second against the last published quota (or ``RUDDER_FAST_QUOTA_BYTES``), so
+the spool still stops at the quota. The bound on what producers write past the quota, with or without
+a working sender, is therefore one allowance per producer: at most (number of producers) x (quota -
+usage at the last measurement).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
 import re
 import struct
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from . import safefile
 from .tail import list_segments
 
 CONTROL = struct.Struct("<8sB3xIQQQI20x")
@@ -39,9 +50,15 @@ CONTROL_MAGIC: Final = b"RFCTRL01"
 FLAGS_OFFSET: Final = 8
 OVER_QUOTA: Final = 1
 ROTATE: Final = 2
+DROP_OLDEST: Final = 4
 
 # Producers may write again once usage falls below this fraction of the quota.
 RESUME_FRACTION: Final = 0.9
+
+# A publication older (or newer: the clock stepped) than this is not trusted: the sender is stopped,
+# hung or gone. It publishes at every scan, at most 1 s apart; five times that leaves room for a
+# slow disk without letting a frozen sender switch the quota off for long.
+STALE_NS: Final = 5_000_000_000
 
 ENV_QUOTA_BYTES: Final = "RUDDER_FAST_QUOTA_BYTES"
 ENV_ON_FULL: Final = "RUDDER_FAST_ON_FULL"
@@ -81,6 +98,10 @@ class Control:
             return None
         return cls(flags, gen, quota, usage, updated, pid)
 
+    def fresh(self, now_ns: int) -> bool:
+        """Published within ``STALE_NS`` of ``now_ns`` (either way: a clock step makes it stale)."""
+        return abs(now_ns - self.updated_ns) <= STALE_NS
+
 
 def next_flags(over: bool, usage: int, quota: int) -> bool:
     """Hysteresis: over quota from ``quota`` up, back under below ``RESUME_FRACTION`` of it."""
@@ -91,23 +112,62 @@ def next_flags(over: bool, usage: int, quota: int) -> bool:
     return usage >= quota
 
 
+UNBOUNDED: Final = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a producer may do now: ``over`` (drop or block), or write; ``grant`` is a new allowance in
+    bytes from now (``UNBOUNDED``: no limit), or None to keep what is left of the current one."""
+
+    over: bool
+    grant: int | None = None
+
+
+def judge_publication(
+    control: Control | None, *, sender_alive: bool, now_ns: int, grant_stamp: int, room_left: int
+) -> Verdict | None:
+    """A producer's verdict from the sender's publication; None when there is none to trust (no
+    sender, or a stale one): the producer must then measure the spool itself (:func:`judge_usage`).
+
+    ``grant_stamp`` is the ``updated_ns`` of the publication the producer's current allowance came
+    from, ``room_left`` what is left of it: a publication grants an allowance once, never twice."""
+    if control is None or not sender_alive or not control.fresh(now_ns):
+        return None
+    if control.flags & DROP_OLDEST or control.quota_bytes <= 0:
+        return Verdict(False, UNBOUNDED)
+    if control.flags & OVER_QUOTA:
+        return Verdict(True, 0)
+    if control.updated_ns != grant_stamp:
+        room = max(0, control.quota_bytes - control.usage_bytes)
+        return Verdict(room <= 0, room)
+    return Verdict(room_left <= 0)
+
+
+def judge_usage(was_over: bool, usage: int, limit: int) -> Verdict:
+    """A producer's verdict from its own measurement of the spool against ``limit`` (0: none)."""
+    if limit <= 0:
+        return Verdict(False, UNBOUNDED)
+    over = next_flags(was_over, usage, limit)
+    return Verdict(over, max(0, limit - usage))
+
+
 class ControlFile:
-    """The sender's side: creates the file and updates it in place (producers keep their mapping)."""
+    """The sender's side: creates the file and rewrites it in place at every measurement."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = safefile.open_regular(path, os.O_RDWR | os.O_CREAT)
         if os.fstat(self._fd).st_size < CONTROL_SIZE:
             os.ftruncate(self._fd, CONTROL_SIZE)
         self.current = Control.decode(os.pread(self._fd, CONTROL_SIZE, 0)) or Control()
 
     def publish(self, control: Control) -> None:
-        if control != self.current:
-            try:
-                os.pwrite(self._fd, control.encode(), 0)  # in place: the file is already allocated
-            except OSError:
-                return  # retried at the next measurement; producers fall back on their own
-            self.current = control
+        try:
+            os.pwrite(self._fd, control.encode(), 0)  # in place: the file is already allocated
+        except OSError:
+            return  # retried at the next measurement; producers fall back on their own
+        self.current = control
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -115,32 +175,13 @@ class ControlFile:
             self._fd = -1
 
 
-def map_control(path: Path) -> mmap.mmap | None:
-    """A read-only shared mapping of the control file, or None if it is absent or malformed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        if os.fstat(fd).st_size < CONTROL_SIZE:
-            return None
-        mm = mmap.mmap(fd, CONTROL_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    if mm[:8] != CONTROL_MAGIC:
-        mm.close()
-        return None
-    return mm
-
-
 def read_control(path: Path) -> Control | None:
+    """The published control, or None if it is absent, damaged, or not a regular file."""
     try:
-        with open(path, "rb") as f:
-            return Control.decode(f.read(CONTROL_SIZE))
+        data = safefile.pread_small(path, CONTROL_SIZE)
     except OSError:
         return None
+    return Control.decode(data) if data is not None else None
 
 
 def read_acked(ledger_path: Path) -> dict[str, int]:
@@ -148,16 +189,18 @@ def read_acked(ledger_path: Path) -> dict[str, int]:
     from . import ledger
 
     try:
-        state = ledger.decode(ledger_path.read_bytes())
+        data = safefile.read_small(ledger_path)
     except OSError:
         return {}
+    state = ledger.decode(data) if data is not None else None
     return state.offsets if state is not None else {}
 
 
 def sender_running(lock_path: Path) -> bool:
-    """True if a sender holds the spool's ``sender.lock`` (a non-blocking probe)."""
+    """True if a sender holds the spool's ``sender.lock`` (a non-blocking probe; a FIFO, directory or
+    symlink in its place is no sender)."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = safefile.open_regular(lock_path, os.O_RDONLY, own=False)
     except OSError:
         return False
     try:

@@ -34,6 +34,7 @@ import os
 import queue
 import resource
 import signal
+import stat
 import sys
 import threading
 import time
@@ -45,7 +46,7 @@ from typing import Any, Final
 import msgpack
 import orjson
 
-from . import __version__, config, ledger, metrics, quota
+from . import __version__, config, ledger, metrics, quota, safefile
 from .batching import (
     BODY_OVERHEAD,
     PER_EVENT_OVERHEAD,
@@ -57,7 +58,7 @@ from .batching import (
 )
 from .errors import ConfigurationError, SpoolError
 from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, NEED_DATA, Frame, Skip, decode_drops
-from .layout import SpoolPaths, ensure_spool
+from .layout import SpoolPaths, check_private, check_spool_files, ensure_spool, parent_warning
 from .retry import Action, RetryPolicy, default_rng, parse_retry_after
 from .tail import SegmentTail, count_events, scan_segments, writer_alive
 from .transport import Response, Transport, TransportError, redact_url
@@ -80,6 +81,7 @@ POLL_MAX_S: Final = 0.05  # ...and slows to this when nothing arrives
 PROBE_INTERVAL_S: Final = 1.0  # how often an idle live segment's writer lock is probed
 READ_CHUNK: Final = 1 << 20  # bytes read from a segment at a time: bounds the per-segment buffer
 TMP_MAX_AGE_S: Final = 60.0  # a tmp/ entry this old whose creator is gone is debris: removed
+PRIVACY_CHECK_S: Final = 1.0  # how often the spool's directories are checked to still be private
 # How often segments/ is listed (new files, and new bytes in idle ones): often while the spool is small,
 # so events are picked up within milliseconds, less often as it grows, so thousands of segments cost
 # little (the listing stats each file): 0.05 s + 0.5 ms per segment, at most 1 s.
@@ -378,9 +380,9 @@ class Quarantine:
                 self.overflow += 1
                 log.error("rejected/ is full (%d bytes): a refused event was counted, not kept", used)
                 return False
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = safefile.open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             try:
-                os.write(fd, line + b"\n")
+                safefile.write_all(fd, line + b"\n")
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -395,6 +397,10 @@ class Sender:
     def __init__(self, cfg: SenderConfig) -> None:
         self.cfg = cfg
         self.paths: SpoolPaths = ensure_spool(cfg.spool_dir)
+        check_spool_files(self.paths)
+        warning = parent_warning(self.paths.root)
+        if warning:
+            log.warning("%s", warning)
         self.stop = threading.Event()
         self.state = DeliveryState(cfg.data_plane_url)
         self.transport = Transport(
@@ -425,6 +431,8 @@ class Sender:
         self._started = time.monotonic()
         self._sent_window: collections.deque[tuple[float, int]] = collections.deque()
         self._next_tmp_sweep = 0.0
+        self._next_privacy_check = 0.0
+        self._unsafe = False  # the spool stopped being private: write nothing more into it
         self._signalled = False
         self._drops_seen = -1  # set from the ledger at start: only new drops are announced
         self._dropping_since: float | None = None
@@ -448,7 +456,7 @@ class Sender:
         Producers and ``status`` probe this lock (a shared lock held for microseconds) to learn whether
         a sender runs, so a refusal is only believed once it has lasted a second.
         """
-        fd = os.open(self.paths.sender_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = safefile.open_regular(self.paths.sender_lock, os.O_RDWR | os.O_CREAT)
         deadline = time.monotonic() + 1.0
         while True:
             try:
@@ -470,12 +478,18 @@ class Sender:
         self._lock_fd = fd
         return True
 
-    def run(self) -> int:
+    def open_spool(self) -> None:
+        """Load the ledger and create the control file (after the lock is held). Raises OSError
+        (``safefile.NotRegularFile``) when a spool file's name holds a FIFO, directory or symlink."""
         self.ledger = ledger.load(self.paths.ledger)
         try:
             self.control = quota.ControlFile(self.paths.control)
+        except safefile.NotRegularFile:
+            raise
         except OSError as exc:
             log.error("cannot create the control file (%s): producers will measure the quota themselves", exc)
+
+    def run(self) -> int:
         self._drops_seen = sum(self.ledger.counters.dropped.values())
         for i in range(self.cfg.concurrency):
             deliverer = Deliverer(self.transport, self.cfg.retry, self.state, self.stop, self.quarantine)
@@ -519,6 +533,15 @@ class Sender:
                 if now >= self._next_tmp_sweep:
                     self._next_tmp_sweep = now + 30.0
                     self._sweep_tmp()
+                if now >= self._next_privacy_check:
+                    self._next_privacy_check = now + PRIVACY_CHECK_S
+                    try:
+                        check_private(self.paths)
+                    except (SpoolError, OSError) as exc:
+                        log.error("stopping: %s. Nothing more is written to the spool.", exc)
+                        self._unsafe = True
+                        code = EXIT_USAGE
+                        break
                 progressed = self._pump(now)
                 self._flush_due(now, caught_up=not progressed)
                 self._reap_finished()
@@ -566,9 +589,10 @@ class Sender:
                 "resent (same messageIds)",
                 self.inflight,
             )
-        self._reap_finished()
-        self._commit_if_dirty()
-        self._write_status(final=True)
+        if not self._unsafe:
+            self._reap_finished()
+            self._commit_if_dirty()
+            self._write_status(final=True)
         for _ in self._workers:
             self._work.put(None)
         for seg in self.segments.values():
@@ -631,9 +655,10 @@ class Sender:
             return
         for entry in entries:
             try:
-                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                    continue
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                st = entry.stat(follow_symlinks=False)
+                if st.st_mtime > cutoff or not stat.S_ISREG(st.st_mode):
+                    continue  # (only producers' files are swept; anything else is left alone)
+                fd = safefile.open_regular(Path(entry.path), os.O_RDONLY)
             except OSError:
                 continue
             try:
@@ -655,6 +680,7 @@ class Sender:
         flags = current.flags
         gen = current.rotate_gen
         if cfg.quota_bytes and cfg.on_full == "drop_oldest":
+            flags |= quota.DROP_OLDEST
             if usage >= cfg.quota_bytes:
                 usage = self._drop_oldest(usage, int(cfg.quota_bytes * quota.RESUME_FRACTION))
                 if usage >= cfg.quota_bytes and not flags & quota.ROTATE:
@@ -685,7 +711,7 @@ class Sender:
                 rotate_gen=gen,
                 quota_bytes=cfg.quota_bytes,
                 usage_bytes=usage,
-                updated_ns=time.time_ns() // 1_000_000_000 * 1_000_000_000,
+                updated_ns=time.time_ns(),  # at every scan: producers take a stale one as a frozen sender
                 sender_pid=os.getpid(),
             )
         )
@@ -705,12 +731,8 @@ class Sender:
                 size = tail.size()
             except OSError:
                 continue
-            events, drops = count_events(tail.path, seg.acked, seg.acked_ahead)
-            tail.close()
-            try:
-                os.unlink(tail.path)
-            except FileNotFoundError:
-                pass
+            events, drops = count_events(tail, seg.acked, seg.acked_ahead)
+            tail.unlink()
             del self.segments[name]
             self.ledger.offsets.pop(name, None)
             counters = self.ledger.counters
@@ -1059,11 +1081,7 @@ class Sender:
         for name, seg in list(self.segments.items()):
             if not seg.finished:
                 continue
-            seg.tail.close()
-            try:
-                os.unlink(seg.tail.path)
-            except FileNotFoundError:
-                pass
+            seg.tail.unlink()
             del self.segments[name]
             self.ledger.offsets.pop(name, None)
             self._dirty = True
@@ -1171,14 +1189,8 @@ class Sender:
                 metrics.write_textfile(self.cfg.metrics_textfile, metrics.render(snap))
             except OSError as exc:
                 log.debug("cannot write the metrics textfile: %s", exc)
-        tmp = self.paths.status.with_name("status.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, orjson.dumps(status))
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.paths.status)
+            safefile.replace(self.paths.status, orjson.dumps(status), durable=False)
         except OSError as exc:
             log.debug("cannot write status: %s", exc)
 
@@ -1291,7 +1303,12 @@ def config_from_args(args: argparse.Namespace) -> SenderConfig:
         batch_url(url)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
-    quota_bytes = config.resolve_quota_bytes(args.quota_bytes)
+    raw_quota = args.quota_bytes or _env(quota.ENV_QUOTA_BYTES)
+    try:
+        quota_bytes = quota.parse_size(raw_quota) if raw_quota else 0
+    except ValueError as exc:
+        source = "--quota-bytes" if args.quota_bytes else quota.ENV_QUOTA_BYTES
+        raise ConfigurationError(f"{source}: {exc}") from None
     on_full = args.on_full or _env(quota.ENV_ON_FULL) or "drop"
     if on_full not in ("drop", "drop_oldest"):
         raise ConfigurationError(f"{quota.ENV_ON_FULL} must be drop or drop_oldest, not {on_full!r}")
@@ -1346,15 +1363,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         sender = Sender(cfg)
-    except (ConfigurationError, SpoolError) as exc:
+        locked = sender.acquire_lock()
+    except (ConfigurationError, OSError) as exc:
         print(f"rudder-fast-sender: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not sender.acquire_lock():
+    if not locked:
         print(
             f"rudder-fast-sender: another sender is already running for {cfg.spool_dir}",
             file=sys.stderr,
         )
         return EXIT_LOCKED
+    try:
+        sender.open_spool()
+    except OSError as exc:
+        print(f"rudder-fast-sender: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     _raise_fd_limit()
     server = None
     if cfg.metrics_port is not None:

@@ -64,10 +64,16 @@ DROP_SPOOL: Final = "spool_unusable"
 DROP_QUOTA: Final = "quota"
 DROP_REENTRANT: Final = "reentrant"  # a call made from inside a call (a signal or logging handler)
 
+_FIRST_CALL: Final = 0x100  # in ``_flags``: this process has not checked the quota yet
+_NO_ROOM: Final = -2  # from ``_prepare``: the quota stops this call
+_OVER_QUOTA: Final = "over quota"  # from ``_append_locked``: the quota stops this call (not counted yet)
+
 # While calls are being dropped, their counts are written to the spool at most this often.
 DROP_REPORT_INTERVAL_NS: Final = 100_000_000
-# How often a producer re-reads the quota state (the sender's control file, or its own measurement).
+# How often a producer re-reads the quota state (the sender's control file, or its own measurement)...
 QUOTA_CHECK_NS: Final = 1_000_000_000
+# ...and how often while it is over quota, so that it writes again soon after the sender makes room.
+OVER_RECHECK_NS: Final = 50_000_000
 # Above this encoded size a record's JSON size is checked too: escaping can make the JSON much larger
 # than the msgpack record, and the data plane refuses a request body over 4,096,000 bytes.
 JSON_CHECK_ABOVE: Final = 1_000_000
@@ -127,19 +133,20 @@ class SegmentWriter:
         "_block",
         "_block_timeout",
         "_busy",
-        "_ctrl",
         "_disk_retry_ns",
         "_fallback_quota",
         "_fast_from_ns",
         "_fast_until_ns",
         "_fd",
+        "_flags",
+        "_grant_stamp",
         "_index",
         "_last_report_ns",
         "_last_warning_ns",
-        "_local_ctrl",
         "_lock",
         "_max_age_ns",
         "_max_bytes",
+        "_measured_ns",
         "_other_frames",
         "_packer",
         "_path",
@@ -149,13 +156,14 @@ class SegmentWriter:
         "_quota_check_ns",
         "_quota_checked_ns",
         "_roll_at_ns",
-        "_room_left",
+        "_room",
         "_rotate_seen",
         "_seq",
         "_size",
-        "_size_at_bound",
         "_size_limit",
         "_unreported",
+        "_written_at_grant",
+        "_written_before",
         "dropped",
         "id_prefix",
         "nonce",
@@ -211,14 +219,18 @@ class SegmentWriter:
         self._last_warning_ns = 0
         self._pending_warning: str | None = None
         self._last_report_ns = 0
-        # Quota: ``_ctrl`` is what the hot path tests (byte 8 non-zero: go to ``_admit``): the sender's
-        # mapped control file while a sender runs, else a local copy this process maintains itself.
-        self._ctrl: Any = None
-        self._local_ctrl = bytearray(quota.CONTROL_SIZE)
+        # Quota. The hot path tests ``_flags`` alone: non-zero sends the call to ``_admit`` (the first
+        # call of a process, so that it obeys the quota too, or over quota). ``_room`` is the allowance
+        # the last verdict granted (bytes, or UNBOUNDED), counted from ``_written_at_grant``;
+        # ``_written_before + _size`` is every byte this process has written (all its segments).
+        self._flags = _FIRST_CALL
         self._quota_check_ns = 0
         self._quota_checked_ns = 0
-        self._room_left = -1  # bytes this process may still write under the quota (-1: no quota known)
-        self._size_at_bound = 0
+        self._grant_stamp = 0
+        self._measured_ns: int | None = None
+        self._room = quota.UNBOUNDED
+        self._written_at_grant = 0
+        self._written_before = 0
         self._rotate_seen = -1
         self._pid = pid  # last: other threads take the pid check as "state ready"
 
@@ -269,24 +281,26 @@ class SegmentWriter:
         """Write one event record; its generated messageId, or None if it was dropped (and counted)."""
         if self._pid != _getpid():
             self._after_fork()
-        ctrl = self._ctrl
-        if ctrl is None and not self._quota_check_ns:
-            ctrl = self._first_quota_check(now_ns)  # once per process: the very first event obeys too
-        if ctrl is not None and ctrl[8] and not self._admit(now_ns, record):  # 8: quota.FLAGS_OFFSET
-            return None
-        try:
-            with self._lock:  # an RLock: a signal handler calling in from inside a call gets here...
-                if self._busy:  # ...and is turned away: the interrupted call's state is half-updated
-                    self._reentrant()
-                    return None
-                self._busy = True
-                try:
-                    return self._append_locked(record, now_ns)
-                finally:
-                    self._busy = False
-        finally:
-            if self._pending_warning is not None:
-                self._log_pending_warning()
+        while True:
+            if self._flags and not self._admit(now_ns, record):
+                return None
+            try:
+                with self._lock:  # an RLock: a signal handler calling in from inside a call gets here...
+                    if self._busy:  # ...and is turned away: the interrupted call's state is half-updated
+                        self._reentrant()
+                        return None
+                    self._busy = True
+                    try:
+                        result = self._append_locked(record, now_ns)
+                    finally:
+                        self._busy = False
+            finally:
+                if self._pending_warning is not None:
+                    self._log_pending_warning()
+            if result is not _OVER_QUOTA:
+                return result
+            # This process's allowance ran out and the quota is reached: back to _admit, which drops or
+            # (``block``) waits for room.
 
     def _append_locked(self, record: list[Any], now_ns: int) -> str | None:
         """The body of append, under the writer lock."""
@@ -299,10 +313,10 @@ class SegmentWriter:
         n = len(payload)
         if n > JSON_CHECK_ABOVE:
             _check_size(record, n)
-        if (
-            not self._fast_from_ns <= now_ns < self._fast_until_ns or self._size >= self._size_limit
-        ) and self._prepare(now_ns) < 0:
-            return None
+        if not self._fast_from_ns <= now_ns < self._fast_until_ns or self._size >= self._size_limit:
+            fd = self._prepare(now_ns)
+            if fd < 0:
+                return _OVER_QUOTA if fd == _NO_ROOM else None
         seq = self._seq
         body = _meta_pack(n, FRAME_EVENT, seq) + payload
         frame = _prefix_pack(SYNC, _crc32(body)) + body
@@ -364,32 +378,27 @@ class SegmentWriter:
             log.warning(message)  # outside the lock: a handler may itself emit events
 
     def _admit(self, now_ns: int, record: list[Any]) -> bool:
-        """The control flags are set: rotate if asked; over quota, drop or wait for room."""
-        ctrl = self._ctrl
-        if ctrl is None:
-            return True
-        flags = ctrl[quota.FLAGS_OFFSET]
-        if flags & quota.ROTATE:
-            gen = int.from_bytes(ctrl[12:16], "little")
-            if gen != self._rotate_seen:
-                with self._exclusive() as mine:
-                    if mine:
-                        self._rotate_seen = gen
-                        self._roll_at_ns = 0  # seal at the next append so the sender may delete it
-                        self._fast_until_ns = 0
-        if not flags & quota.OVER_QUOTA:
-            return True
-        _check_record(record)  # bad input still raises, whatever the quota
+        """``_flags`` is set: the first call of this process (check the quota before writing), or over
+        quota: drop, or (``block``) wait for room. False when the call was dropped (counted)."""
         with self._exclusive() as mine:
             if not mine:
                 self._reentrant()
                 return False
-            # Dropped calls never reach the write path's periodic refresh: re-measure here (at most once
-            # a second), or a producer without a sender, or whose sender died, would stay over forever.
-            self._refresh_quota(now_ns)
-        ctrl = self._ctrl
-        if ctrl is None or not ctrl[quota.FLAGS_OFFSET] & quota.OVER_QUOTA:
+            if self._flags & _FIRST_CALL:
+                self._flags = 0
+                if self._paths is None:
+                    try:
+                        self._paths = ensure_spool(self.spool_dir)
+                    except (SpoolError, OSError, ValueError):
+                        return True  # the write path counts and reports the problem
+                self._refresh_quota(now_ns, force=True)
+            else:
+                # Dropped calls never reach the write path's periodic refresh: re-read the quota here
+                # (every 50 ms while over), or a producer whose sender died would stay over forever.
+                self._refresh_quota(now_ns)
+        if not self._flags:
             return True
+        _check_record(record)  # bad input still raises, whatever the quota
         if self._block:
             deadline = time.monotonic() + self._block_timeout
             pause = 0.001
@@ -398,9 +407,8 @@ class SegmentWriter:
                 pause = min(pause * 2, 0.05)
                 with self._exclusive() as mine:
                     if mine:
-                        self._refresh_quota(time.time_ns())
-                ctrl = self._ctrl
-                if ctrl is None or not ctrl[quota.FLAGS_OFFSET] & quota.OVER_QUOTA:
+                        self._refresh_quota(time.time_ns(), force=True)
+                if not self._flags:
                     return True
         with self._exclusive() as mine:
             if not mine:
@@ -411,19 +419,6 @@ class SegmentWriter:
         if self._pending_warning is not None:
             self._log_pending_warning()
         return False
-
-    def _first_quota_check(self, now_ns: int) -> Any:
-        with self._exclusive() as mine:
-            if not mine:
-                return None
-            if self._paths is None:
-                try:
-                    self._paths = ensure_spool(self.spool_dir)
-                except (SpoolError, OSError, ValueError):
-                    self._quota_check_ns = now_ns + QUOTA_CHECK_NS  # the append reports the problem
-                    return None
-            self._refresh_quota(now_ns, force=True)
-            return self._ctrl
 
     def _report_drops_now(self, now_ns: int) -> None:
         """While calls are being dropped, write the counts at most every 100 ms (not only at the next
@@ -457,49 +452,69 @@ class SegmentWriter:
         return True
 
     def _refresh_quota(self, now_ns: int, force: bool = False) -> None:
-        """Once a second (slow path): follow the sender's control file, or measure usage ourselves.
-        Also bounds the fast path's bytes by the room left under the quota, so one producer cannot run
-        far past it between two checks."""
+        """Follow the sender's control file, or, with no fresh sender, measure usage ourselves (at most
+        once a second): checked once a second while writing, every 50 ms while over quota, or now
+        (``force``). Sets ``_flags`` (over quota or not) and the allowance that bounds the fast path."""
         if not force and self._quota_checked_ns <= now_ns < self._quota_check_ns:
-            return  # (a clock stepping backwards leaves the window: measured again)
+            return  # (a clock stepping backwards leaves the window: checked again)
         self._quota_checked_ns = now_ns
-        self._quota_check_ns = now_ns + QUOTA_CHECK_NS
-        self._size_limit = self._max_bytes
-        self._room_left = -1
         paths = self._paths
         if paths is None:
-            return
-        if quota.sender_running(paths.sender_lock):
-            mapped = quota.map_control(paths.control)
-            self._ctrl = mapped
-            published = quota.Control.decode(bytes(mapped[: quota.CONTROL_SIZE])) if mapped else None
-            if published is not None and published.quota_bytes:
-                self._bound_size(published.quota_bytes - published.usage_bytes)
+            self._quota_check_ns = now_ns + QUOTA_CHECK_NS
             return
         published = quota.read_control(paths.control)
-        limit = (published.quota_bytes if published else 0) or self._fallback_quota
-        if limit <= 0:
-            self._ctrl = None
-            return
-        started = time.monotonic_ns()
-        try:
-            usage = quota.measure_usage(paths.segments, quota.read_acked(paths.ledger))
-        except OSError:
-            self._ctrl = None  # the spool cannot be measured now: the write path reports its trouble
-            return
-        took = time.monotonic_ns() - started
-        # Measuring a huge spool is slow and runs on the app's thread: keep it under 1 % of the time.
-        self._quota_check_ns = now_ns + max(QUOTA_CHECK_NS, 100 * took)
-        local = self._local_ctrl
-        over = quota.next_flags(bool(local[quota.FLAGS_OFFSET]), usage, limit)
-        local[quota.FLAGS_OFFSET] = quota.OVER_QUOTA if over else 0
-        self._ctrl = local
-        self._bound_size(limit - usage)
+        if published is not None and published.rotate_gen != self._rotate_seen:
+            if self._rotate_seen >= 0 or published.flags & quota.ROTATE:
+                self._roll_at_ns = 0  # seal at the next append so that the sender may delete the file
+                self._fast_until_ns = 0
+            self._rotate_seen = published.rotate_gen
+        verdict = quota.judge_publication(
+            published,
+            sender_alive=quota.sender_running(paths.sender_lock),
+            now_ns=now_ns,
+            grant_stamp=self._grant_stamp,
+            room_left=self._room_left(),
+        )
+        next_check = QUOTA_CHECK_NS
+        if verdict is not None:
+            if verdict.grant is not None and published is not None:
+                self._grant_stamp = published.updated_ns
+        else:
+            self._grant_stamp = 0
+            limit = (published.quota_bytes if published else 0) or self._fallback_quota
+            measured = self._measured_ns
+            if limit <= 0:
+                verdict = quota.Verdict(False, quota.UNBOUNDED)
+            elif measured is not None and 0 <= now_ns - measured < QUOTA_CHECK_NS:
+                verdict = quota.Verdict(self._room_left() <= 0)  # measured less than a second ago
+            else:
+                started = time.monotonic_ns()
+                try:
+                    usage = quota.measure_usage(paths.segments, quota.read_acked(paths.ledger))
+                except OSError:
+                    usage = 0  # the spool cannot be measured now: the write path reports its trouble
+                took = time.monotonic_ns() - started
+                self._measured_ns = now_ns
+                verdict = quota.judge_usage(bool(self._flags & quota.OVER_QUOTA), usage, limit)
+                # Measuring a huge spool is slow and runs on the app's thread: keep it under 1 % of time.
+                next_check = max(QUOTA_CHECK_NS, 100 * took)
+        if verdict.grant is not None:
+            self._room = verdict.grant
+            self._written_at_grant = self._written_before + self._size
+        self._flags = quota.OVER_QUOTA if verdict.over else 0
+        self._quota_check_ns = now_ns + (OVER_RECHECK_NS if verdict.over else next_check)
+        self._bound()
 
-    def _bound_size(self, room: int) -> None:
-        self._room_left = max(room, 0)
-        self._size_at_bound = self._size
-        self._size_limit = min(self._max_bytes, self._size + self._room_left)
+    def _room_left(self) -> int:
+        """What is left of this process's allowance (bytes), or UNBOUNDED."""
+        if self._room < 0:
+            return quota.UNBOUNDED
+        return max(0, self._room - (self._written_before + self._size - self._written_at_grant))
+
+    def _bound(self) -> None:
+        """The fast path's bound on ``_size``: the rotation size, or the end of the allowance."""
+        left = self._room_left()
+        self._size_limit = self._max_bytes if left < 0 else min(self._max_bytes, self._size + left)
 
     def count_drop(self, reason: str, now_ns: int) -> None:
         """Count an event dropped before it reached the disk; reported by the next frame."""
@@ -554,7 +569,8 @@ class SegmentWriter:
         self._backoff_reason = reason
 
     def _prepare(self, now_ns: int) -> int:
-        """The slow path: honour a disk back-off, rotate or open, report drops. The fd, or -1."""
+        """The slow path: honour a disk back-off, rotate or open, report drops, follow the quota. The
+        fd; -1 if the call was dropped (counted); ``_NO_ROOM`` if the quota stops it."""
         backoff_ns = int(config.DISK_ERROR_BACKOFF_S * 1e9)
         if self._disk_retry_ns - backoff_ns <= now_ns < self._disk_retry_ns:
             self._count_drop_locked(self._backoff_reason, now_ns)
@@ -581,7 +597,9 @@ class SegmentWriter:
             return -1
         self._refresh_quota(now_ns)
         if self._size >= self._size_limit and self._size < self._max_bytes:
-            self._refresh_quota(now_ns, force=True)  # out of room: is the quota really reached?
+            self._refresh_quota(now_ns, force=True)  # the allowance is used up: is there more?
+        if self._flags:
+            return _NO_ROOM
         self._fast_from_ns = now_ns
         self._fast_until_ns = min(self._roll_at_ns, self._quota_check_ns)
         return fd
@@ -618,14 +636,9 @@ class SegmentWriter:
             except OSError:
                 pass
             raise
-        if self._room_left >= 0:  # the quota's room, less what went into the previous segment
-            self._room_left = max(0, self._room_left - (self._size - self._size_at_bound))
         self._fd = fd
         self._size = len(header)
-        self._size_at_bound = self._size
-        self._size_limit = (
-            self._max_bytes if self._room_left < 0 else min(self._max_bytes, self._size + self._room_left)
-        )
+        self._bound()
         self._path = final_path
         self._index += 1
         self._roll_at_ns = now_ns + self._max_age_ns
@@ -639,6 +652,8 @@ class SegmentWriter:
         self._fd = -1
         self._path = None
         self._fast_until_ns = 0
+        self._written_before += self._size
+        self._size = 0
         seq = self._seq
         frame = b""
         if self._unreported:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from . import ledger
+from . import ledger, safefile
 from .layout import SpoolPaths
 from .quota import sender_running
 from .reading import scan_pending
@@ -24,7 +24,7 @@ def _live_producers(segments: Path) -> int:
     live = 0
     for path in list_segments(segments):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
         try:
@@ -38,16 +38,17 @@ def _live_producers(segments: Path) -> int:
 def collect(spool_dir: Path) -> dict[str, Any]:
     """The status document (the ``--json`` form)."""
     paths = SpoolPaths(spool_dir)
-    try:
-        state = ledger.decode(paths.ledger.read_bytes())
-    except FileNotFoundError:
-        state = None
-    state = state or ledger.LedgerState()
+    state = ledger.read(paths.ledger) or ledger.LedgerState()
     pending = scan_pending(spool_dir, acked=state.offsets, ahead=state.ahead)
-    try:
-        sender_doc: dict[str, Any] = orjson.loads(paths.status.read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        sender_doc = {}
+    sender_doc: dict[str, Any] = {}
+    raw = safefile.read_small(paths.status)
+    if raw is not None:
+        try:
+            loaded = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            loaded = None
+        if isinstance(loaded, dict):
+            sender_doc = loaded
     running = sender_running(paths.sender_lock)
     counters = ledger.Counters.from_json(sender_doc.get("counters")) if running else state.counters
     dropped = dict(counters.dropped)

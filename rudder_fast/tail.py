@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,16 +104,29 @@ class SegmentTail:
 
     @classmethod
     def open(cls, path: Path, start_offset: int = 0) -> SegmentTail | None:
-        """Open a segment, or None if it vanished."""
+        """Open a segment, or None if it vanished or is not a regular file (replaced meanwhile by a
+        symlink or a FIFO, which must neither be followed nor block the reader)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return None
             head = os.pread(fd, HEADER_SIZE, 0)
         except OSError:
             os.close(fd)
             return None
+        return cls._from_fd(path, fd, head, start_offset)
+
+    def duplicate(self, start_offset: int) -> SegmentTail:
+        """A second, independent reader of the same open file from ``start_offset``: the file is never
+        reopened by name (the name may have been replaced meanwhile)."""
+        return self._from_fd(self.path, os.dup(self.fd), os.pread(self.fd, HEADER_SIZE, 0), start_offset)
+
+    @classmethod
+    def _from_fd(cls, path: Path, fd: int, head: bytes, start_offset: int) -> SegmentTail:
         header = decode_header(head)
         named = _SEGMENT_NAME.match(path.name)
         if header is not None or named is not None:
@@ -143,6 +157,19 @@ class SegmentTail:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def unlink(self) -> None:
+        """Delete the file this tail reads, if its name still names it (the name may have been
+        replaced by another file, which is never deleted unread), and close the tail."""
+        try:
+            named = os.lstat(self.path)
+            opened = os.fstat(self.fd)
+            if (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        finally:
+            self.close()
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -217,6 +244,11 @@ def read_whole(path: Path, start_offset: int = 0) -> tuple[SegmentTail | None, l
     tail = SegmentTail.open(path, start_offset)
     if tail is None:
         return None, []
+    return tail, read_all(tail)
+
+
+def read_all(tail: SegmentTail) -> list[Frame | Skip]:
+    """Every frame and skip readable from ``tail``'s position now (waiting on nothing)."""
     items: list[Frame | Skip] = []
     while True:
         got = tail.read_more()
@@ -225,7 +257,7 @@ def read_whole(path: Path, start_offset: int = 0) -> tuple[SegmentTail | None, l
             if tail.final:
                 items.extend(tail.frames())
             break
-    return tail, items
+    return items
 
 
 def in_ranges(offset: int, ranges: list[list[int]] | None) -> bool:
@@ -234,14 +266,16 @@ def in_ranges(offset: int, ranges: list[list[int]] | None) -> bool:
 
 
 def count_events(
-    path: Path, start_offset: int, skip_ranges: list[list[int]] | None = None
+    segment: SegmentTail, start_offset: int, skip_ranges: list[list[int]] | None = None
 ) -> tuple[int, dict[str, int]]:
     """Events in a finished segment from an offset (outside ranges already resolved), and the drop
-    counts its markers carry."""
+    counts its markers carry. Reads through the open ``segment``'s file, never by name."""
     from .framing import FRAME_DROPS, FRAME_EVENT, decode_drops
 
-    tail, items = read_whole(path, start_offset)
-    if tail is not None:
+    tail = segment.duplicate(start_offset)
+    try:
+        items = read_all(tail)
+    finally:
         tail.close()
     events = 0
     drops: dict[str, int] = {}

@@ -9,6 +9,9 @@ inspect`` and what the devserver received.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -350,3 +353,68 @@ def test_without_a_sender_producers_write_again_once_the_spool_is_drained(
         emitter.close()
     drain(senders, spool_dir, devserver)
     assert_delivered_exactly(devserver.received(), accepted)
+
+
+FROZEN_FOR_S = 7.0  # longer than a publication stays fresh (quota.STALE_NS, 5 s)
+
+
+@pytest.mark.parametrize("producers", [1, 3])
+def test_a_frozen_sender_does_not_switch_the_quota_off(
+    senders: Senders, spool_dir: Path, producers: int
+) -> None:
+    """SIGSTOP the sender (as ``docker pause``, a debugger or a hang would) while producers write flat
+    out: each producer writes at most one allowance past the last measurement (README: at most
+    producers x quota), then drops, however long the sender stays frozen."""
+    env, _ = down_env(spool_dir)
+    sender = senders.start(["--quota-bytes", "1M"], env)
+    wait_sender_ready(spool_dir, sender)
+    limit = 1024 * 1024
+    os.kill(sender.pid, signal.SIGSTOP)
+    try:
+        accepted = run_flat_out(spool_dir, producers, FROZEN_FOR_S)
+        used = usage(spool_dir)
+    finally:
+        os.kill(sender.pid, signal.SIGCONT)
+    print(f"\n{producers} producer(s), sender frozen {FROZEN_FOR_S} s: {accepted} accepted, {used:,} bytes")
+    assert used <= limit * (producers + 1), f"{used:,} bytes written against a 1 MiB quota"
+    assert stop_process(sender.proc) == 0, sender.stderr()
+
+
+def _flat_out(spool: str, seconds: float, report: Any) -> None:
+    emitter = Emitter(spool)
+    accepted = 0
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        if track(emitter, "frozen", n, PAD) is not None:
+            accepted += 1
+        n += 1
+    emitter.close()
+    report.send(accepted)
+
+
+def run_flat_out(spool_dir: Path, producers: int, seconds: float) -> int:
+    """``producers`` forked processes calling track as fast as they can for ``seconds``: how many calls
+    were accepted in all."""
+    ctx = multiprocessing.get_context("fork")
+    pipes, procs = [], []
+    try:
+        for _ in range(producers):
+            receive, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_flat_out, args=(str(spool_dir), seconds, send), daemon=True)
+            p.start()
+            pipes.append(receive)
+            procs.append(p)
+        total = 0
+        for receive in pipes:
+            assert receive.poll(seconds + 60), "a producer did not report"
+            total += receive.recv()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0, p.exitcode
+        return total
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()

@@ -395,7 +395,8 @@ def default_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     """This process's default emitter (``rudder_fast.emit``, which the module uses) on a fresh spool."""
     spool = tmp_path / "spool"
     emitter = Emitter(spool)
-    monkeypatch.setattr(rudder_fast.emit, "_emitter", emitter)
+    for name in ("_writer", "_append", "spool_dir"):
+        monkeypatch.setattr(rudder_fast.emit, name, getattr(emitter, name), raising=False)
     monkeypatch.setattr(compat, "_warned", True)  # the warning has its own tests, in fresh processes
     yield spool
     emitter.close()

@@ -203,3 +203,32 @@ def test_drops_are_reported_even_when_no_event_was_ever_written(tmp_path: Path) 
     assert results == [None] * 20
     _, summary = inspect_spool(spool)
     assert "'quota': 20" in summary
+
+
+def test_a_logging_handler_that_emits_cannot_deadlock_the_first_call(tmp_path: Path) -> None:
+    """The default emitter's first call logs (an unusable RUDDER_FAST_QUOTA_BYTES) while setting itself
+    up; a logging handler that itself calls ``emit.track`` must get through, not hang the thread."""
+    script = textwrap.dedent(
+        """
+        import json, logging
+        from rudder_fast import emit
+
+        class Forward(logging.Handler):
+            def emit(self, record):
+                emit.track(user_id="ops", event="Log Record", properties={"msg": record.getMessage()})
+
+        logging.getLogger("rudder_fast").addHandler(Forward())
+        first = emit.track(user_id="u", event="first")
+        print(json.dumps({"first": first, "stats": emit.stats()}))
+        """
+    )
+    spool = tmp_path / "spool"
+    env = dict(os.environ, RUDDER_FAST_SPOOL_DIR=str(spool), RUDDER_FAST_QUOTA_BYTES="512MB!")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["first"] is not None
+    events, _ = inspect_spool(spool)
+    logged = [e for e in events if e["event"] == "Log Record"]
+    assert len(logged) == 1 and "ignoring RUDDER_FAST_QUOTA_BYTES" in logged[0]["properties"]["msg"], events
+    assert result["stats"]["accepted"] == 2, result
