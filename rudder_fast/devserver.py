@@ -255,7 +255,9 @@ class DevServer:
             return 401, "invalid write key"
         return None
 
-    def handle_batch(self, headers: Any, raw: bytes) -> tuple[int, str]:
+    def handle_batch(self, headers: Any, raw: bytes, complete: bool = True) -> tuple[int, str]:
+        """The answer to one ``POST /v1/batch``; ``complete`` is False when the client closed before
+        sending ``Content-Length`` bytes (Go's body reader then fails with io.ErrUnexpectedEOF)."""
         faults = self.faults
         if faults.latency_s:
             time.sleep(faults.latency_s)
@@ -266,6 +268,8 @@ class DevServer:
             return 404, "source is disabled"
         if faults.fail_status is not None and time.time() < faults.fail_until:
             return faults.fail_status, _reason(faults.fail_status)
+        if not complete:
+            return 500, "failed to read body from request"  # gateway/handle.go getPayloadFromRequest
         # rudder-server middleware/uncompress.go: exactly "gzip" (the first such header), else as is.
         gz = headers.get("Content-Encoding") == "gzip"
         if gz:
@@ -386,7 +390,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path != "/v1/batch":
             self._answer(404, "404 page not found")
             return
-        status, text = self.dev.handle_batch(self.headers, raw)
+        length = int(self.headers.get("Content-Length") or 0)
+        status, text = self.dev.handle_batch(self.headers, raw, complete=len(raw) >= length)
         self.dev.record(status)
         if status == 200:
             self._answer(status, text)

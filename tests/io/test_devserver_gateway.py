@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import socket
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -117,6 +118,24 @@ def test_a_broken_gzip_stream_is_a_read_failure(server: DevServer, raw: bytes) -
         500,
         b"failed to read body from request\n",
     )
+
+
+@pytest.mark.parametrize("sent", [0, 10])
+@pytest.mark.parametrize("encoding", ["gzip", None])
+def test_a_body_cut_short_is_a_read_failure(server: DevServer, sent: int, encoding: str | None) -> None:
+    """The client goes away before ``Content-Length`` bytes (a sender killed mid-request): Go's body
+    reader fails with io.ErrUnexpectedEOF, so even an empty gzip body is a 500 here, not a 400."""
+    body = gzip.compress(batch(EVENT)) if encoding else batch(EVENT)
+    head = f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token()}\r\n"
+    head += f"Content-Length: {len(body)}\r\n" + (f"Content-Encoding: {encoding}\r\n" if encoding else "")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body[:sent])
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 500 ")
+    assert answer.endswith(b"\r\n\r\nfailed to read body from request\n")
 
 
 def test_only_the_exact_gzip_encoding_is_decompressed(server: DevServer) -> None:
