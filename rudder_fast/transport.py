@@ -66,14 +66,21 @@ class TransportError(Exception):
 
 
 class _Guard:
-    """One request's deadline and, once connected, its socket."""
+    """One request's deadline, its socket once connected, and whether the watchdog cut it off."""
 
-    __slots__ = ("deadline", "expired", "sock")
+    __slots__ = ("cut", "deadline", "expired", "sock")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.sock: socket.socket | None = None
         self.expired = False
+        self.cut = False  # its socket was shut down at the deadline: that is why the request failed
+
+    def shut(self) -> None:
+        if self.sock is not None:
+            self.cut = True
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
 
 
 class Deadlines:
@@ -118,7 +125,7 @@ class Deadlines:
         with self._cond:
             guard.sock = sock
             if guard.expired:
-                _shutdown(sock)
+                guard.shut()
 
     def close(self) -> None:
         with self._cond:
@@ -135,16 +142,10 @@ class Deadlines:
                         continue
                     if guard.deadline <= now:
                         guard.expired = True
-                        if guard.sock is not None:
-                            _shutdown(guard.sock)
+                        guard.shut()
                     else:
                         wake = min(wake, guard.deadline)
                 self._cond.wait(None if wake == math.inf else wake - now)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _guarded_pools(deadlines: Deadlines) -> dict[str, type[HTTPConnectionPool]]:
@@ -160,6 +161,7 @@ def _guarded_pools(deadlines: Deadlines) -> dict[str, type[HTTPConnectionPool]]:
                 deadlines.attach(self.sock)  # a reused keep-alive connection (None: connect() will)
                 super().request(*args, **kwargs)
 
+        Guarded.__name__ = Guarded.__qualname__ = base.__name__  # urllib3's messages name the class
         return Guarded
 
     http_pool = type(
@@ -225,7 +227,7 @@ class Transport:
             try:
                 resp = self._pool.request("POST", self.url, body=data, headers=self._headers, redirect=False)
             except urllib3.exceptions.HTTPError as exc:
-                if guard.expired:
+                if guard.cut:
                     raise TransportError(
                         f"no complete answer within {self.deadline_s:g} s (connect + read timeout)"
                     ) from None
