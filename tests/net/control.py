@@ -1,5 +1,7 @@
 """The control channel of the net kit's helper processes: one JSON object per line over a UNIX socket.
 
+(Also their tie to the test: :func:`die_with_parent`, so a killed test run leaves no helper behind.)
+
 Each helper (the IP relay, the TCP fault relay, the DNS responder) listens on a path in the test's
 temporary directory; a test sends ``{"mode": "reset"}`` and reads back one JSON line describing the
 helper's state. A pathname UNIX socket is reachable from every network namespace (it lives in the file
@@ -9,13 +11,25 @@ system, not in the network stack), so the test drives helpers inside the namespa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import signal
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the parent (the test run) dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        sys.exit(1)
 
 
 def request(path: str, cmd: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from tests.net.control import LineServer
+from tests.net.control import LineServer, die_with_parent
 
 MODES = ("servfail", "silent")
 RCODE_SERVFAIL = 2
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", required=True)
     p.add_argument("--mode", choices=MODES, default="servfail")
     args = p.parse_args(argv)
+    die_with_parent()
     responder = Responder(args.listen, args.mode)
     control = LineServer(args.control, responder.command)
     stopping = False

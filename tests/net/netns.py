@@ -282,7 +282,7 @@ class Topology:
             check=False,
         )
 
-    def socket(self, side: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    def socket_in(self, side: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
         """An IPv4 socket of the ``app`` or ``dp`` namespace, usable from any thread of this process.
 
         A socket belongs to the namespace of the thread that created it, so a short-lived thread enters

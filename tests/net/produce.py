@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from rudder_fast import Emitter
+from tests.net.control import die_with_parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pad", type=int, default=0, help="bytes of random hex added to each event")
     p.add_argument("--ids", required=True, help="append each messageId here")
     args = p.parse_args(argv)
+    die_with_parent()
     stopping = False
 
     def stop(*_: Any) -> None:

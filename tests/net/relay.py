@@ -25,7 +25,6 @@ file descriptors removes the devices.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import fcntl
 import heapq
@@ -39,12 +38,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.net.control import LineServer
+from tests.net.control import LineServer, die_with_parent
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
-PR_SET_PDEATHSIG = 1
 MAX_PACKET = 65536
 READ_BURST = 64  # packets read from one device before looking at the other: neither side starves
 
@@ -164,13 +162,6 @@ class Relay:
             self.control.close()
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before the request took effect
-        sys.exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--tun-a", required=True)
@@ -179,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--owner", default="", help="the topology's tag, rfnet-<pid>-<n> (for stale cleanup)")
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     fd_a = open_tun(args.tun_a)
     fd_b = open_tun(args.tun_b)
     relay = Relay(fd_a, fd_b, args.control, random.Random(args.seed))

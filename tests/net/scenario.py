@@ -227,7 +227,7 @@ class NetRun:
 
     def devserver_control(self, cmd: dict[str, Any]) -> None:
         """``POST /_control`` on the devserver, from inside the dp namespace."""
-        sock = self.topo.socket("dp")
+        sock = self.topo.socket_in("dp")
         sock.settimeout(10)
         sock.connect(("127.0.0.1", self.devserver_port))
         conn = http.client.HTTPConnection("127.0.0.1", self.devserver_port)

@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tests.net.control import LineServer
+from tests.net.control import LineServer, die_with_parent
 
 MODES = ("pass", "reset", "never", "trickle")
 POLL_S = 0.05  # how often a blocked connection thread looks at drop_all and at the client
@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstream", type=_addr, required=True, help="HOST:PORT of the devserver")
     p.add_argument("--control", required=True, help="path of the control UNIX socket")
     args = p.parse_args(argv)
+    die_with_parent()
     relay = FaultRelay(args.listen, args.upstream)
     control = LineServer(args.control, relay.command)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 import socket
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.net
 @contextlib.contextmanager
 def udp_echo(topo: Topology) -> Iterator[int]:
     """A UDP echo server on the dp side; yields its port."""
-    sock = topo.socket("dp", socket.SOCK_DGRAM)
+    sock = topo.socket_in("dp", socket.SOCK_DGRAM)
     sock.bind((DP_ADDR, 0))
     sock.settimeout(0.2)
     done = threading.Event()
@@ -57,7 +58,7 @@ def udp_echo(topo: Topology) -> Iterator[int]:
 @contextlib.contextmanager
 def tcp_echo(topo: Topology) -> Iterator[int]:
     """A TCP echo server on the dp side (one thread per connection); yields its port."""
-    listener = topo.socket("dp")
+    listener = topo.socket_in("dp")
     listener.bind((DP_ADDR, 0))
     listener.listen(16)
     listener.settimeout(0.2)
@@ -94,7 +95,7 @@ def tcp_echo(topo: Topology) -> Iterator[int]:
 
 def round_trips(topo: Topology, port: int, count: int) -> list[float]:
     """Sequential UDP pings from the app side: each round trip time, in seconds."""
-    with topo.socket("app", socket.SOCK_DGRAM) as sock:
+    with topo.socket_in("app", socket.SOCK_DGRAM) as sock:
         sock.settimeout(2.0)
         times = []
         for i in range(count):
@@ -109,7 +110,7 @@ def round_trips(topo: Topology, port: int, count: int) -> list[float]:
 def echoed(topo: Topology, port: int, count: int) -> int:
     """Send ``count`` numbered datagrams, paced; how many distinct ones came back."""
     seen: set[int] = set()
-    with topo.socket("app", socket.SOCK_DGRAM) as sock:
+    with topo.socket_in("app", socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.setblocking(False)
         for i in range(count):
@@ -161,7 +162,7 @@ def test_one_percent_loss_each_way(topology: Topology) -> None:
 
 
 def test_a_blackhole_makes_connects_and_requests_time_out(topology: Topology) -> None:
-    with tcp_echo(topology) as port, topology.socket("app") as old:
+    with tcp_echo(topology) as port, topology.socket_in("app") as old:
         old.settimeout(1.0)
         old.connect((DP_ADDR, port))
         old.sendall(b"hello")
@@ -170,14 +171,14 @@ def test_a_blackhole_makes_connects_and_requests_time_out(topology: Topology) ->
         old.sendall(b"again")
         with pytest.raises(TimeoutError):
             old.recv(16)  # a request on an open connection: no answer, no error, only silence
-        with topology.socket("app") as new, pytest.raises(TimeoutError):
+        with topology.socket_in("app") as new, pytest.raises(TimeoutError):
             new.settimeout(1.0)
             new.connect((DP_ADDR, port))  # the SYN vanishes: no refusal, a timeout
         assert sum(topology.relay_control()["dropped"].values()) > 0
         topology.relay_control(blackhole=False)
         old.settimeout(10.0)
         assert old.recv(16) == b"again"  # TCP retransmits it once the path is back
-        with topology.socket("app") as new:
+        with topology.socket_in("app") as new:
             new.settimeout(5.0)
             new.connect((DP_ADDR, port))
 
@@ -338,26 +339,55 @@ def test_close_removes_namespaces_devices_files_and_processes(netns_ready: None,
     assert relay.returncode is not None  # the devices went with it
 
 
-def test_a_crashed_runs_leftovers_are_removed(topology: Topology) -> None:
-    dead = subprocess.Popen(["true"])
-    dead.wait()  # its pid now belongs to no one: the "crashed" run
-    stale = f"{netns.PREFIX}{dead.pid}-1-app"
-    netns.ip("netns", "add", stale)
-    (netns.NETNS_ETC / stale).mkdir(parents=True, exist_ok=True)
-    (netns.NETNS_ETC / stale / "hosts").write_text("")
-    orphan = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "600"])
+CRASHING_RUN = """
+import sys, time
+from pathlib import Path
+from tests.net.netns import Topology
+topo = Topology(Path(sys.argv[1])).start()
+sleeper = topo.spawn("app", ["sleep", "600"], "sleep.log")
+print(topo.tag, topo.relay.pid, sleeper.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie that no one reaps counts as gone)."""
     try:
-        removed = netns.remove_stale()
-        assert stale in removed
-        assert stale not in netns.ip("netns", "list").stdout
-        assert not (netns.NETNS_ETC / stale).exists()
-        assert orphan.wait(10) != 0  # killed
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"
+
+
+def test_a_crashed_runs_leftovers_are_removed(topology: Topology, tmp_path: Path) -> None:
+    """A run SIGKILLed mid-test leaves its namespaces, /etc/netns files and processes inside them; its
+    relay follows it (PR_SET_PDEATHSIG); the next run removes the rest, and keeps live runs' own."""
+    (tmp_path / "crashed").mkdir()
+    crashed = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, str(tmp_path / "crashed")],
+        cwd=netns.REPO_ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        tag, relay_pid, sleeper_pid = wait_line(crashed, netns.PREFIX, 30).split()
+    finally:
+        crashed.kill()
+        crashed.wait()
+        assert crashed.stdout is not None
+        crashed.stdout.close()
+    names = {f"{tag}-app", f"{tag}-dp"}
+    try:
+        wait_for(lambda: gone(int(relay_pid)), timeout=10)
+        assert names <= set(netns.ip("netns", "list").stdout.split())
+        assert names <= set(netns.remove_stale())
+        assert not names & set(netns.ip("netns", "list").stdout.split())
+        assert not (netns.NETNS_ETC / f"{tag}-app").exists()
+        wait_for(lambda: gone(int(sleeper_pid)), timeout=10)
         assert topology.app in netns.ip("netns", "list").stdout  # a live run's namespaces are kept
     finally:
-        if orphan.poll() is None:
-            orphan.kill()
-            orphan.wait()
-        netns.ip("netns", "del", stale, check=False)
+        for name in names:
+            netns.ip("netns", "del", name, check=False)
+            shutil.rmtree(netns.NETNS_ETC / name, ignore_errors=True)
 
 
 # -- the skip that CI may not take -------------------------------------------------------------------------
