@@ -337,9 +337,10 @@ class Topology:
     def _wait_ready(self, proc: subprocess.Popen[bytes], what: str) -> None:
         try:
             wait_line(proc, "ready", START_TIMEOUT_S)
-        except AssertionError as exc:
-            log = (self.tmp / f"{what}.log").read_text(errors="replace")[-2000:]
-            raise NetnsUnavailable(f"the {what} did not start: {exc}; log: {log}") from None
+        except AssertionError:
+            lines = (self.tmp / f"{what}.log").read_text(errors="replace").strip().splitlines()
+            why = lines[-1] if lines else f"no output, exit code {proc.poll()}"
+            raise NetnsUnavailable(f"the {what} could not start: {why}") from None
 
 
 def _rewrite_in_place(path: Path, text: str) -> None:
