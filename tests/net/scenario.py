@@ -184,12 +184,8 @@ class NetRun:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUDDER_")}
         env.update(RUDDER_WRITE_KEY=WRITE_KEY, RUDDER_DATA_PLANE_URL=self.url)
         argv = [console_script("rudder-fast-sender"), "--spool-dir", str(self.spool)]
-        argv += [
-            "--connect-timeout",
-            str(self.timeouts.connect_s),
-            "--read-timeout",
-            str(self.timeouts.read_s),
-        ]
+        t = self.timeouts
+        argv += ["--connect-timeout", str(t.connect_s), "--read-timeout", str(t.read_s)]
         argv += ["--concurrency", str(self.concurrency), *extra]
         self.sender = self.topo.spawn("app", argv, "sender.log", env=env)
         return self.sender
