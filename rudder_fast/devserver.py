@@ -38,7 +38,16 @@ from typing import IO, Any, Final
 import orjson
 
 MAX_BODY: Final = 4_096_000  # the gateway's maxReqSizeInKB = 4000
-_INVISIBLE: Final = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+# rudder-go-kit sanitize/sanitize.go ``invisibleRunes``: deleted from ids before the blank test, even
+# the printable ones (Hangul fillers, the braille blank, ...).
+_INVISIBLE: Final = frozenset(
+    "\u0000\u0009\u00a0\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u200b\u200c\u200d\u200e\u200f"
+    "\u202f\u205f\u2060\u2061\u2062\u2063\u2064\u206a\u206b\u206c\u206d\u206e\u206f"
+    "\u3000\u2800\u3164\ufeff\uffa0"
+)
+# rudder-server gateway/gateway.go ``extractEvent``, ``rETLEvent``: event types that need no id.
+_NO_ID_TYPES: Final = ("extract", "record")
 
 
 @dataclass
@@ -61,35 +70,83 @@ class Stats:
 
 
 def blank(value: Any) -> bool:
-    """The gateway's test for a missing id: null, not a string... or only whitespace/invisible chars."""
+    """The gateway's test for a missing id (rudder-server ``gateway/handle.go``,
+    ``getJobDataFromRequest``: ``strings.TrimSpace(sanitize.Unicode(stringify.Any(id)))`` is empty).
+
+    ``stringify.Any`` turns null into "" and any other non-string into its JSON text, never blank.
+    rudder-go-kit's ``sanitize.Unicode`` deletes every rune that Go's ``unicode.IsPrint`` refuses (the
+    Unicode categories C and Z but the ASCII space — the same set as Python's ``str.isprintable``) and
+    the runes of its own list of "invisible" ones, some of them printable letters; what is left is blank
+    if it is only spaces.
+    """
     if value is None:
         return True
     if not isinstance(value, str):
-        return False  # the gateway stringifies non-string ids; they are not blank
-    return not value.strip().strip(_INVISIBLE).strip()
+        return False
+    return all(ch == " " or ch in _INVISIBLE or not ch.isprintable() for ch in value)
+
+
+def _batch_events(doc: Any) -> list[Any]:
+    """The events of a parsed body as the gateway sees them: ``gjson.GetBytes(body, "batch").Array()``
+    (rudder-server ``gateway/handle.go``, ``getJobDataFromRequest``). gjson's ``Array()`` gives no
+    events for a missing or null ``batch``, the elements of an array, and a one-element list for any
+    other value: an object is then one event, and a string (``{"batch": "[...]"}``) one event that is
+    not an object."""
+    batch = doc.get("batch") if isinstance(doc, dict) else None
+    if batch is None:
+        return []
+    if isinstance(batch, list):
+        return batch
+    return [batch]
 
 
 def validate_batch(body: bytes, max_body: int) -> tuple[int, str, list[dict[str, Any]]]:
-    """(status, answer, events) for a decompressed body, in the gateway's order of checks."""
+    """(status, answer, events) for a decompressed body, in the gateway's order of checks.
+
+    rudder-server ``gateway/handle.go``, ``getJobDataFromRequest``: invalid JSON; then event by event,
+    an element that is not an object, or one with neither id (events of type ``extract`` and ``record``
+    need none, ``isNonIdentifiable``); then the size; and only then, in
+    ``userWebRequestWorkerProcess``, a batch that produced no event.
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return 400, "invalid json", []
-    batch = doc.get("batch") if isinstance(doc, dict) else None
-    events = batch if isinstance(batch, list) else []
-    if not all(type(event) is dict for event in events):
-        return 400, "event is not a valid rudder event", []
+    events = _batch_events(doc)
     for event in events:
+        if type(event) is not dict:
+            return 400, "event is not a valid rudder event", []
         uid = event.get("userId")
         if type(uid) is str and uid and "!" <= uid[0] <= "~":
             continue  # the common case, decided without the full blank test
+        if event.get("type") in _NO_ID_TYPES:
+            continue
         if blank(event.get("anonymousId")) and blank(uid):
             return 400, "request neither has anonymousId nor userId", []
-    if not events:
-        return 400, "empty batch payload", []
     if len(body) > max_body:
         return 413, "request size exceeds max limit", []
+    if not events:
+        return 400, "empty batch payload", []
     return 200, "ok", events
+
+
+def gunzip(raw: bytes) -> bytes:
+    """The body as the gateway's ``middleware/uncompress.go`` reads it: Go's ``gzip.Reader``, which
+    reads every concatenated gzip member, takes an empty body for an empty stream (its header read
+    returns io.EOF, which ``io.ReadAll`` treats as the end) and refuses anything else that is not a
+    gzip member — a zlib stream, trailing bytes — with an error the gateway answers with 500.
+
+    Raises ``zlib.error`` where the gateway answers 500 ``failed to read body from request``.
+    """
+    out = []
+    rest = raw
+    while rest:
+        d = zlib.decompressobj(31)  # wbits 31: a gzip member only
+        out.append(d.decompress(rest))
+        if not d.eof:
+            raise zlib.error("truncated gzip member")
+        rest = d.unused_data
+    return b"".join(out)
 
 
 class DevServer:
@@ -180,20 +237,27 @@ class DevServer:
     # request handling
 
     def check_auth(self, header: str | None) -> tuple[int, str] | None:
-        if not header or not header.startswith("Basic "):
+        """rudder-server ``gateway/handle_http_auth.go``, ``writeKeyAuth``: ``r.BasicAuth()``, whose
+        ``parseBasicAuth`` (Go ``net/http/request.go``) matches the ``Basic `` prefix in any letter case
+        (``basic``, ``BASIC``), then decodes the rest as padded standard base64 with nothing stripped,
+        and splits at the first colon; an empty user name is a missing key too."""
+        prefix = "Basic "
+        if not header or len(header) < len(prefix) or header[: len(prefix)].lower() != prefix.lower():
             return 401, "failed to read writekey from header"
         try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+            decoded = base64.b64decode(header[len(prefix) :], validate=True)
+        except (binascii.Error, ValueError):
             return 401, "failed to read writekey from header"
-        key, sep, _ = decoded.partition(":")
+        key, sep, _ = decoded.decode("utf-8", "surrogateescape").partition(":")
         if not sep or not key:
             return 401, "failed to read writekey from header"
         if self.write_keys and key not in self.write_keys:
             return 401, "invalid write key"
         return None
 
-    def handle_batch(self, headers: Any, raw: bytes) -> tuple[int, str]:
+    def handle_batch(self, headers: Any, raw: bytes, complete: bool = True) -> tuple[int, str]:
+        """The answer to one ``POST /v1/batch``; ``complete`` is False when the client closed before
+        sending ``Content-Length`` bytes (Go's body reader then fails with io.ErrUnexpectedEOF)."""
         faults = self.faults
         if faults.latency_s:
             time.sleep(faults.latency_s)
@@ -204,11 +268,13 @@ class DevServer:
             return 404, "source is disabled"
         if faults.fail_status is not None and time.time() < faults.fail_until:
             return faults.fail_status, _reason(faults.fail_status)
-        encoding = headers.get("Content-Encoding")
-        gz = encoding == "gzip"
+        if not complete:
+            return 500, "failed to read body from request"  # gateway/handle.go getPayloadFromRequest
+        # rudder-server middleware/uncompress.go: exactly "gzip" (the first such header), else as is.
+        gz = headers.get("Content-Encoding") == "gzip"
         if gz:
             try:
-                body = zlib.decompress(raw, 47)  # gzip or zlib container, as Go's reader is lenient
+                body = gunzip(raw)
             except zlib.error:
                 return 500, "failed to read body from request"
         else:
@@ -324,9 +390,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path != "/v1/batch":
             self._answer(404, "404 page not found")
             return
-        status, text = self.dev.handle_batch(self.headers, raw)
+        length = int(self.headers.get("Content-Length") or 0)
+        status, text = self.dev.handle_batch(self.headers, raw, complete=len(raw) >= length)
         self.dev.record(status)
-        self._answer(status, text)
+        if status == 200:
+            self._answer(status, text)
+        else:
+            # The gateway answers errors with Go's http.Error: the text and a newline.
+            self._answer(status, text + "\n")
 
     def do_GET(self) -> None:
         if self.path == "/_stats":

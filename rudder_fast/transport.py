@@ -1,13 +1,29 @@
-"""The one place that talks HTTP: a urllib3 pool posting batch bodies to the data plane."""
+"""The one place that talks HTTP: a urllib3 pool posting batch bodies to the data plane.
+
+Every request has a deadline: connect timeout + read timeout from its start. urllib3's timeouts bound
+each socket operation, not the request, so an answer that trickles in a byte at a time (a broken proxy,
+a congested link) would hold a worker forever. A watchdog thread (:class:`Deadlines`) shuts down the
+socket of a request still running at its deadline, which ends the blocked read or write at once; the
+request fails like any other connection error and is retried. Name resolution is not covered: it runs
+inside the C library, bounded only by ``resolv.conf``'s own timeouts.
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import math
+import socket
+import threading
+import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 BATCH_PATH: Final = "/v1/batch"
 # gzip level 1: on event JSON it already compresses ~5-8x, at several times the speed of the default
@@ -49,8 +65,120 @@ class TransportError(Exception):
     """The request did not get an HTTP answer (connection refused/reset, timeout, TLS failure)."""
 
 
+class _Guard:
+    """One request's deadline, its socket once connected, and whether the watchdog cut it off."""
+
+    __slots__ = ("cut", "deadline", "expired", "sock")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.sock: socket.socket | None = None
+        self.expired = False
+        self.cut = False  # its socket was shut down at the deadline: that is why the request failed
+
+    def shut(self) -> None:
+        if self.sock is not None:
+            self.cut = True
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class Deadlines:
+    """Ends requests that overrun their deadline by shutting down their socket (see the module doc).
+
+    ``guard`` arms a deadline for the calling thread's request; the pool's connections report the socket
+    they use with ``attach``; one daemon thread, started on first use, sleeps until the earliest deadline.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._guards: set[_Guard] = set()
+        self._local = threading.local()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Deadlines active={len(self._guards)}>"
+
+    @contextlib.contextmanager
+    def guard(self, seconds: float) -> Iterator[_Guard]:
+        guard = _Guard(time.monotonic() + seconds)
+        self._local.guard = guard
+        with self._cond:
+            self._guards.add(guard)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._watch, name="rudder-fast-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield guard
+        finally:
+            self._local.guard = None
+            with self._cond:
+                self._guards.discard(guard)
+
+    def attach(self, sock: socket.socket | None) -> None:
+        """The socket the calling thread's request now uses (a new or a reused connection's)."""
+        guard: _Guard | None = getattr(self._local, "guard", None)
+        if guard is None or sock is None:
+            return
+        with self._cond:
+            guard.sock = sock
+            if guard.expired:
+                guard.shut()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                wake = math.inf
+                for guard in self._guards:
+                    if guard.expired:
+                        continue
+                    if guard.deadline <= now:
+                        guard.expired = True
+                        guard.shut()
+                    else:
+                        wake = min(wake, guard.deadline)
+                self._cond.wait(None if wake == math.inf else wake - now)
+
+
+def _guarded_pools(deadlines: Deadlines) -> dict[str, type[HTTPConnectionPool]]:
+    """Pool classes whose connections report their socket to ``deadlines`` before each request."""
+
+    def connection(base: type[HTTPConnection]) -> type[HTTPConnection]:
+        class Guarded(base):  # type: ignore[valid-type,misc]
+            def connect(self) -> None:
+                super().connect()
+                deadlines.attach(self.sock)
+
+            def request(self, *args: Any, **kwargs: Any) -> None:
+                deadlines.attach(self.sock)  # a reused keep-alive connection (None: connect() will)
+                super().request(*args, **kwargs)
+
+        Guarded.__name__ = Guarded.__qualname__ = base.__name__  # urllib3's messages name the class
+        return Guarded
+
+    http_pool = type(
+        "GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": connection(HTTPConnection)}
+    )
+    https_pool = type(
+        "GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": connection(HTTPSConnection)}
+    )
+    return {"http": http_pool, "https": https_pool}
+
+
 class Transport:
-    """Posts bodies to one batch URL over a keep-alive pool. Thread-safe; urllib3's retries are off."""
+    """Posts bodies to one batch URL over a keep-alive pool. Thread-safe; urllib3's retries are off.
+
+    A request without a complete answer ``connect_timeout + read_timeout`` after it started fails with
+    :class:`TransportError`, whatever trickles in meanwhile.
+    """
 
     def __init__(
         self,
@@ -86,21 +214,30 @@ class Transport:
             cert_reqs="CERT_REQUIRED",
             **kwargs,  # type: ignore[arg-type]
         )
+        self.deadline_s = connect_timeout + read_timeout
+        self._deadlines = Deadlines()
+        self._pool.pool_classes_by_scheme = _guarded_pools(self._deadlines)
 
     def __repr__(self) -> str:
         return f"<Transport url={redact_url(self.url)!r} gzip={self.gzip}>"
 
     def post(self, body: bytes) -> Response:
         data = gzip_bytes(body) if self.gzip else body
-        try:
-            resp = self._pool.request("POST", self.url, body=data, headers=self._headers, redirect=False)
-        except urllib3.exceptions.HTTPError as exc:
-            raise TransportError(_describe(exc)) from None
+        with self._deadlines.guard(self.deadline_s) as guard:
+            try:
+                resp = self._pool.request("POST", self.url, body=data, headers=self._headers, redirect=False)
+            except urllib3.exceptions.HTTPError as exc:
+                if guard.cut:
+                    raise TransportError(
+                        f"no complete answer within {self.deadline_s:g} s (connect + read timeout)"
+                    ) from None
+                raise TransportError(_describe(exc)) from None
         text = resp.data[:500].decode("utf-8", "replace").strip()
         return Response(status=resp.status, body=text, retry_after=resp.headers.get("Retry-After"))
 
     def close(self) -> None:
         self._pool.clear()
+        self._deadlines.close()
 
 
 def _describe(exc: Exception) -> str:
