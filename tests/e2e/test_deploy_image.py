@@ -27,10 +27,17 @@ command without compose's ``APP_BIND`` (the host default, 127.0.0.1) is refused 
 the image sets it. compose.yaml's sender service runs from the same image as the same uid and delivers
 every event to the real devserver. The app's systemd unit (``app.service``) runs from the image's
 virtualenv as the same non-root user after the tmpfiles.d entry created the spool: its first event is
-accepted; without the entry it is dropped, which is what the ordering prevents.
+accepted; without the entry it is dropped, which is what the ordering prevents. ``k8s/sidecar.yaml``'s
+pod runs from the image with its containers' settings: an "emptyDir" made as kubelet makes one for an
+``fsGroup`` (root's, that group's, mode 2777), which the sender refuses as a spool itself; the sidecar
+starts first, the app answers on the pod's interfaces, the spool subdirectory is created 0700 by the
+image's user; then the pod's deletion: SIGTERM to the app, which exits 0, then to the sidecar, which
+exits 0 within the grace period, everything delivered (once the sender has ``--drain-on-stop``, without
+waiting for delivery before its SIGTERM: the drain is what delivers).
 
 Not tried: the real base image (its Python is 3.12, this machine's 3.11), layers, image metadata,
-``docker run``/``compose``/Kubernetes themselves, the named volume's copy of the directory's owner.
+``docker run``/``compose``/Kubernetes themselves, the named volume's copy of the directory's owner,
+mounts (paths are rewritten instead), the pod's shared network namespace.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +60,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DevServer
+from tests.e2e.conftest import DevServer, Senders, sender_env
 from tests.e2e.deploykit import (
     DELIVERY_TIMEOUT_S,
     DEPLOY,
@@ -452,3 +460,84 @@ def test_dockerignore_keeps_local_byproducts_out() -> None:
     assert ignored(".venv/bin/python", patterns)
     assert not ignored("rudder_fast/emitter.py", patterns)
     assert not ignored("rudder_fast/py.typed", patterns)
+
+
+# -- Kubernetes: the native sidecar's pod -----------------------------------------------------------------
+
+
+def test_k8s_sidecar_pod_from_the_image_shares_an_emptydir_spool_and_stops_clean(
+    image: Image, tmp_path: Path, devserver: DevServer, senders: Senders
+) -> None:
+    """sidecar.yaml's pod, emulated: its containers' settings, the image's files, a kubelet-like emptyDir."""
+    require_netns()
+    from tests.e2e.test_deploy_k8s import SENDER, by_name, documents, env_of, mount_of, pod_spec
+
+    (doc,) = documents(DEPLOY / "k8s" / "sidecar.yaml")
+    spec = pod_spec(doc)
+    sidecar, (app,) = by_name(spec["initContainers"], SENDER), spec["containers"]
+    uid, fs_group = spec["securityContext"]["runAsUser"], spec["securityContext"]["fsGroup"]
+    # The emptyDir as kubelet makes it with an fsGroup: root's, the group's, writable by all, setgid.
+    empty_dir = Path(tempfile.mkdtemp(prefix="emptydir-", dir=image.root))
+    os.chown(empty_dir, 0, fs_group)
+    empty_dir.chmod(0o2777)
+    mount = mount_of(app, "spool")
+
+    def in_pod(value: str) -> str:
+        return value.replace(mount, str(empty_dir), 1) if value.startswith(mount) else value
+
+    # The mount point itself would be refused as a spool (another user's, writable by others): that is
+    # why the manifests put the spool in a subdirectory.
+    refused = senders.run(["--drain"], env=sender_env(empty_dir, devserver.url))
+    assert refused.returncode == 2 and str(empty_dir) in refused.stderr, refused
+
+    def container_env(container: dict[str, Any], **values: str) -> dict[str, str]:
+        env = image.run_env()
+        for name, definition in env_of(container).items():
+            env[name] = values.get(name, in_pod(str(definition.get("value", ""))))
+        return env
+
+    spool = Path(container_env(app)["RUDDER_FAST_SPOOL_DIR"])
+    assert spool.parent == empty_dir
+    # The app's files, as in the image's WORKDIR; the pod's /var/spool is the emptyDir.
+    app_dir = Path(tempfile.mkdtemp(prefix="app-", dir=image.root))
+    app_dir.chmod(0o755)
+    for name in ("flask_app.py", "gunicorn.conf.py"):
+        (app_dir / name).write_text((DEPLOY / name).read_text().replace(RECIPE_SPOOL, str(spool)))
+
+    sender_cmd = [str(image.path(RECIPE_BIN) / sidecar["command"][0])]
+    sender_env_ = container_env(
+        sidecar, RUDDER_WRITE_KEY="from-the-secret", RUDDER_DATA_PLANE_URL=devserver.url
+    )
+    sender_log, app_log = tmp_path / "sidecar.log", tmp_path / "app.log"
+    usage = subprocess.run(
+        [sender_cmd[0], "--help"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    drains = "--drain-on-stop" in usage.stdout
+    count = 30
+    # Init containers (the sidecar) start first, the app after.
+    with process_group(sender_cmd, env=sender_env_, cwd=app_dir, log=sender_log, user=uid) as sender_proc:
+        with process_group(
+            netns_argv(image.cmd, user=uid), env=container_env(app), cwd=app_dir, log=app_log
+        ) as app_proc:
+            host, port, master = wait_listening(app_log)
+            assert f"{host}:{port}" == env_of(app)["APP_BIND"]["value"], "the pod's interfaces"
+            answers = http_in_netns(
+                app_proc.pid,
+                [(f"http://127.0.0.2:{port}/items/{i}", {"X-User-Id": f"u{i}"}) for i in range(count)],
+            )
+            ids = [body["messageId"] for status, body in answers if status == 200]
+            assert len(ids) == count and None not in ids, answers[:3]
+            # Pod deletion: the app gets SIGTERM first, the sidecar once the app has stopped, all within
+            # the grace period.
+            grace = float(spec["terminationGracePeriodSeconds"])
+            started = time.monotonic()
+            os.kill(master, signal.SIGTERM)
+            assert wait_exit(app_proc, grace, app_log) == 0
+        if not drains:
+            # Without --drain-on-stop, only what was delivered before SIGTERM is safe from the emptyDir's end.
+            wait_received(devserver, count)
+        sender_proc.send_signal(signal.SIGTERM)
+        assert wait_exit(sender_proc, grace - (time.monotonic() - started), sender_log) == 0
+    delivered_once(devserver, ids)
+    st = spool.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, fs_group, 0o700)

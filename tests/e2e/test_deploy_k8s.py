@@ -17,8 +17,8 @@ No cluster here. What is tried:
   them (``RUDDER_FAST_DRAIN_ON_STOP`` once the sender has ``--drain-on-stop``: until then that check
   skips, saying so), and the sender started with the manifest's settings accepts them.
 
-Not tried: a cluster (kubelet's emptyDir and hostPath permissions, admission, Pod Security), the image
-pull, the sidecar's start and stop order.
+Not tried here: a cluster (admission, Pod Security, the image pull, the real kubelet).
+``tests/e2e/test_deploy_image.py`` runs sidecar.yaml's pod from the Dockerfile's image, emulated.
 """
 
 from __future__ import annotations
