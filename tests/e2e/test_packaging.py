@@ -1,7 +1,8 @@
 """The sdist and the wheel, as the package index would get them.
 
-``python -m build`` builds both from this checkout (the sdist, then the wheel from the unpacked sdist,
-each in an isolated environment whose build requirements pip installs from the configured index), and
+``python -m build`` builds both from a copy of this checkout without its local byproducts (the sdist,
+then the wheel from the unpacked sdist, each in an isolated environment whose build requirements pip
+installs from the configured index), and
 ``twine check --strict`` checks them as an upload would. Then what is inside: the wheel has the whole
 package with ``py.typed`` and the licence, and nothing else (no tests, benchmarks or deployment files);
 the metadata's version is ``rudder_fast.__version__`` (the one place it is written: pyproject.toml
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import email
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,6 +31,7 @@ from tests.e2e.deploykit import README, ROOT
 from tests.support import BIN
 
 PACKAGE = ROOT / "rudder_fast"
+LOCAL_BYPRODUCTS = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
 REQUIRED_CLASSIFIERS = {
     "Operating System :: POSIX :: Linux",
     "Programming Language :: Python :: 3.10",
@@ -43,8 +46,12 @@ REQUIRED_CLASSIFIERS = {
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("build", reason="build is not installed (the `test` extra)")
     out = tmp_path_factory.mktemp("dist")
+    # A copy of the checkout without local byproducts: the build leaves its own (egg-info) in the
+    # source directory, and must not depend on any of this machine's.
+    src = tmp_path_factory.mktemp("src") / "rudder-fast"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*LOCAL_BYPRODUCTS))
     proc = subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+        [sys.executable, "-m", "build", "--outdir", str(out), str(src)],
         capture_output=True,
         text=True,
         timeout=600,
