@@ -286,10 +286,11 @@ def readme_block(f: Figures) -> str:
     lines = [*key_table(f), ""]
     lines.append(
         f"Measured {machine_line(f)}. Every figure is from one run with both libraries side by side; the "
-        "machine is shared, so compare the ratios rather than the absolute times. Details, and how each "
-        "figure is measured: [bench/results/report.md](bench/results/report.md)."
+        "machine is shared, so compare the ratios rather than the absolute times. Details, how each "
+        "figure is measured, and the charts: `bench/results/report.md`."
     )
-    lines += ["", *charts_md("bench/results/"), ""]
+    # No links or images: README.md is also the package index's description, where relative ones break.
+    lines.append("")
     lines.append(
         f"Made by `{COMMAND}` (the full run; `--quick` for the short one), which runs `bench/emit.py`, "
         "`bench/send.py` and `bench/faults.py` and writes `bench/results/`."

@@ -1,8 +1,10 @@
 """A Celery app whose task emits an event with rudder_fast.
 
 Prefork workers are forked processes like any other: nothing is needed but RUDDER_FAST_SPOOL_DIR in
-the worker's environment (and the sender running on the same host, as the same user).
+the worker's environment (and the sender running on the same host, as the same user). From the
+directory that holds this file:
 
+    cd scripts/deploy
     RUDDER_FAST_SPOOL_DIR=/var/spool/rudder-fast celery -A celery_app worker --pool prefork -c 4
 
 Settings (the broker above all) come from the module named by CELERY_CONFIG_MODULE, if set; Celery itself

@@ -5,12 +5,20 @@ without ``--preload`` (each worker writes its own segment file; nothing is share
 Setting it here with ``raw_env`` is the same as setting it in the service's environment; the sender
 (systemd unit, supervisor program or sidecar container) must use the same directory, as the same user.
 
-    gunicorn -c scripts/deploy/gunicorn.conf.py --preload flask_app:app
+Run from the directory that holds this file and ``flask_app.py`` (``/app`` in the Dockerfile's image):
+
+    cd scripts/deploy
+    gunicorn -c gunicorn.conf.py --preload flask_app:app
 """
+
+import os
 
 raw_env = ["RUDDER_FAST_SPOOL_DIR=/var/spool/rudder-fast"]
 
-# Ordinary settings, unrelated to rudder_fast (command-line options override them, e.g. --bind).
-bind = ["127.0.0.1:8000"]
+# Ordinary settings, unrelated to rudder_fast (command-line options override them).
+# On a host the app listens on loopback behind a reverse proxy; in a container it must listen on all
+# of the container's interfaces (APP_BIND=0.0.0.0:8000, as the Dockerfile sets), or a published port
+# reaches nothing.
+bind = [os.environ.get("APP_BIND", "127.0.0.1:8000")]
 workers = 4
 graceful_timeout = 15

@@ -1,42 +1,54 @@
 """The deployment recipes of README's "Deploy" section, each run for real on this machine.
 
-Every recipe file in ``scripts/deploy/`` is read by the test, and the recipe's own command and
-environment are what runs, with only the host paths rewritten: the spool ``/var/spool/rudder-fast``
-becomes a temporary directory, ``/opt/app/venv/bin/`` the running virtualenv, the service user ``app``
-the current user. Everything listens on 127.0.0.1 only (the real ``rudder-fast devserver`` stands in for
-the data plane) and every process started here is stopped here (SIGTERM, then SIGKILL of its whole
-process group at a deadline). Waits are polls with deadlines, never fixed sleeps.
+Every recipe file in ``scripts/deploy/`` is read by the test, and README's commands are taken from its
+fenced code blocks (each after a ``<!-- recipe: NAME -->`` marker) and run as written, with only the
+host paths rewritten: the spool ``/var/spool/rudder-fast`` becomes a temporary directory,
+``/opt/app/venv/bin/`` the running virtualenv, the service user ``app`` the current user. Servers that
+must listen where a recipe says (gunicorn's ``127.0.0.1:8000``) run in a network namespace of their own;
+everything else listens on 127.0.0.1 only (the real ``rudder-fast devserver`` stands in for the data
+plane) and every process started here is stopped here (SIGTERM, then SIGKILL of its whole process
+group at a deadline). Waits are polls with deadlines, never fixed sleeps.
 
 What is and is not tried:
 
-* systemd: ``systemd-analyze verify`` on the unit (ExecStart pointed at the venv) when the tool exists;
-  then, without systemd (PID 1 here is not systemd), the unit's ExecStartPre and ExecStart commands run
-  with the unit's ``Environment=`` values plus an ``EnvironmentFile=`` in the documented format: the
-  sender delivers a pre-filled spool, and the unit's ``KillSignal`` makes it exit 0 within
-  ``TimeoutStopSec``. Not tried: ``User=``, the sandboxing directives, ``Restart=`` (they need systemd).
+* systemd: ``systemd-analyze verify`` on the sender's and the app's units (ExecStart pointed at the
+  venv) when the tool exists; ``systemd-tmpfiles --create --root=DIR`` on the tmpfiles.d entry (the
+  spool is created with the service user's uid and gid, mode 0700); the exit codes the real sender
+  gives for a bad configuration and for a spool that already has a sender are the unit's
+  ``RestartPreventExitStatus=`` (and supervisor's ``exitcodes``), a SIGKILL's is not. Then, without
+  systemd (PID 1 here is not systemd), the unit's ExecStartPre and ExecStart commands run with the
+  unit's ``Environment=`` values plus an ``EnvironmentFile=`` in the documented format: the sender
+  delivers a pre-filled spool, and the unit's ``KillSignal`` makes it exit 0 within ``TimeoutStopSec``.
+  Not tried here: ``User=``, the sandboxing directives, ``Restart=`` and the ordering of units (they
+  need systemd); ``tests/e2e/test_deploy_image.py`` runs the app unit as a non-root user after the
+  tmpfiles entry, and shows the first event dropped without it.
 * supervisor: a real ``supervisord -n`` with the recipe's ``[program:...]`` section (plus the
   ``[supervisord]``/``[supervisorctl]`` plumbing a host's main supervisord.conf has): delivers,
   ``autorestart`` restarts a SIGKILLed sender, which then delivers new events, and
   ``supervisorctl stop`` → the sender exits 0 (``stopped: ... (exit status 0)`` in supervisord's log).
+  With another sender holding the spool, the program exits 3, is retried ``startretries`` times and
+  left FATAL: no restart loop.
 * container sidecar: no Docker engine here. ``compose.yaml`` is checked structurally (with PyYAML), and
   the sidecar is emulated by the app and the sender as two separate process groups (sessions) with
   separate working and temporary directories and separate environments, sharing only the spool
-  directory, as two containers share a volume. Not tried: images, uids, the volume driver,
-  ``spool-init``, ``docker compose`` itself.
-* gunicorn: real gunicorn with a copy of ``gunicorn.conf.py`` (only the spool path rewritten, so its
-  ``raw_env`` is what tells the workers where the spool is), ``--preload``, the Flask app of
-  ``flask_app.py``, 200 requests over loopback HTTP; gunicorn stopped; ``--drain``: all delivered once.
-* Celery: a real prefork worker (``-c 2``) of ``celery_app.py`` with kombu's filesystem transport
-  (no broker server), 50 tasks, each emitting one event; worker stopped (SIGTERM); ``--drain``: all 50
-  delivered exactly once.
-* Flask: ``flask_app.py`` under Flask's test client, in its own process: one event per request,
-  a blank user id refused with 400; delivered.
+  directory, as two containers share a volume. The image, its user and its published port are tried
+  in ``tests/e2e/test_deploy_image.py``. Not tried: the volume driver, ``docker compose`` itself.
+* gunicorn: README's command block, run by bash exactly as written from a copy of the checkout's
+  ``scripts/deploy`` (only the spool path rewritten, so ``gunicorn.conf.py``'s ``raw_env`` is what
+  tells the workers where the spool is), in a network namespace where the default ``127.0.0.1:8000``
+  is free; 200 requests over HTTP from inside that namespace, and one with a blank user id, which
+  still gets 200 while the refusal is logged; gunicorn stopped (SIGTERM); ``--drain``: all delivered
+  once.
+* Celery: README's worker command, run by bash exactly as written (``cd scripts/deploy``, prefork,
+  ``-c 4``) with kombu's filesystem transport named by ``CELERY_CONFIG_MODULE`` (no broker server),
+  50 tasks, each emitting one event; worker stopped (SIGTERM); ``--drain``: all 50 delivered once.
+* Flask: ``flask_app.py`` under Flask's test client, in its own process: one event per request; a
+  blank user id is logged and the page is still 200; delivered.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import pwd
@@ -48,61 +60,49 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import psutil
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env, stop_process
+from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env
+from tests.e2e.deploykit import (
+    DELIVERY_TIMEOUT_S,
+    DEPLOY,
+    K8S,
+    RECIPE_BIN,
+    RECIPE_SPOOL,
+    RECIPE_USER,
+    ROOT,
+    STOP_TIMEOUT_S,
+    clean_env,
+    copy_of_checkout,
+    delivered_once,
+    deploy_section,
+    host_paths,
+    http_in_netns,
+    netns_argv,
+    process_group,
+    readme_recipe,
+    require_netns,
+    require_script,
+    wait_exit,
+    wait_listening,
+    wait_received,
+)
 from tests.support import BIN, inspect_spool, segment_files, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "scripts" / "deploy"
 UNIT = DEPLOY / "rudder-fast-sender.service"
+APP_UNIT = DEPLOY / "app.service"
+TMPFILES = DEPLOY / "rudder-fast-tmpfiles.conf"
 SUPERVISOR_CONF = DEPLOY / "supervisor.conf"
 COMPOSE = DEPLOY / "compose.yaml"
 GUNICORN_CONF = DEPLOY / "gunicorn.conf.py"
 
-# What the recipes say, and what the tests put in its place.
-RECIPE_SPOOL = "/var/spool/rudder-fast"
-RECIPE_BIN = "/opt/app/venv/bin/"
-RECIPE_USER = "app"
-
-DELIVERY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 20.0
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-# -- helpers ----------------------------------------------------------------------------------------------
-
-
-def host_paths(text: str, spool: Path) -> str:
-    """A recipe's text with the host paths of the recipe replaced by this test's."""
-    return text.replace(RECIPE_BIN, f"{BIN}/").replace(RECIPE_SPOOL, str(spool))
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any RUDDER_* variable (nothing leaks in by accident)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUDDER_")}
-    env.update(extra)
-    return env
-
-
-def delivered_once(devserver: DevServer, ids: Sequence[str]) -> list[dict[str, Any]]:
-    """Every one of ``ids`` arrived exactly once and nothing else arrived; the received events."""
-    received = devserver.received()
-    counts = collections.Counter(e["messageId"] for e in received)
-    missing = set(ids) - counts.keys()
-    assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}"
-    unexpected = counts.keys() - set(ids)
-    assert not unexpected, f"{len(unexpected)} unknown events, e.g. {sorted(unexpected)[:5]}"
-    duplicates = {mid: n for mid, n in counts.items() if n > 1}
-    assert not duplicates, f"{len(duplicates)} duplicated, e.g. {list(duplicates.items())[:5]}"
-    assert len(received) == len(set(ids)) == len(ids)
-    return received
+# rudder-fast-sender's exit codes (README: "Exit codes").
+EXIT_USAGE, EXIT_LOCKED = 2, 3
 
 
 def assert_spool_empty(spool: Path) -> None:
@@ -111,59 +111,8 @@ def assert_spool_empty(spool: Path) -> None:
     assert segment_files(spool) == [], segment_files(spool)
 
 
-def wait_received(devserver: DevServer, count: int, timeout: float = DELIVERY_TIMEOUT_S) -> None:
-    wait_for(lambda: len(devserver.received()) >= count, timeout=timeout, interval=0.05)
-
-
-@contextlib.contextmanager
-def process_group(
-    cmd: Sequence[str], *, env: dict[str, str], cwd: Path, log: Path, stdin: int | IO[Any] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``cmd`` as the leader of a new session (its own process group), output to ``log``.
-
-    On exit: SIGTERM to the leader, SIGKILL at the deadline, then SIGKILL to whatever is left of its
-    group (forked workers): nothing it started outlives the test.
-    """
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            list(cmd),
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL if stdin is None else stdin,
-            start_new_session=True,
-        )
-        try:
-            yield proc
-        finally:
-            stop_process(proc, STOP_TIMEOUT_S)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            if proc.stdin is not None:
-                proc.stdin.close()
-
-
-def wait_exit(proc: subprocess.Popen[Any], timeout: float, log: Path) -> int:
-    """The exit code within ``timeout``, else fail (the finalizer kills it)."""
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(
-            f"{proc.args!r} still running after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}"
-        ) from None
-
-
 def pythonpath(*dirs: Path) -> str:
     return os.pathsep.join(str(d) for d in dirs)
-
-
-def require_script(name: str, package: str) -> str:
-    """The path of an optional tool's console script in the venv, or skip the test saying why."""
-    path = BIN / name
-    if not path.exists():
-        pytest.skip(f"{name} is not installed in {BIN} (pip install {package}: the `test` extra)")
-    return str(path)
 
 
 # -- systemd ----------------------------------------------------------------------------------------------
@@ -217,10 +166,20 @@ def seconds(value: str) -> float:
     return float(match[1]) * (60 if match[2] == "min" else 1)
 
 
-def test_systemd_unit_says_what_readme_promises() -> None:
+def tmpfiles_entries() -> list[list[str]]:
+    return [ln.split() for ln in TMPFILES.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def restart_prevented(service: dict[str, list[str]]) -> set[int]:
+    return {int(code) for value in service.get("RestartPreventExitStatus", []) for code in value.split()}
+
+
+def test_systemd_units_say_what_readme_promises() -> None:
     unit = parse_unit(UNIT.read_text())
     service = unit["Service"]
-    assert service["Restart"] == ["always"]
+    # Restarted after a crash or a kill, never on the exits a restart cannot fix (no restart loop).
+    assert service["Restart"] == ["on-failure"]
+    assert {EXIT_USAGE, EXIT_LOCKED} <= restart_prevented(service)
     assert service["User"] == [RECIPE_USER] and service["Group"] == [RECIPE_USER]
     env = parse_assignments([w for v in service["Environment"] for w in shlex.split(v)])
     assert env == {"RUDDER_FAST_SPOOL_DIR": RECIPE_SPOOL}
@@ -231,57 +190,153 @@ def test_systemd_unit_says_what_readme_promises() -> None:
     assert seconds(service["TimeoutStopSec"][0]) >= 10  # the sender needs up to 5 s after SIGTERM
     assert "network-online.target" in unit["Unit"]["Wants"][0]
 
+    # The spool exists at boot, for the service user, private to it.
+    assert tmpfiles_entries() == [["d", RECIPE_SPOOL, "0700", RECIPE_USER, RECIPE_USER, "-"]]
 
-def readme_block(recipe: Path, lang: str) -> str:
-    """The first ```lang block of README's "Deploy" section after the recipe's file name."""
-    readme = (ROOT / "README.md").read_text()
-    deploy = readme.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
-    after = deploy.split(f"`scripts/deploy/{recipe.name}`", 1)[1]
-    return after.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+    # The app: same user and spool, started after the sender (whose ExecStartPre made the spool), and
+    # not stopped with it (Wants=, not Requires=: analytics never takes the app down).
+    app = parse_unit(APP_UNIT.read_text())
+    assert UNIT.name in app["Unit"]["Wants"][0].split() and UNIT.name in app["Unit"]["After"][0].split()
+    assert "Requires" not in app["Unit"] and "BindsTo" not in app["Unit"]
+    app_service = app["Service"]
+    assert app_service["User"] == service["User"] and app_service["Group"] == service["Group"]
+    assert app_service["Environment"] == service["Environment"]
+    gunicorn_command = readme_recipe("gunicorn-run").splitlines()[-1]
+    assert app_service["ExecStart"] == [f"{RECIPE_BIN}{gunicorn_command}"], "README's gunicorn command"
+    assert seconds(app_service["TimeoutStopSec"][0]) > 15, "longer than gunicorn's graceful_timeout"
 
 
 def code_lines(text: str, comment: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(comment)]
 
 
+def subset(shown: Any, full: Any, where: str) -> None:
+    """Every key shown is in ``full`` with the same value (``full`` may have more)."""
+    if isinstance(shown, dict):
+        assert isinstance(full, dict), where
+        for key, value in shown.items():
+            assert key in full, f"{where}.{key} is not in the file"
+            subset(value, full[key], f"{where}.{key}")
+    else:
+        assert shown == full, f"{where}: README {shown!r} != file {full!r}"
+
+
 def test_readme_deploy_snippets_are_the_files() -> None:
-    # systemd, supervisor: the same directives with the same values (comments aside).
-    assert parse_unit(readme_block(UNIT, "ini")) == parse_unit(UNIT.read_text())
-    assert code_lines(readme_block(SUPERVISOR_CONF, "ini"), ";") == code_lines(
-        SUPERVISOR_CONF.read_text(), ";"
-    )
+    # systemd, supervisor, tmpfiles.d: the same directives with the same values (comments aside).
+    assert parse_unit(readme_recipe("systemd-sender-unit")) == parse_unit(UNIT.read_text())
+    subset(parse_unit(readme_recipe("systemd-app-unit")), parse_unit(APP_UNIT.read_text()), "app.service")
+    assert code_lines(readme_recipe("supervisor"), ";") == code_lines(SUPERVISOR_CONF.read_text(), ";")
+    assert code_lines(readme_recipe("tmpfiles"), "#") == code_lines(TMPFILES.read_text(), "#")
     # gunicorn, Flask, Celery: the snippet appears verbatim in the file.
-    for recipe in (GUNICORN_CONF, DEPLOY / "flask_app.py", DEPLOY / "celery_app.py"):
-        assert readme_block(recipe, "python") in recipe.read_text(), recipe.name
+    for name, recipe in (
+        ("gunicorn-conf", GUNICORN_CONF),
+        ("flask", DEPLOY / "flask_app.py"),
+        ("celery", DEPLOY / "celery_app.py"),
+    ):
+        assert readme_recipe(name) in recipe.read_text(), recipe.name
     # compose: every key shown is in the file with the same value (the file has more).
     yaml = pytest.importorskip("yaml", reason="PyYAML is not installed: compose.yaml not parsed")
+    subset(yaml.safe_load(readme_recipe("compose")), yaml.safe_load(COMPOSE.read_text()), "compose")
 
-    def subset(shown: Any, full: Any, where: str) -> None:
-        if isinstance(shown, dict):
-            assert isinstance(full, dict), where
-            for key, value in shown.items():
-                assert key in full, f"{where}.{key} is not in compose.yaml"
-                subset(value, full[key], f"{where}.{key}")
-        else:
-            assert shown == full, f"{where}: README {shown!r} != compose.yaml {full!r}"
 
-    subset(yaml.safe_load(readme_block(COMPOSE, "yaml")), yaml.safe_load(COMPOSE.read_text()), "compose")
+def test_readme_deploy_commands_name_files_that_exist() -> None:
+    """Every ``scripts/deploy/...`` path in README's Deploy section, commands included, is a real file."""
+    named = set(re.findall(r"scripts/deploy/[\w./-]+", deploy_section()))
+    assert named, "the Deploy section names its files"
+    missing = [p for p in named if not (ROOT / p.rstrip(".")).is_file() and not (ROOT / p).is_dir()]
+    assert not missing, missing
+    # And every recipe file is shown or named there.
+    shown = {Path(path.rstrip(".")).name for path in named}
+    for path in [*DEPLOY.iterdir(), *K8S.iterdir()]:
+        if path.is_file() and path.suffix not in (".pyc",) and path.name != "Dockerfile.dockerignore":
+            assert path.name in shown or f"`{path.name}`" in deploy_section(), f"{path.name} is not in README"
+    install = readme_recipe("systemd-install")
+    assert f"cp scripts/deploy/{TMPFILES.name} /etc/tmpfiles.d/" in install
+    assert f"cp scripts/deploy/{UNIT.name} scripts/deploy/{APP_UNIT.name} /etc/systemd/system/" in install
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
-    unit = tmp_path / UNIT.name
-    # Only ExecStart's path is changed (verify checks that it exists and is executable).
-    unit.write_text(UNIT.read_text().replace(RECIPE_BIN, f"{BIN}/"))
+    units = []
+    for source in (UNIT, APP_UNIT):
+        unit = tmp_path / source.name
+        # Only the ExecStart paths change (verify checks that they exist and are executable).
+        unit.write_text(source.read_text().replace(RECIPE_BIN, f"{BIN}/"))
+        units.append(str(unit))
     proc = subprocess.run(
-        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        [tool, "verify", *units], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     # verify exits 0 even on an unknown directive or a bad value: it only warns, naming the file.
-    assert UNIT.name not in output, output
+    assert UNIT.name not in output and APP_UNIT.name not in output, output
+
+
+def test_tmpfiles_entry_creates_the_spool_for_the_service_user(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-tmpfiles")
+    if tool is None:
+        pytest.skip("systemd-tmpfiles is not installed (apt-get install systemd)")
+    if os.geteuid() != 0:
+        pytest.skip("creating a directory for another user needs root")
+    # --root: the entry applied to a directory tree of its own, whose /etc/passwd names the user.
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    uid, gid = 4242, 4343
+    (root / "etc" / "passwd").write_text(
+        f"root:x:0:0::/root:/bin/sh\n{RECIPE_USER}:x:{uid}:{gid}::/:/bin/sh\n"
+    )
+    (root / "etc" / "group").write_text(f"root:x:0:\n{RECIPE_USER}:x:{gid}:\n")
+    proc = subprocess.run(
+        [tool, "--create", f"--root={root}", str(TMPFILES)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    spool = root / RECIPE_SPOOL.lstrip("/")
+    st = spool.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (uid, gid, 0o700)
+
+
+def test_exit_codes_a_restart_cannot_fix_are_not_restarted(
+    tmp_path: Path, spool_dir: Path, devserver: DevServer, senders: Senders
+) -> None:
+    """The real sender's exit codes for a bad configuration and a held spool stop the restarts."""
+    prevented = restart_prevented(parse_unit(UNIT.read_text())["Service"])
+    program = SUPERVISOR_CONF.read_text()
+    (exitcodes,) = re.findall(r"(?m)^exitcodes=(.*)$", program)
+    expected = {int(code) for code in exitcodes.split(",")}
+    assert re.search(r"(?m)^autorestart=unexpected$", program), "exitcodes decide the restarts"
+
+    no_key = senders.run([], env=sender_env(spool_dir, devserver.url, write_key=None), timeout=30)
+    assert "write key" in no_key.stderr and no_key.returncode in prevented & expected, no_key
+
+    holder = senders.start([], env=sender_env(spool_dir, devserver.url))
+    wait_for(lambda: sender_running(spool_dir), timeout=30, interval=0.1)
+    second = senders.run([], env=sender_env(spool_dir, devserver.url), timeout=30)
+    assert "already running" in second.stderr and second.returncode in prevented & expected, second
+
+    # A crash or a kill is restarted: its status is none of those.
+    holder.proc.send_signal(signal.SIGKILL)
+    assert holder.wait(10) == -signal.SIGKILL
+    assert 0 in expected, "a sender asked to stop (exit 0) is not restarted by supervisor"
+
+
+def sender_running(spool: Path) -> bool:
+    """A sender holds the spool (its lock is taken: a second sender would exit 3)."""
+    proc = subprocess.run(
+        [str(BIN / "rudder-fast"), "status", "--json", "--spool-dir", str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        return False
+    return bool(json.loads(proc.stdout).get("sender", {}).get("pid"))
 
 
 def test_systemd_exec_start_delivers_and_kill_signal_exits_0(
@@ -354,11 +409,21 @@ def supervisor_conf(tmp_path: Path, spool: Path) -> Path:
     return conf
 
 
+def supervisorctl(conf: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_script("supervisorctl", "supervisor"), "-c", str(conf), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STOP_TIMEOUT_S + 15,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_supervisor_program_delivers_restarts_and_stops_with_exit_0(
     tmp_path: Path, spool_dir: Path, devserver: DevServer
 ) -> None:
     supervisord = require_script("supervisord", "supervisor")
-    supervisorctl = require_script("supervisorctl", "supervisor")
     conf = supervisor_conf(tmp_path, spool_dir)
     first = fill_spool(spool_dir, 2, 500)
     # supervisord expands %(ENV_RUDDER_WRITE_KEY)s and %(ENV_RUDDER_DATA_PLANE_URL)s from its own
@@ -366,18 +431,8 @@ def test_supervisor_program_delivers_restarts_and_stops_with_exit_0(
     env = clean_env(RUDDER_WRITE_KEY="supervisor-key", RUDDER_DATA_PLANE_URL=devserver.url)
     log = tmp_path / "supervisord.log"
 
-    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [supervisorctl, "-c", str(conf), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=STOP_TIMEOUT_S + 15,
-            stdin=subprocess.DEVNULL,
-        )
-
     def running_pid() -> int:
-        status = ctl("status", "rudder-fast-sender").stdout
+        status = supervisorctl(conf, env, "status", "rudder-fast-sender").stdout
         match = re.search(r"RUNNING\s+pid (\d+)", status)
         return int(match[1]) if match else 0
 
@@ -388,18 +443,18 @@ def test_supervisor_program_delivers_restarts_and_stops_with_exit_0(
         # Everything acknowledged and the ledger committed: a SIGKILL now cannot cause a resend.
         wait_for(lambda: not inspect_spool(spool_dir)[0], timeout=DELIVERY_TIMEOUT_S, interval=0.2)
 
-        # autorestart=true: a killed sender comes back (after startsecs), and delivers what is new.
+        # autorestart: a killed sender comes back (after startsecs), and delivers what is new.
         os.kill(pid, signal.SIGKILL)
         new_pid = wait_for(lambda: (p := running_pid()) != pid and p, timeout=30, interval=0.1)
         second = fill_spool(spool_dir, 1, 300)
         wait_received(devserver, len(first.ids) + len(second.ids))
 
-        stop = ctl("stop", "rudder-fast-sender")
+        stop = supervisorctl(conf, env, "stop", "rudder-fast-sender")
         assert stop.returncode == 0 and "rudder-fast-sender: stopped" in stop.stdout, stop
         wait_for(lambda: "stopped: rudder-fast-sender (exit status 0)" in log.read_text(), timeout=10)
         with pytest.raises(ProcessLookupError):
             os.kill(new_pid, 0)  # gone and reaped by supervisord
-        assert "rudder-fast-sender" in ctl("status").stdout
+        assert "rudder-fast-sender" in supervisorctl(conf, env, "status").stdout
 
         proc.send_signal(signal.SIGTERM)
         assert wait_exit(proc, STOP_TIMEOUT_S, log) == 0
@@ -407,6 +462,38 @@ def test_supervisor_program_delivers_restarts_and_stops_with_exit_0(
     assert "exited: rudder-fast-sender (terminated by SIGKILL" in text, text
     delivered_once(devserver, first.ids + second.ids)
     assert_spool_empty(spool_dir)
+
+
+def test_supervisor_gives_up_on_a_spool_that_already_has_a_sender(
+    tmp_path: Path, spool_dir: Path, devserver: DevServer, senders: Senders
+) -> None:
+    """Exit 3 is not a reason to restart forever, whenever it comes.
+
+    Within ``startsecs`` it counts as a failed start: retried ``startretries`` times (3), then FATAL;
+    after it (a slow start on a busy machine), 3 is one of ``exitcodes``: EXITED, not restarted.
+    """
+    supervisord = require_script("supervisord", "supervisor")
+    holder = senders.start([], env=sender_env(spool_dir, devserver.url))
+    wait_for(lambda: sender_running(spool_dir), timeout=30, interval=0.1)
+    conf = supervisor_conf(tmp_path, spool_dir)
+    env = clean_env(RUDDER_WRITE_KEY="supervisor-key", RUDDER_DATA_PLANE_URL=devserver.url)
+    log = tmp_path / "supervisord.log"
+
+    def settled() -> str | None:
+        status = supervisorctl(conf, env, "status", "rudder-fast-sender").stdout
+        match = re.search(r"rudder-fast-sender\s+(FATAL|EXITED)", status)
+        return match[1] if match else None
+
+    cmd = [supervisord, "-n", "-c", str(conf)]
+    with process_group(cmd, env=env, cwd=tmp_path, log=log.with_suffix(".out")):
+        state = wait_for(settled, timeout=60, interval=0.2)
+        text = log.read_text()
+    exits = re.findall(r"exited: rudder-fast-sender \(exit status (\d+)", text)
+    assert exits and set(exits) == {str(EXIT_LOCKED)}, text
+    assert len(exits) <= 4, f"{len(exits)} starts: startretries (3) + 1 at most"  # supervisor's default
+    if state == "EXITED":
+        assert "exit status 3; expected" in text, text
+    assert holder.proc.poll() is None, "the sender that holds the spool is untouched"
 
 
 # -- container sidecar -----------------------------------------------------------------------------------
@@ -418,6 +505,11 @@ def test_compose_file_shares_the_spool_volume_and_uid() -> None:
     services = doc["services"]
     app, sender = services["app"], services["rudder-fast-sender"]
     assert app["image"] == sender["image"], "the sender is the app's own rudder-fast version"
+    for service in services.values():
+        # Built from the Dockerfile beside compose.yaml, with the checkout as the context.
+        build = service["build"]
+        assert (COMPOSE.parent / build["context"]).resolve() == ROOT
+        assert (ROOT / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
 
     def spool_mounts(service: dict[str, Any]) -> list[str]:
         return [m for m in service["volumes"] if m.split(":")[1] == RECIPE_SPOOL]
@@ -428,13 +520,17 @@ def test_compose_file_shares_the_spool_volume_and_uid() -> None:
     assert volume in doc["volumes"] and not volume.startswith(("/", ".")), "a named volume, not a bind"
     assert app["user"] == sender["user"] and app["user"].split(":")[0] not in ("0", "root")
     assert app["environment"]["RUDDER_FAST_SPOOL_DIR"] == RECIPE_SPOOL
+    # The published port reaches only an app listening on the container's own interfaces.
+    (published,) = app["ports"]
+    container_port = published.split(":")[-1]
+    assert app["environment"]["APP_BIND"] == f"0.0.0.0:{container_port}"
     env = sender["environment"]
     assert env["RUDDER_FAST_SPOOL_DIR"] == RECIPE_SPOOL
     assert env["RUDDER_WRITE_KEY"].startswith("${RUDDER_WRITE_KEY"), "the key comes from outside"
     assert env["RUDDER_DATA_PLANE_URL"].startswith("${RUDDER_DATA_PLANE_URL")
     assert sender["command"][0] == "rudder-fast-sender"
     assert sender["stop_signal"] == "SIGTERM" and seconds(sender["stop_grace_period"]) >= 10
-    # A fresh named volume belongs to root: a one-shot service hands it to the app's uid first.
+    # A volume made earlier may belong to root: a one-shot service hands it to the app's uid first.
     init = services["spool-init"]
     assert spool_mounts(init) == [app_mount]
     assert f"chown {app['user']} {RECIPE_SPOOL}" in init["command"][-1]
@@ -503,48 +599,44 @@ def test_sidecar_emulated_as_two_process_groups_sharing_only_the_spool(
 # -- gunicorn + Flask -------------------------------------------------------------------------------------
 
 
-def get_json(url: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with _OPENER.open(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def test_gunicorn_conf_preload_flask_app_delivers_every_request(
+def test_readme_gunicorn_command_as_written_delivers_every_request(
     tmp_path: Path, spool_dir: Path, devserver: DevServer, senders: Senders
 ) -> None:
-    gunicorn = require_script("gunicorn", "gunicorn")
+    require_script("gunicorn", "gunicorn")
+    require_netns()
     pytest.importorskip("flask", reason="Flask is not installed (the `test` extra)")
-    conf_text = GUNICORN_CONF.read_text()
-    assert f'raw_env = ["RUDDER_FAST_SPOOL_DIR={RECIPE_SPOOL}"]' in conf_text
-    conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text(host_paths(conf_text, spool_dir))  # the spool path is the only change
+    command = readme_recipe("gunicorn-run")
+    assert command.startswith("cd scripts/deploy\n"), command
+    assert f'raw_env = ["RUDDER_FAST_SPOOL_DIR={RECIPE_SPOOL}"]' in GUNICORN_CONF.read_text()
+    checkout = copy_of_checkout(tmp_path / "checkout", spool_dir)  # the spool path is the only change
     log = tmp_path / "gunicorn.log"
-    cmd = [
-        gunicorn,
-        "-c",
-        str(conf),
-        "--preload",
-        "--bind",
-        "127.0.0.1:0",
-        "--chdir",
-        str(DEPLOY),
-        "flask_app:app",
-    ]
+    # No RUDDER_FAST_SPOOL_DIR and no APP_BIND: raw_env and the default bind are what count. The venv's
+    # bin first on PATH, as in an activated virtualenv.
+    env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("APP_BIND", None)
     requests = 200
-    ids = []
-    # No RUDDER_FAST_SPOOL_DIR in gunicorn's environment: raw_env is what the workers see.
-    with process_group(cmd, env=clean_env(), cwd=tmp_path, log=log) as proc:
-        pattern = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
-        port = int(wait_for(lambda: pattern.search(log.read_text()), timeout=30)[1])
-        for i in range(requests):
-            status, body = get_json(f"http://127.0.0.1:{port}/items/{i}", {"X-User-Id": f"user-{i}"})
+    with process_group(netns_argv(["bash", "-euc", command]), env=env, cwd=checkout, log=log) as proc:
+        host, port, master = wait_listening(log)
+        assert (host, port) == ("127.0.0.1", 8000), "gunicorn.conf.py's default bind"
+        base = f"http://{host}:{port}/items"
+        answers = http_in_netns(
+            proc.pid,
+            [(f"{base}/{i}", {"X-User-Id": f"user-{i}"}) for i in range(requests)]
+            # No user id and an empty anonymous id: the call is refused (HTTP strips a blank value's
+            # spaces, so the empty header is what reaches the app).
+            + [(f"{base}/blank", {"X-Anonymous-Id": ""})],
+        )
+        *ok, blank = answers
+        ids = []
+        for i, (status, body) in enumerate(ok):
             assert status == 200, body
             assert body["item_id"] == str(i) and body["messageId"], body
             ids.append(body["messageId"])
-        proc.send_signal(signal.SIGTERM)
+        # Analytics never fails the page: the refused event is logged, the visitor gets a 200.
+        assert blank == (200, {"item_id": "blank", "messageId": None}), blank
+        wait_for(lambda: "analytics event not recorded: " in log.read_text(), timeout=10)
+        os.kill(master, signal.SIGTERM)
+        wait_for(lambda: "Shutting down: Master" in log.read_text(), timeout=STOP_TIMEOUT_S)
         assert wait_exit(proc, STOP_TIMEOUT_S, log) == 0, log.read_text()
     writers = {seg.name.split("-")[1] for seg in segment_files(spool_dir)}  # <nonce>-<pid>-<n>.seg
     assert writers, "the workers wrote to the spool named by raw_env"
@@ -569,8 +661,8 @@ for i in range(20):
     resp = client.get(f"/items/sku-{i}", headers={"X-User-Id": f"user-{i}"} if i % 4 else {})
     assert resp.status_code == 200, resp.get_data()
     ids.append(resp.get_json()["messageId"])
-refused = client.get("/items/x", headers={"X-User-Id": "   "})
-print(json.dumps({"ids": ids, "refused": [refused.status_code, refused.get_json()]}))
+blank = client.get("/items/x", headers={"X-User-Id": "   "})
+print(json.dumps({"ids": ids, "blank": [blank.status_code, blank.get_json()]}))
 """
 
 
@@ -591,8 +683,9 @@ def test_flask_app_under_test_client_emits_per_request(
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.splitlines()[-1])
-    status, body = report["refused"]
-    assert status == 400 and body["field"] == "user_id", report["refused"]
+    # A blank user id: nothing recorded, the refusal logged with the field, the page still served.
+    assert report["blank"] == [200, {"item_id": "x", "messageId": None}], report["blank"]
+    assert "analytics event not recorded: user_id" in proc.stderr, proc.stderr
 
     result = senders.run(["--drain"], env=sender_env(spool_dir, devserver.url), timeout=60)
     assert result.returncode == 0, result.stderr
@@ -624,29 +717,34 @@ for i in range(N):
 """
 
 
-def test_celery_prefork_worker_tasks_deliver_exactly_once(
+def test_readme_celery_command_as_written_delivers_exactly_once(
     tmp_path: Path, spool_dir: Path, devserver: DevServer, senders: Senders
 ) -> None:
-    celery = require_script("celery", "celery")
+    require_script("celery", "celery")
+    command = readme_recipe("celery-run")
+    assert command.startswith("cd scripts/deploy\n"), command
     tasks = 50
     folder = tmp_path / "broker"
     folder.mkdir()
     settings_dir = tmp_path / "settings"
     settings_dir.mkdir()
     (settings_dir / "celeryconfig_e2e.py").write_text(CELERY_SETTINGS.format(folder=str(folder)))
+    checkout = copy_of_checkout(tmp_path / "checkout", spool_dir)
+    # The broker settings come from CELERY_CONFIG_MODULE, as celery_app.py documents; the command line
+    # (README's, with the spool path rewritten) is run by bash as written.
     env = clean_env(
-        RUDDER_FAST_SPOOL_DIR=str(spool_dir),
-        PYTHONPATH=pythonpath(DEPLOY, settings_dir),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH=pythonpath(settings_dir),
         CELERY_CONFIG_MODULE="celeryconfig_e2e",
     )
     env.pop("CELERY_BROKER_URL", None)
-    cmd = [celery, "-A", "celery_app", "worker", "--pool", "prefork", "-c", "2", "--loglevel", "INFO"]
-    cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     log = tmp_path / "celery-worker.log"
-    with process_group(cmd, env=env, cwd=tmp_path, log=log) as worker:
+    with process_group(
+        ["bash", "-euc", host_paths(command, spool_dir)], env=env, cwd=checkout, log=log
+    ) as shell:
         enqueue = subprocess.run(
             [sys.executable, "-c", ENQUEUE_SCRIPT.replace("range(N)", f"range({tasks})")],
-            env=env,
+            env={**env, "PYTHONPATH": pythonpath(settings_dir, checkout / "scripts" / "deploy")},
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -655,12 +753,15 @@ def test_celery_prefork_worker_tasks_deliver_exactly_once(
         )
         assert enqueue.returncode == 0, enqueue.stderr
         wait_for(lambda: len(inspect_spool(spool_dir)[0]) >= tasks, timeout=60, interval=0.25)
-        worker.send_signal(signal.SIGTERM)  # warm shutdown; the finalizer SIGKILLs the group at a deadline
-        assert wait_exit(worker, STOP_TIMEOUT_S, log) == 0, log.read_text()[-3000:]
+        # SIGTERM (a warm shutdown) to celery's main process: bash itself, if it exec'd the last
+        # command, else its child; bash then exits with the worker's status.
+        leader = psutil.Process(shell.pid)
+        is_celery = lambda p: "celery" in " ".join(p.cmdline()[:2])  # noqa: E731
+        (worker,) = [leader] if is_celery(leader) else [p for p in leader.children() if is_celery(p)]
+        worker.send_signal(signal.SIGTERM)
+        assert wait_exit(shell, STOP_TIMEOUT_S, log) == 0, log.read_text()[-3000:]
     pending, _ = inspect_spool(spool_dir)
-    worker_log = log.read_text()
-    assert worker_log.count("succeeded in") == tasks, worker_log[-3000:]
-    assert "ForkPoolWorker-" in worker_log
+    assert len(pending) == tasks
 
     result = senders.run(["--drain"], env=sender_env(spool_dir, devserver.url), timeout=60)
     assert result.returncode == 0, result.stderr
@@ -669,5 +770,5 @@ def test_celery_prefork_worker_tasks_deliver_exactly_once(
     assert orders == collections.Counter(f"order-{i}" for i in range(tasks))
     assert all(e["event"] == "Order Completed" for e in received)
     producers = {e["messageId"].rsplit("-", 1)[0] for e in received}
-    assert 1 <= len(producers) <= 2, producers  # the prefork children wrote, one segment family each
+    assert 1 <= len(producers) <= 4, producers  # the prefork children wrote, one segment family each
     assert_spool_empty(spool_dir)

@@ -1,0 +1,143 @@
+"""The sdist and the wheel, as the package index would get them.
+
+``python -m build`` builds both from a copy of this checkout without its local byproducts (the sdist,
+then the wheel from the unpacked sdist, each in an isolated environment whose build requirements pip
+installs from the configured index), and
+``twine check --strict`` checks them as an upload would. Then what is inside: the wheel has the whole
+package with ``py.typed`` and the licence, and nothing else (no tests, benchmarks or deployment files);
+the metadata's version is ``rudder_fast.__version__`` (the one place it is written: pyproject.toml
+declares it dynamic); the classifiers, licence expression and project URLs are there; the long
+description is README.md, and rendered as the index renders it (``readme_renderer``, twine's own), it
+has no relative link or image, which would break there: the README names repository files in code
+font instead, and the benchmark charts live in ``bench/results/report.md``.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+from rudder_fast import __version__
+from tests.e2e.deploykit import README, ROOT
+from tests.support import BIN
+
+PACKAGE = ROOT / "rudder_fast"
+LOCAL_BYPRODUCTS = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
+REQUIRED_CLASSIFIERS = {
+    "Operating System :: POSIX :: Linux",
+    "Programming Language :: Python :: 3.10",
+    "Programming Language :: Python :: 3.11",
+    "Programming Language :: Python :: 3.12",
+    "Programming Language :: Python :: 3.13",
+    "Typing :: Typed",
+}
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("build", reason="build is not installed (the `test` extra)")
+    out = tmp_path_factory.mktemp("dist")
+    # A copy of the checkout without local byproducts: the build leaves its own (egg-info) in the
+    # source directory, and must not depend on any of this machine's.
+    src = tmp_path_factory.mktemp("src") / "rudder-fast"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*LOCAL_BYPRODUCTS))
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def only(directory: Path, pattern: str) -> Path:
+    (path,) = directory.glob(pattern)
+    return path
+
+
+def wheel_metadata(wheel: Path) -> tuple[list[str], Message]:
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        return names, email.message_from_string(zf.read(meta).decode("utf-8"))
+
+
+def test_twine_check_strict_passes(dist: Path) -> None:
+    twine = BIN / "twine"
+    if not twine.exists():
+        pytest.skip("twine is not installed (the `test` extra)")
+    files = [str(only(dist, "*.whl")), str(only(dist, "*.tar.gz"))]
+    proc = subprocess.run(
+        [str(twine), "check", "--strict", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("PASSED") == 2, proc.stdout
+
+
+def test_wheel_has_the_package_typed_and_licensed_and_nothing_else(dist: Path) -> None:
+    wheel = only(dist, "*.whl")
+    assert wheel.name == f"rudder_fast-{__version__}-py3-none-any.whl"
+    names, _ = wheel_metadata(wheel)
+    modules = {f"rudder_fast/{p.name}" for p in PACKAGE.glob("*.py")}
+    package = {n for n in names if not n.startswith(f"rudder_fast-{__version__}.dist-info/")}
+    assert package == modules | {"rudder_fast/py.typed"}
+    assert f"rudder_fast-{__version__}.dist-info/licenses/LICENSE" in names
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "scripts/")) or "__pycache__" in n]
+    with zipfile.ZipFile(wheel) as zf:
+        entry_points = zf.read(f"rudder_fast-{__version__}.dist-info/entry_points.txt").decode()
+    assert "rudder-fast-sender = rudder_fast.sender:main" in entry_points
+    assert "rudder-fast = rudder_fast.cli:main" in entry_points
+
+
+def test_sdist_builds_from_what_it_contains(dist: Path) -> None:
+    """The wheel was built from the unpacked sdist (build's default): here, what the sdist holds."""
+    sdist = only(dist, "*.tar.gz")
+    prefix = f"rudder_fast-{__version__}/"
+    with tarfile.open(sdist) as tf:
+        names = {m.name.removeprefix(prefix) for m in tf.getmembers()}
+    assert {"LICENSE", "README.md", "pyproject.toml", "PKG-INFO", "rudder_fast/py.typed"} <= names
+    assert {f"rudder_fast/{p.name}" for p in PACKAGE.glob("*.py")} <= names
+
+
+def test_metadata_version_is_written_once_and_the_index_facts_are_there(dist: Path) -> None:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"], "one place: __version__"
+    _, meta = wheel_metadata(only(dist, "*.whl"))
+    assert meta["Version"] == __version__
+    assert meta["License-Expression"] == "MIT" and meta["License-File"] == "LICENSE"
+    assert "MIT License" in (ROOT / "LICENSE").read_text().splitlines()[0]
+    assert "The rudder_fast authors" in (ROOT / "LICENSE").read_text()
+    assert set(meta.get_all("Classifier") or []) >= REQUIRED_CLASSIFIERS
+    assert meta["Requires-Python"] == ">=3.10"
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
+    assert urls and all(url.startswith("https://") for url in urls.values()), urls
+    assert meta["Description-Content-Type"] == "text/markdown"
+    assert meta.get_payload().strip() == README.read_text().strip()
+
+
+def test_long_description_renders_without_relative_links_or_images(dist: Path) -> None:
+    renderer = pytest.importorskip("readme_renderer.markdown", reason="readme_renderer comes with twine")
+    _, meta = wheel_metadata(only(dist, "*.whl"))
+    html = renderer.render(meta.get_payload())
+    assert html, "the long description renders"
+    targets = re.findall(r'(?:href|src)="([^"]*)"', html)
+    # Same-page anchors (the renderer's own, on headings) work there; any other relative target does not.
+    relative = [t for t in targets if not t.startswith(("https://", "http://", "mailto:", "#"))]
+    assert not relative, f"links or images that break on the package index: {relative}"
+    assert "<img" not in html, "no images: the charts are in bench/results/report.md"
