@@ -670,7 +670,10 @@ def _log_call(kind: str, mid: str | None, dry_run: bool) -> None:
 
 
 class _DryRun:
-    """``send=False``: every check the emitter makes, raising as it does, and nothing written."""
+    """``send=False``: the emitter's checks of every argument, raising as it does, and nothing written.
+
+    (Not the size of the whole event, which the emitter measures as it writes.)
+    """
 
     def track(self, **kw: Any) -> str | None:
         fields = [

@@ -24,6 +24,7 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -110,6 +111,8 @@ def test_the_sdk_names_import() -> None:
     assert issubclass(InvalidEventAssertionError, AssertionError)
     assert issubclass(InvalidEventAssertionError, ValueError)
     assert compat.InvalidEventAssertionError is InvalidEventAssertionError
+    copy = pickle.loads(pickle.dumps(InvalidEventAssertionError("properties.x", "why")))
+    assert type(copy) is InvalidEventAssertionError and copy.field == "properties.x"
 
 
 def test_client_has_the_sdk_constructor() -> None:
