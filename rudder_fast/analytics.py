@@ -1,59 +1,48 @@
-"""A drop-in for ``rudderstack.analytics`` (rudder-sdk-python 2.1.9): migrating is the import line.
+"""A drop-in for ``rudderstack.analytics`` (rudder-sdk-python 2.x): migrating is the import line.
 
 ::
 
     import rudder_fast.analytics as rudder_analytics  # was: import rudderstack.analytics as ...
+    from rudder_fast.analytics import Client          # was: from rudderstack.analytics.client import Client
 
     rudder_analytics.track("123456", "Item Viewed", {"revenue": 19.95})
 
 How this works
 --------------
-``track``, ``identify``, ``page``, ``screen``, ``group`` and ``alias`` take rudder-sdk-python's
-parameters, in its order and with its defaults (its module functions forward ``*args, **kwargs`` to
-``Client``; these are ``Client``'s parameters), and return None, as its module functions do. Each hands
-the event to the default emitter :data:`rudder_fast.emit`, which validates it and appends it to the
-on-disk spool before the call returns; the ``rudder-fast-sender`` daemon delivers the spool. There is no
-queue, no thread and no network in this process, so ``flush()``, ``join()`` and ``shutdown()`` have
-nothing to wait for. Importing this module creates no file and starts no thread: the spool
-(``$RUDDER_FAST_SPOOL_DIR``) is opened by the first call.
+:class:`Client` has rudder-sdk-python's constructor (same parameters, same defaults) and methods, and the
+module-level ``track``, ``identify``, ``page``, ``screen``, ``group``, ``alias``, ``flush``, ``join`` and
+``shutdown`` forward to :data:`default_client`, created on first use from the module's settings, as
+there. A call applies rudder-sdk-python's conversions (numeric ids become strings, a naive timestamp is
+read as it reads one, missing properties and traits become ``{}``) and hands the event to the default
+emitter :data:`rudder_fast.emit`, which validates it and appends it to the on-disk spool before the call
+returns; the ``rudder-fast-sender`` daemon delivers the spool. There is no queue, no thread and no
+network in this process: ``flush()``, ``join()`` and ``shutdown()`` have nothing to wait for. Importing
+this module creates no file and starts no thread.
+
+Only when the emitter refuses a call does the slow path run (:mod:`rudder_fast.analytics_clean`): the
+values rudder-sdk-python would have deleted from the event (a ``timedelta``, an arbitrary object:
+whatever its ``clean`` cannot encode) are deleted the same way, counted (:func:`stats`) and logged at
+most once a minute, naming the field, and the call is made again; dict keys that are ints, floats, bools
+or None become the text ``json.dumps`` gives them. Anything else the emitter refuses raises
+:class:`InvalidEventAssertionError`, which is both :class:`rudder_fast.InvalidEventError` (with
+``.field``) and the ``AssertionError`` rudder-sdk-python raises for bad input.
 
 Settings
 --------
-rudder-sdk-python's module-level settings are accepted as plain assignments
-(``rudder_analytics.write_key = "..."``):
+As there, the module's settings are read when :data:`default_client` is made. ``debug`` (the
+``rudder_fast`` logger at DEBUG, a line per call) and ``send`` (False: every check, nothing written) are
+honoured. The delivery settings (``write_key``, ``dataPlaneUrl``/``host``, ``gzip``, ``timeout``,
+``max_retries``, ``sync_mode``, ``max_queue_size``, ``upload_interval``, ``upload_size``, ``on_error``;
+``proxies`` and ``thread`` for a Client) belong to the sender. A client given any of them logs one
+message (:mod:`rudder_fast.analytics_settings`; never a key's value) saying, for each, what does its job
+instead: ``write_key`` and ``dataPlaneUrl`` are compared with what the spool's running sender reports in
+``<spool>/status`` (a digest of its key, its URL), or the message says that no sender runs; ``on_error``
+is never called (nothing is delivered from this process: a failed delivery keeps the events in the
+spool and shows in ``rudder-fast status``); ``sync_mode`` is not needed (each call already returns once
+its event is durable; ``rudder-fast-sender --drain`` waits for delivery).
 
-- ``debug``: honoured. True sets the ``rudder_fast`` logger to DEBUG and logs each call's messageId.
-- ``send``: honoured. False validates each call (raising for bad input) and writes nothing.
-- ``write_key``, ``dataPlaneUrl``, ``host`` (and the older docs' ``data_plane_url``), ``gzip``,
-  ``max_retries``, ``timeout``, ``sync_mode``, ``max_queue_size``, ``upload_interval``, ``upload_size``
-  and ``on_error`` belong to delivery, which the sender daemon does: they have no effect here. The
-  first event sent after any of them was given a non-default value logs one warning (logger
-  ``rudder_fast``, naming the settings, never their values) saying so. The sender takes the write key
-  and data plane URL from its own options or environment (``RUDDER_WRITE_KEY``,
-  ``RUDDER_DATA_PLANE_URL``). ``on_error`` is never called: no upload happens in this process (the
-  sender's errors are in ``rudder-fast status``).
-
-Differences from rudder-sdk-python
-----------------------------------
-- Bad input raises :class:`rudder_fast.InvalidEventError`, a ``ValueError`` naming the field, where
-  rudder-sdk-python raises ``AssertionError`` (its ``require``): code that catches ``AssertionError``
-  around a call must catch ``InvalidEventError`` (or ``ValueError``) instead. It is raised for more
-  input too: a blank id (which rudder-sdk-python sends, and the data plane rejects the whole batch
-  for), a ``bool`` id, a value of a type that cannot be encoded (``timedelta``, an arbitrary object:
-  rudder-sdk-python deletes it from the event with a log line). Values it also deletes but that have
-  an obvious encoding (``UUID``) are kept, normalised as for every rudder_fast call.
-- Ids are str or numbers, as there; a number is turned into its ``str`` (rudder-sdk-python does that for
-  ``user_id``, ``anonymous_id`` and ``message_id``; here ``group_id`` and ``previous_id`` too, which it
-  sends as JSON numbers).
-- ``timestamp`` is a ``datetime``, as there (a naive one is read as rudder-sdk-python reads it: local
-  time if it is within 5 s of ``datetime.now()``, else UTC), or also an ISO-8601 string with an offset.
-  The event carries it as ``timestamp``; ``originalTimestamp`` is always the time of the call.
-  rudder-sdk-python sends the call time as ``timestamp`` when none is given; here the data plane
-  derives it from ``originalTimestamp`` and ``sentAt``.
-- identify's traits are in ``context.traits``, as there, and also at the top level (as the Node SDK
-  does). ``context.library`` names rudder-fast. The caller's ``context`` dict is left unchanged
-  (rudder-sdk-python adds ``library`` and ``traits`` to it).
-- There is no ``Client`` class: create a :class:`rudder_fast.Emitter` for a second spool.
+Every remaining difference in what is sent and how calls behave is listed, each with the test that
+checks it, in the README's section "Migrating from rudder-sdk-python".
 """
 
 from __future__ import annotations
@@ -61,19 +50,26 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import numbers
-import threading
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias
 
+from . import __version__
 from . import events as _events
-from .emitter import Emitter, emit
+from .analytics_clean import lenient_retry, stats
+from .analytics_settings import explain as explain_delivery_settings
+from .emitter import emit
+from .errors import InvalidEventAssertionError, InvalidEventError
 
 __all__ = [
+    "Client",
+    "InvalidEventAssertionError",
+    "SDK_VERSION",
+    "VERSION",
     "alias",
-    "data_plane_url",
     "dataPlaneUrl",
+    "data_plane_url",
     "debug",
+    "default_client",
     "flush",
     "group",
     "gzip",
@@ -87,6 +83,7 @@ __all__ = [
     "screen",
     "send",
     "shutdown",
+    "stats",
     "sync_mode",
     "timeout",
     "track",
@@ -97,18 +94,22 @@ __all__ = [
 
 log = logging.getLogger("rudder_fast")
 
-Id: TypeAlias = str | int | float | None
-"""An id as rudder-sdk-python takes it: a str or a number (turned into a str)."""
-Properties: TypeAlias = Mapping[str, Any] | None
-Timestamp: TypeAlias = _dt.datetime | str | None
-MessageId: TypeAlias = str | uuid.UUID | int | None
+VERSION: Final = __version__
+"""rudder_fast's version: what events carry in ``context.library.version``, as the SDK's ``VERSION``."""
+SDK_VERSION: Final = "2.1.9"
+"""The rudder-sdk-python release whose API this module mirrors."""
 
-# -- settings (rudder-sdk-python's Client.DefaultConfig values) -------------------------------------------
+Id: TypeAlias = Any
+"""An id as rudder-sdk-python takes it: a str, or a number (sent as its str)."""
+Fields: TypeAlias = Mapping[str, Any] | None
+Timestamp: TypeAlias = _dt.datetime | str | None
+
+# -- module settings (rudder-sdk-python's names and defaults) ---------------------------------------------
 
 write_key: str | None = None
-dataPlaneUrl: str | None = None
-data_plane_url: str | None = None  # the older docs' name (rudder-sdk-python 2.x ignores it)
 host: str | None = None
+dataPlaneUrl: str | None = None
+data_plane_url: str | None = None  # the older docs' name; rudder-sdk-python 2.x ignores it, here it is read
 on_error: Callable[..., Any] | None = None
 debug: bool = False
 send: bool = True
@@ -120,316 +121,611 @@ max_retries: int = 10
 upload_interval: float = 0.5
 upload_size: int = 100
 
-# The settings that belong to delivery, in the order of _sender_settings() below.
-_SENDER_SETTING_NAMES: Final = (
-    "write_key", "dataPlaneUrl", "data_plane_url", "host", "gzip", "max_retries", "timeout",
-    "sync_mode", "max_queue_size", "upload_interval", "upload_size", "on_error",
-)  # fmt: skip
+default_client: Client | None = None
+"""The client the module-level calls use, created on first use from the settings above (as there)."""
 
 
-def _sender_settings() -> tuple[object, ...]:
-    # One tuple compared with its default per call: cheaper than a loop over globals().
-    return (
-        write_key, dataPlaneUrl, data_plane_url, host, gzip, max_retries, timeout, sync_mode,
-        max_queue_size, upload_interval, upload_size, on_error,
-    )  # fmt: skip
+# -- the client ---------------------------------------------------------------------------------------------
 
 
-_SENDER_DEFAULTS: Final = _sender_settings()
+class Client:
+    """rudder-sdk-python's ``Client``: the same constructor and methods; events go to the spool.
 
-_warned = False
-_warn_lock = threading.Lock()
-_debug_applied = False
-_level_before_debug = logging.NOTSET
+    Each method returns ``(True, message)`` as there, ``message`` being the event's fields in the SDK's
+    names with its ``messageId``, or ``(False, message)`` when the spool is over its quota and the event
+    was dropped (counted), where the SDK's full queue returned False.
+    """
 
-# -- the six calls ------------------------------------------------------------------------------------------
+    class DefaultConfig:
+        write_key = None
+        host = None
+        on_error = None
+        debug = False
+        send = True
+        sync_mode = False
+        max_queue_size = 10000
+        gzip = True
+        timeout = 15
+        max_retries = 10
+        proxies = None
+        thread = 1
+        upload_interval = 0.5
+        upload_size = 100
+
+    def __init__(
+        self,
+        write_key: str | None = DefaultConfig.write_key,
+        host: str | None = DefaultConfig.host,
+        debug: bool = DefaultConfig.debug,
+        max_queue_size: int = DefaultConfig.max_queue_size,
+        send: bool = DefaultConfig.send,
+        on_error: Callable[..., Any] | None = DefaultConfig.on_error,
+        gzip: bool = DefaultConfig.gzip,
+        max_retries: int = DefaultConfig.max_retries,
+        sync_mode: bool = DefaultConfig.sync_mode,
+        timeout: float = DefaultConfig.timeout,
+        proxies: Any = DefaultConfig.proxies,
+        thread: int = DefaultConfig.thread,
+        upload_size: int = DefaultConfig.upload_size,
+        upload_interval: float = DefaultConfig.upload_interval,
+    ) -> None:
+        if write_key is not None and not isinstance(write_key, str):
+            raise InvalidEventAssertionError("write_key", f"must be a str, not {type(write_key).__name__}")
+        self.write_key = write_key
+        self.host = host
+        self.debug = debug
+        self.send = send
+        self.on_error = on_error
+        self.sync_mode = sync_mode
+        self._dry_run = not send
+        self._delivery: dict[str, Any] = {
+            "write_key": write_key, "host": host, "gzip": gzip, "timeout": timeout,
+            "max_retries": max_retries, "sync_mode": sync_mode, "max_queue_size": max_queue_size,
+            "upload_interval": upload_interval, "upload_size": upload_size, "thread": thread,
+            "proxies": proxies, "on_error": on_error,
+        }  # fmt: skip
+        if debug:
+            log.setLevel(logging.DEBUG)  # as the SDK does to its own logger, for good
+        if send:
+            explain_delivery_settings(self._delivery, emit.spool_dir)
+
+    def __repr__(self) -> str:
+        return f"<rudder_fast.analytics.Client send={self.send} spool_dir={str(emit.spool_dir)!r}>"
+
+    # -- the six calls (each: the SDK's parameters, its conversions, the emitter, the lenient retry) --
+
+    def track(
+        self,
+        user_id: Id = None,
+        event: str | None = None,
+        properties: Fields = None,
+        context: Fields = None,
+        timestamp: Timestamp = None,
+        anonymous_id: Id = None,
+        integrations: Fields = None,
+        message_id: Any = None,
+    ) -> tuple[bool, dict[str, Any]]:
+        mid = self._track(
+            user_id, event, properties, context, timestamp, anonymous_id, integrations, message_id
+        )
+        return self._result(mid, {
+            "type": "track", "userId": _text(user_id), "anonymousId": _text(anonymous_id), "event": event,
+            "properties": properties or {}, "context": context or {}, "integrations": integrations or {},
+            "timestamp": timestamp,
+        })  # fmt: skip
+
+    def identify(
+        self,
+        user_id: Id = None,
+        traits: Fields = None,
+        context: Fields = None,
+        timestamp: Timestamp = None,
+        anonymous_id: Id = None,
+        integrations: Fields = None,
+        message_id: Any = None,
+    ) -> tuple[bool, dict[str, Any]]:
+        mid = self._identify(user_id, traits, context, timestamp, anonymous_id, integrations, message_id)
+        return self._result(mid, {
+            "type": "identify", "userId": _text(user_id), "anonymousId": _text(anonymous_id),
+            "traits": traits or {}, "context": context or {}, "integrations": integrations or {},
+            "timestamp": timestamp,
+        })  # fmt: skip
+
+    def page(
+        self,
+        user_id: Id = None,
+        category: str | None = None,
+        name: str | None = None,
+        properties: Fields = None,
+        context: Fields = None,
+        timestamp: Timestamp = None,
+        anonymous_id: Id = None,
+        integrations: Fields = None,
+        message_id: Any = None,
+    ) -> tuple[bool, dict[str, Any]]:
+        mid = self._page(
+            user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id
+        )
+        return self._result(mid, _page_message("page", user_id, category, name, properties, context,
+                                               timestamp, anonymous_id, integrations))  # fmt: skip
+
+    def screen(
+        self,
+        user_id: Id = None,
+        category: str | None = None,
+        name: str | None = None,
+        properties: Fields = None,
+        context: Fields = None,
+        timestamp: Timestamp = None,
+        anonymous_id: Id = None,
+        integrations: Fields = None,
+        message_id: Any = None,
+    ) -> tuple[bool, dict[str, Any]]:
+        mid = self._screen(
+            user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id
+        )
+        return self._result(mid, _page_message("screen", user_id, category, name, properties, context,
+                                               timestamp, anonymous_id, integrations))  # fmt: skip
+
+    def group(
+        self,
+        user_id: Id = None,
+        group_id: Id = None,
+        traits: Fields = None,
+        context: Fields = None,
+        timestamp: Timestamp = None,
+        anonymous_id: Id = None,
+        integrations: Fields = None,
+        message_id: Any = None,
+    ) -> tuple[bool, dict[str, Any]]:
+        mid = self._group(
+            user_id, group_id, traits, context, timestamp, anonymous_id, integrations, message_id
+        )
+        return self._result(mid, {
+            "type": "group", "userId": _text(user_id), "anonymousId": _text(anonymous_id),
+            "groupId": group_id, "traits": traits or {}, "context": context or {},
+            "integrations": integrations or {}, "timestamp": timestamp,
+        })  # fmt: skip
+
+    def alias(
+        self,
+        previous_id: Id = None,
+        user_id: Id = None,
+        context: Fields = None,
+        timestamp: Timestamp = None,
+        integrations: Fields = None,
+        message_id: Any = None,
+    ) -> tuple[bool, dict[str, Any]]:
+        mid = self._alias(previous_id, user_id, context, timestamp, integrations, message_id)
+        return self._result(mid, {
+            "type": "alias", "previousId": previous_id, "userId": _text(user_id),
+            "context": context or {}, "integrations": integrations or {}, "timestamp": timestamp,
+        })  # fmt: skip
+
+    def flush(self) -> None:
+        """Nothing to wait for: every event is in the spool, on disk, when its call returns."""
+
+    def join(self) -> None:
+        """Nothing to wait for: there is no consumer thread."""
+
+    def shutdown(self) -> None:
+        """Nothing to wait for: events are durable when their call returns, and there is no thread."""
+
+    # -- the work behind each call (the module-level functions call these directly) ---------------------
+
+    def _track(
+        self, user_id: Id, event: Any, properties: Any, context: Any, timestamp: Any, anonymous_id: Id,
+        integrations: Any, message_id: Any,
+    ) -> str | None:  # fmt: skip
+        if not (user_id or anonymous_id):
+            raise _no_identity()
+        if type(user_id) is not str and user_id is not None:
+            user_id = _id(user_id)
+        if anonymous_id is not None and type(anonymous_id) is not str:
+            anonymous_id = _id(anonymous_id)
+        if not properties:
+            properties = {}  # the SDK always sends properties
+        if timestamp is not None:
+            timestamp = _timestamp(timestamp)
+        if message_id is not None and type(message_id) is not str:
+            message_id = str(message_id)
+        sink = _DRY_RUN if self._dry_run else emit
+        try:
+            mid = sink.track(
+                user_id=user_id, event=event, properties=properties, context=context or None,
+                timestamp=timestamp, anonymous_id=anonymous_id, integrations=integrations or None,
+                message_id=message_id,
+            )  # fmt: skip
+        except InvalidEventError as refused:
+            mid = lenient_retry(sink.track, "track", refused, {
+                "user_id": user_id, "event": event, "properties": properties, "context": context or None,
+                "timestamp": timestamp, "anonymous_id": anonymous_id,
+                "integrations": integrations or None, "message_id": message_id,
+            })  # fmt: skip
+        if self.debug:
+            _log_call("track", mid, self._dry_run)
+        return mid
+
+    def _identify(
+        self, user_id: Id, traits: Any, context: Any, timestamp: Any, anonymous_id: Id, integrations: Any,
+        message_id: Any,
+    ) -> str | None:  # fmt: skip
+        if not (user_id or anonymous_id):
+            raise _no_identity()
+        if type(user_id) is not str and user_id is not None:
+            user_id = _id(user_id)
+        if anonymous_id is not None and type(anonymous_id) is not str:
+            anonymous_id = _id(anonymous_id)
+        if not traits:
+            traits = {}  # the SDK always sends context.traits
+        if timestamp is not None:
+            timestamp = _timestamp(timestamp)
+        if message_id is not None and type(message_id) is not str:
+            message_id = str(message_id)
+        sink = _DRY_RUN if self._dry_run else emit
+        kwargs = {
+            "user_id": user_id, "traits": traits, "context": context or None, "timestamp": timestamp,
+            "anonymous_id": anonymous_id, "integrations": integrations or None, "message_id": message_id,
+        }  # fmt: skip
+        try:
+            mid = sink.identify(**kwargs)
+        except InvalidEventError as refused:
+            mid = lenient_retry(sink.identify, "identify", refused, kwargs)
+        if self.debug:
+            _log_call("identify", mid, self._dry_run)
+        return mid
+
+    def _page(
+        self, user_id: Id, category: Any, name: Any, properties: Any, context: Any, timestamp: Any,
+        anonymous_id: Id, integrations: Any, message_id: Any,
+    ) -> str | None:  # fmt: skip
+        sink = _DRY_RUN if self._dry_run else emit
+        return self._page_or_screen(
+            sink.page, "page", user_id, category, name, properties, context, timestamp, anonymous_id,
+            integrations, message_id,
+        )  # fmt: skip
+
+    def _screen(
+        self, user_id: Id, category: Any, name: Any, properties: Any, context: Any, timestamp: Any,
+        anonymous_id: Id, integrations: Any, message_id: Any,
+    ) -> str | None:  # fmt: skip
+        sink = _DRY_RUN if self._dry_run else emit
+        return self._page_or_screen(
+            sink.screen, "screen", user_id, category, name, properties, context, timestamp, anonymous_id,
+            integrations, message_id,
+        )  # fmt: skip
+
+    def _page_or_screen(
+        self, call: Callable[..., str | None], kind: str, user_id: Id, category: Any, name: Any,
+        properties: Any, context: Any, timestamp: Any, anonymous_id: Id, integrations: Any,
+        message_id: Any,
+    ) -> str | None:  # fmt: skip
+        if not (user_id or anonymous_id):
+            raise _no_identity()
+        if type(user_id) is not str and user_id is not None:
+            user_id = _id(user_id)
+        if anonymous_id is not None and type(anonymous_id) is not str:
+            anonymous_id = _id(anonymous_id)
+        if not properties:
+            properties = {}
+        # The SDK checks name and category only when truthy: a falsy non-str is as good as none.
+        if not name and type(name) is not str:
+            name = None
+        if not category and type(category) is not str:
+            category = None
+        if timestamp is not None:
+            timestamp = _timestamp(timestamp)
+        if message_id is not None and type(message_id) is not str:
+            message_id = str(message_id)
+        kwargs = {
+            "user_id": user_id, "name": name, "category": category, "properties": properties,
+            "context": context or None, "timestamp": timestamp, "anonymous_id": anonymous_id,
+            "integrations": integrations or None, "message_id": message_id,
+        }  # fmt: skip
+        try:
+            mid = call(**kwargs)
+        except InvalidEventError as refused:
+            mid = lenient_retry(call, kind, refused, kwargs)
+        if self.debug:
+            _log_call(kind, mid, self._dry_run)
+        return mid
+
+    def _group(
+        self, user_id: Id, group_id: Id, traits: Any, context: Any, timestamp: Any, anonymous_id: Id,
+        integrations: Any, message_id: Any,
+    ) -> str | None:  # fmt: skip
+        if not (user_id or anonymous_id):
+            raise _no_identity()
+        if type(user_id) is not str and user_id is not None:
+            user_id = _id(user_id)
+        if anonymous_id is not None and type(anonymous_id) is not str:
+            anonymous_id = _id(anonymous_id)
+        if type(group_id) is not str:
+            group_id = _id(group_id)
+        if not traits:
+            traits = {}  # the SDK always sends traits
+        if timestamp is not None:
+            timestamp = _timestamp(timestamp)
+        if message_id is not None and type(message_id) is not str:
+            message_id = str(message_id)
+        sink = _DRY_RUN if self._dry_run else emit
+        kwargs = {
+            "user_id": user_id, "group_id": group_id, "traits": traits, "context": context or None,
+            "timestamp": timestamp, "anonymous_id": anonymous_id, "integrations": integrations or None,
+            "message_id": message_id,
+        }  # fmt: skip
+        try:
+            mid = sink.group(**kwargs)
+        except InvalidEventError as refused:
+            mid = lenient_retry(sink.group, "group", refused, kwargs)
+        if self.debug:
+            _log_call("group", mid, self._dry_run)
+        return mid
+
+    def _alias(
+        self, previous_id: Id, user_id: Id, context: Any, timestamp: Any, integrations: Any, message_id: Any
+    ) -> str | None:
+        if type(previous_id) is not str:
+            previous_id = _id(previous_id)
+        if type(user_id) is not str and user_id is not None:
+            user_id = _id(user_id)
+        if timestamp is not None:
+            timestamp = _timestamp(timestamp)
+        if message_id is not None and type(message_id) is not str:
+            message_id = str(message_id)
+        sink = _DRY_RUN if self._dry_run else emit
+        kwargs = {
+            "previous_id": previous_id, "user_id": user_id, "context": context or None,
+            "timestamp": timestamp, "integrations": integrations or None, "message_id": message_id,
+        }  # fmt: skip
+        try:
+            mid = sink.alias(**kwargs)
+        except InvalidEventError as refused:
+            mid = lenient_retry(sink.alias, "alias", refused, kwargs)
+        if self.debug:
+            _log_call("alias", mid, self._dry_run)
+        return mid
+
+    def _result(self, mid: str | None, message: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        message["messageId"] = mid
+        message["channel"] = "server"
+        return (mid is not None or self._dry_run), message
+
+
+def _page_message(
+    kind: str, user_id: Id, category: Any, name: Any, properties: Any, context: Any, timestamp: Any,
+    anonymous_id: Id, integrations: Any,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "type": kind, "userId": _text(user_id), "anonymousId": _text(anonymous_id), "category": category,
+        "name": name, "properties": properties or {}, "context": context or {},
+        "integrations": integrations or {}, "timestamp": timestamp,
+    }  # fmt: skip
+
+
+# -- the module-level calls -------------------------------------------------------------------------------
 
 
 def track(
     user_id: Id = None,
     event: str | None = None,
-    properties: Properties = None,
-    context: Properties = None,
+    properties: Fields = None,
+    context: Fields = None,
     timestamp: Timestamp = None,
     anonymous_id: Id = None,
-    integrations: Properties = None,
-    message_id: MessageId = None,
+    integrations: Fields = None,
+    message_id: Any = None,
 ) -> None:
     """Record that a user did something (``event``, with ``properties``)."""
-    emitter = _emitter()
-    uid, aid, ts, mid = _common(user_id, anonymous_id, timestamp, message_id)
-    if emitter is None:
-        fields = [_events.check_required_str("event", event), _encode("properties", properties)]
-        _validate(_events.KIND_TRACK, uid, aid, context, integrations, ts, mid, fields)
-        return
-    result = emitter.track(
-        user_id=uid, event=event, properties=properties, context=context, timestamp=ts,
-        anonymous_id=aid, integrations=integrations, message_id=mid,
-    )  # fmt: skip
-    _after_send("track", result)
+    (default_client or _default_client())._track(
+        user_id, event, properties, context, timestamp, anonymous_id, integrations, message_id
+    )
 
 
 def identify(
     user_id: Id = None,
-    traits: Properties = None,
-    context: Properties = None,
+    traits: Fields = None,
+    context: Fields = None,
     timestamp: Timestamp = None,
     anonymous_id: Id = None,
-    integrations: Properties = None,
-    message_id: MessageId = None,
+    integrations: Fields = None,
+    message_id: Any = None,
 ) -> None:
     """Tie a user to their ``traits``."""
-    emitter = _emitter()
-    uid, aid, ts, mid = _common(user_id, anonymous_id, timestamp, message_id)
-    if emitter is None:
-        fields = [_encode("traits", traits)]
-        _validate(_events.KIND_IDENTIFY, uid, aid, context, integrations, ts, mid, fields)
-        return
-    result = emitter.identify(
-        user_id=uid, traits=traits, context=context, timestamp=ts, anonymous_id=aid,
-        integrations=integrations, message_id=mid,
-    )  # fmt: skip
-    _after_send("identify", result)
+    (default_client or _default_client())._identify(
+        user_id, traits, context, timestamp, anonymous_id, integrations, message_id
+    )
 
 
 def page(
     user_id: Id = None,
     category: str | None = None,
     name: str | None = None,
-    properties: Properties = None,
-    context: Properties = None,
+    properties: Fields = None,
+    context: Fields = None,
     timestamp: Timestamp = None,
     anonymous_id: Id = None,
-    integrations: Properties = None,
-    message_id: MessageId = None,
+    integrations: Fields = None,
+    message_id: Any = None,
 ) -> None:
     """Record a page view. Note the order, rudder-sdk-python's: ``category`` comes before ``name``."""
-    emitter = _emitter()
-    uid, aid, ts, mid = _common(user_id, anonymous_id, timestamp, message_id)
-    if emitter is None:
-        fields = _page_fields(name, category, properties)
-        _validate(_events.KIND_PAGE, uid, aid, context, integrations, ts, mid, fields)
-        return
-    result = emitter.page(
-        user_id=uid, name=name, category=category, properties=properties, context=context,
-        timestamp=ts, anonymous_id=aid, integrations=integrations, message_id=mid,
-    )  # fmt: skip
-    _after_send("page", result)
+    (default_client or _default_client())._page(
+        user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id
+    )
 
 
 def screen(
     user_id: Id = None,
     category: str | None = None,
     name: str | None = None,
-    properties: Properties = None,
-    context: Properties = None,
+    properties: Fields = None,
+    context: Fields = None,
     timestamp: Timestamp = None,
     anonymous_id: Id = None,
-    integrations: Properties = None,
-    message_id: MessageId = None,
+    integrations: Fields = None,
+    message_id: Any = None,
 ) -> None:
     """Record a screen view. Note the order, rudder-sdk-python's: ``category`` comes before ``name``."""
-    emitter = _emitter()
-    uid, aid, ts, mid = _common(user_id, anonymous_id, timestamp, message_id)
-    if emitter is None:
-        fields = _page_fields(name, category, properties)
-        _validate(_events.KIND_SCREEN, uid, aid, context, integrations, ts, mid, fields)
-        return
-    result = emitter.screen(
-        user_id=uid, name=name, category=category, properties=properties, context=context,
-        timestamp=ts, anonymous_id=aid, integrations=integrations, message_id=mid,
-    )  # fmt: skip
-    _after_send("screen", result)
+    (default_client or _default_client())._screen(
+        user_id, category, name, properties, context, timestamp, anonymous_id, integrations, message_id
+    )
 
 
 def group(
     user_id: Id = None,
     group_id: Id = None,
-    traits: Properties = None,
-    context: Properties = None,
+    traits: Fields = None,
+    context: Fields = None,
     timestamp: Timestamp = None,
     anonymous_id: Id = None,
-    integrations: Properties = None,
-    message_id: MessageId = None,
+    integrations: Fields = None,
+    message_id: Any = None,
 ) -> None:
     """Associate a user with the group ``group_id`` (with the group's ``traits``)."""
-    emitter = _emitter()
-    uid, aid, ts, mid = _common(user_id, anonymous_id, timestamp, message_id)
-    gid = _id(group_id)
-    if emitter is None:
-        fields = [_events.check_required_str("group_id", gid), _encode("traits", traits)]
-        _validate(_events.KIND_GROUP, uid, aid, context, integrations, ts, mid, fields)
-        return
-    result = emitter.group(
-        user_id=uid, group_id=gid, traits=traits, context=context, timestamp=ts,
-        anonymous_id=aid, integrations=integrations, message_id=mid,
-    )  # fmt: skip
-    _after_send("group", result)
+    (default_client or _default_client())._group(
+        user_id, group_id, traits, context, timestamp, anonymous_id, integrations, message_id
+    )
 
 
 def alias(
     previous_id: Id = None,
     user_id: Id = None,
-    context: Properties = None,
+    context: Fields = None,
     timestamp: Timestamp = None,
-    integrations: Properties = None,
-    message_id: MessageId = None,
+    integrations: Fields = None,
+    message_id: Any = None,
 ) -> None:
     """Merge ``previous_id`` into ``user_id``. Note the order, rudder-sdk-python's: ``previous_id`` first."""
-    emitter = _emitter()
-    uid, _, ts, mid = _common(user_id, None, timestamp, message_id)
-    pid = _id(previous_id)
-    if emitter is None:
-        fields = [_events.check_required_str("previous_id", pid)]
-        _validate(_events.KIND_ALIAS, uid, None, context, integrations, ts, mid, fields)
-        return
-    result = emitter.alias(
-        previous_id=pid, user_id=uid, context=context, timestamp=ts,
-        integrations=integrations, message_id=mid,
-    )  # fmt: skip
-    _after_send("alias", result)
+    (default_client or _default_client())._alias(
+        previous_id, user_id, context, timestamp, integrations, message_id
+    )
 
 
 def flush() -> None:
-    """Nothing to do: every event is in the spool, on disk, when its call returns."""
+    """Nothing to wait for: every event is in the spool, on disk, when its call returns."""
+    (default_client or _default_client()).flush()
 
 
 def join() -> None:
-    """Nothing to do: there is no consumer thread to stop."""
+    """Nothing to wait for: there is no consumer thread."""
+    (default_client or _default_client()).join()
 
 
 def shutdown() -> None:
-    """Nothing to do: events are durable when their call returns, and there is no thread to stop."""
+    """Nothing to wait for: events are durable when their call returns, and there is no thread."""
+    (default_client or _default_client()).shutdown()
 
 
-# -- per call -------------------------------------------------------------------------------------------
+def _default_client() -> Client:
+    """Create :data:`default_client` from the module's settings, as rudder-sdk-python's ``_proxy``."""
+    global default_client
+    url = dataPlaneUrl if isinstance(dataPlaneUrl, str) and dataPlaneUrl else host or data_plane_url
+    client = Client(
+        write_key, host=url, debug=debug, max_queue_size=max_queue_size, send=send, on_error=on_error,
+        gzip=gzip, max_retries=max_retries, sync_mode=sync_mode, timeout=timeout,
+        upload_size=upload_size, upload_interval=upload_interval,
+    )  # fmt: skip
+    default_client = client
+    return client
 
 
-def _emitter() -> Emitter | None:
-    """The default emitter, or None when ``send`` is False. Applies ``debug`` first."""
-    if bool(debug) is not _debug_applied:
-        _apply_debug(bool(debug))
-    if not send:
-        return None
-    return emit
-
-
-def _common(
-    user_id: Id, anonymous_id: Id, timestamp: Timestamp, message_id: MessageId
-) -> tuple[Any, Any, Any, Any]:
-    """rudder-sdk-python's conversions of the arguments every call has; the emitter checks the rest."""
-    if user_id is not None and type(user_id) is not str:
-        user_id = _id(user_id)
-    if anonymous_id is not None and type(anonymous_id) is not str:
-        anonymous_id = _id(anonymous_id)
-    if isinstance(timestamp, _dt.datetime) and timestamp.tzinfo is None:
-        timestamp = _guess_timezone(timestamp)
-    if message_id is not None and type(message_id) is not str:
-        message_id = _id(message_id)
-    return user_id, anonymous_id, timestamp, message_id
+# -- rudder-sdk-python's conversions ------------------------------------------------------------------------
 
 
 def _id(value: Any) -> Any:
-    """A number as its str, as rudder-sdk-python's ``stringify_id``; anything else is left to the emitter.
+    """A number as its str, as the SDK's ``stringify_id``; anything else is left for the emitter to judge.
 
     ``bool`` is a number to Python but never a meaningful id: it is left for the emitter to refuse.
     """
-    if type(value) is str or value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, numbers.Number):
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
         return str(value)
     return value
 
 
-def _guess_timezone(naive: _dt.datetime) -> _dt.datetime:
-    """rudder-sdk-python's reading of a naive datetime: local time if within 5 s of now, else UTC."""
-    if _dt.datetime.now() - naive < _dt.timedelta(seconds=5):
-        return naive.astimezone()  # made with datetime.now(): local time
-    return naive.replace(tzinfo=_dt.timezone.utc)
+def _text(value: Any) -> str | None:
+    return value if value is None or type(value) is str else str(value)
 
 
-_encode: Final = _events.encode_json_field
+def _timestamp(value: Any) -> Any:
+    """The SDK's reading of a naive datetime: local time if within 5 s of now (or later), else UTC."""
+    if isinstance(value, _dt.datetime) and value.utcoffset() is None:
+        if (_dt.datetime.now() - value.replace(tzinfo=None)).total_seconds() < 5:
+            return value.replace(tzinfo=None).astimezone()  # made with datetime.now(): local time
+        return value.replace(tzinfo=_dt.timezone.utc)
+    return value
 
 
-def _page_fields(name: object, category: object, properties: object) -> list[Any]:
-    return [
-        _events.check_optional_str("name", name),
-        _events.check_optional_str("category", category),
-        _encode("properties", properties),
-    ]
+def _no_identity() -> InvalidEventAssertionError:
+    # The SDK's require("user_id or anonymous_id", user_id or anonymous_id, ID_TYPES).
+    return InvalidEventAssertionError("user_id", "an event needs a user_id or an anonymous_id")
 
 
-def _validate(
-    kind: int,
-    user_id: object,
-    anonymous_id: object,
-    context: object,
-    integrations: object,
-    timestamp: object,
-    message_id: object,
-    fields: list[Any],
-) -> None:
-    """``send = False``: the emitter's checks (raising InvalidEventError), and nothing written."""
-    _events.build_record(
-        kind,
-        0,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        context=context,
-        integrations=integrations,
-        timestamp=timestamp,
-        message_id=message_id,
-        fields=fields,
-    )
-    if debug:
-        log.debug("send is False: %s not written", _events.KIND_NAMES[kind])
-
-
-def _after_send(call: str, message_id: str | None) -> None:
-    if not _warned and _sender_settings() != _SENDER_DEFAULTS:
-        _warn_sender_settings()
-    if debug:
-        if message_id is None:
-            log.debug("%s dropped (see rudder-fast status)", call)
-        else:
-            log.debug("%s written to the spool: messageId %s", call, message_id)
-
-
-def _warn_sender_settings() -> None:
-    global _warned
-    # Never block: in a child forked while another thread held the lock, that thread's process warns.
-    if not _warn_lock.acquire(blocking=False):
-        return
-    try:
-        if _warned:
-            return
-        _warned = True
-        current = _sender_settings()
-        changed = [
-            name
-            for name, value, default in zip(_SENDER_SETTING_NAMES, current, _SENDER_DEFAULTS, strict=True)
-            if value != default
-        ]
-    finally:
-        _warn_lock.release()
-    # Names only: the values (the write key above all) never reach a log.
-    log.warning(
-        "rudder_fast.analytics ignores %s in this process: it only appends events to the local spool "
-        "(%s), where they are durable when the call returns. The rudder-fast-sender daemon delivers them "
-        "with its own settings: the write key from --write-key or RUDDER_WRITE_KEY, the data plane URL "
-        "from --data-plane-url or RUDDER_DATA_PLANE_URL, gzip, retries and timeouts from its options. "
-        "on_error is never called: delivery errors show in `rudder-fast status`.",
-        ", ".join(changed),
-        emit.spool_dir,
-    )
-
-
-def _apply_debug(on: bool) -> None:
-    """``debug = True``: the ``rudder_fast`` logger at DEBUG (back to its own level when set to False)."""
-    global _debug_applied, _level_before_debug
-    if on:
-        _level_before_debug = log.level
-        log.setLevel(logging.DEBUG)
+def _log_call(kind: str, mid: str | None, dry_run: bool) -> None:
+    if dry_run:
+        log.debug("%s checked, not written (send is False)", kind)
+    elif mid is None:
+        log.debug("%s dropped: the spool is over its quota (see rudder-fast status)", kind)
     else:
-        log.setLevel(_level_before_debug)
-    _debug_applied = on
+        log.debug("%s written to the spool: messageId %s", kind, mid)
+
+
+class _DryRun:
+    """``send=False``: the emitter's checks of every argument, raising as it does, and nothing written.
+
+    (Not the size of the whole event, which the emitter measures as it writes.)
+    """
+
+    def track(self, **kw: Any) -> str | None:
+        fields = [
+            _events.check_required_str("event", kw["event"]),
+            _events.encode_json_field("properties", kw["properties"]),
+        ]
+        return self._check(_events.KIND_TRACK, kw, fields)
+
+    def identify(self, **kw: Any) -> str | None:
+        return self._check(_events.KIND_IDENTIFY, kw, [_events.encode_json_field("traits", kw["traits"])])
+
+    def page(self, **kw: Any) -> str | None:
+        return self._check(_events.KIND_PAGE, kw, self._page_fields(kw))
+
+    def screen(self, **kw: Any) -> str | None:
+        return self._check(_events.KIND_SCREEN, kw, self._page_fields(kw))
+
+    def group(self, **kw: Any) -> str | None:
+        fields = [
+            _events.check_required_str("group_id", kw["group_id"]),
+            _events.encode_json_field("traits", kw["traits"]),
+        ]
+        return self._check(_events.KIND_GROUP, kw, fields)
+
+    def alias(self, **kw: Any) -> str | None:
+        return self._check(
+            _events.KIND_ALIAS, kw, [_events.check_required_str("previous_id", kw["previous_id"])]
+        )
+
+    @staticmethod
+    def _page_fields(kw: dict[str, Any]) -> list[Any]:
+        return [
+            _events.check_optional_str("name", kw["name"]),
+            _events.check_optional_str("category", kw["category"]),
+            _events.encode_json_field("properties", kw["properties"]),
+        ]
+
+    @staticmethod
+    def _check(kind: int, kw: dict[str, Any], fields: list[Any]) -> str | None:
+        record = _events.build_record(
+            kind,
+            0,
+            user_id=kw["user_id"],
+            anonymous_id=kw.get("anonymous_id"),
+            context=kw["context"],
+            integrations=kw["integrations"],
+            timestamp=kw["timestamp"],
+            message_id=kw["message_id"],
+            fields=fields,
+        )
+        message_id: str | None = record[_events.R_MESSAGE_ID]
+        return message_id
+
+
+_DRY_RUN: Final = _DryRun()

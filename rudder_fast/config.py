@@ -6,6 +6,7 @@ explicitly by the emitter (on first use) and by the command-line tools.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Final
@@ -78,3 +79,12 @@ def resolve_quota_bytes(value: int | str | None) -> tuple[int, str | None]:
         return parse_size(value), None
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def write_key_fingerprint(write_key: str) -> str:
+    """A short one-way digest of a write key, published by the sender in ``<spool>/status``.
+
+    Enough to tell whether an app and the sender use the same key, without either ever writing the key
+    itself anywhere (a write key is a long random token: its digest does not lead back to it).
+    """
+    return "sha256:" + hashlib.sha256(write_key.encode()).hexdigest()[:16]

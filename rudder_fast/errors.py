@@ -26,6 +26,17 @@ class InvalidEventError(RudderFastError, ValueError):
         return (InvalidEventError, (self.field, self.reason))
 
 
+class InvalidEventAssertionError(InvalidEventError, AssertionError):
+    """A ``rudder_fast.analytics`` call was refused: also an ``AssertionError``, as rudder-sdk-python's.
+
+    rudder-sdk-python raises ``AssertionError`` for bad input, so code written for it catches that;
+    code written for rudder_fast catches :class:`InvalidEventError` (or ``ValueError``). This is all three.
+    """
+
+    def __reduce__(self) -> tuple[type[InvalidEventAssertionError], tuple[str, str]]:
+        return (InvalidEventAssertionError, (self.field, self.reason))
+
+
 class ConfigurationError(RudderFastError, ValueError):
     """A setting (command-line option, environment variable or argument) is unusable."""
 

@@ -403,6 +403,8 @@ class Sender:
             log.warning("%s", warning)
         self.stop = threading.Event()
         self.state = DeliveryState(cfg.data_plane_url)
+        # Published in status so that an app can tell whether it was given the same key (never the key).
+        self._key_fingerprint = config.write_key_fingerprint(cfg.write_key)
         self.transport = Transport(
             cfg.data_plane_url,
             cfg.write_key,
@@ -1160,6 +1162,7 @@ class Sender:
             "state": "stopped" if final else self.state.state,
             "state_since": self.state.since,
             "data_plane_url": redact_url(self.transport.url),
+            "write_key_fingerprint": self._key_fingerprint,
             "updated_at": time.time(),
             "events_per_s": events_per_s,
             "inflight": self.inflight,
