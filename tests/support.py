@@ -89,3 +89,11 @@ def read_to_eof(r: int, pid: int, deadline: float) -> bytes:
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
+
+
+def point_default_emitter(monkeypatch: Any, emitter: Any) -> None:
+    """Make ``rudder_fast.emit`` write through ``emitter`` for one test (undone by ``monkeypatch``)."""
+    import rudder_fast
+
+    for name in ("_writer", "_append", "spool_dir", "on_full", "block_timeout"):
+        monkeypatch.setattr(rudder_fast.emit, name, getattr(emitter, name), raising=False)

@@ -57,7 +57,7 @@ from tests.sdk_migration import (
     assert_same_event,
     instant,
 )
-from tests.support import env_with, inspect_spool
+from tests.support import env_with, inspect_spool, point_default_emitter
 
 EXAMPLES_DIR = Path(__file__).parent / "sdk_examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
@@ -82,7 +82,7 @@ def default_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     """This process's default emitter on a fresh spool, and no default client yet (made on first use)."""
     spool = tmp_path / "spool"
     emitter = Emitter(spool)
-    monkeypatch.setattr(rudder_fast.emit, "_emitter", emitter)
+    point_default_emitter(monkeypatch, emitter)
     monkeypatch.setattr(compat, "default_client", None)
     yield spool
     emitter.close()
@@ -620,7 +620,7 @@ def test_a_full_spool_returns_false_as_a_full_queue_does(
         filler.track(user_id="u", event="fill", properties={"pad": "x" * 2000})
     filler.close()
     emitter = Emitter(spool, quota_bytes=10_000)
-    monkeypatch.setattr(rudder_fast.emit, "_emitter", emitter)
+    point_default_emitter(monkeypatch, emitter)
     try:
         ok, message = Client().track("u1", "Dropped")
     finally:
