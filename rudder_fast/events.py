@@ -9,10 +9,14 @@ before a byte is written.
 
 The free-form values (``properties``, ``traits``, ``context``, ``integrations``) are normalised and
 encoded to JSON once, here, by orjson, and stored in the record as JSON bytes. orjson checks in C
-what the gateway needs (string keys, 64-bit integers, valid UTF-8, NaN and ±Inf as ``null``) and the
-hook below normalises the Python types it does not know. The sender splices those bytes into the
-request unchanged, so a value is converted exactly once and the same way every time. Only when orjson
-refuses a value does the slow path walk it again to name the exact field (``properties.cart[2].sku``).
+what the gateway needs (string keys, 64-bit integers, valid UTF-8, NaN and ±Inf as ``null``). The
+Python types it does not know (Decimal, datetime, set, Mapping, numpy...) never reach it through a
+``default`` hook: a hook runs Python code in the middle of orjson's walk, while it holds borrowed
+references into the caller's containers, and another thread (or the hook itself) changing them then
+crashes the process. Instead, when orjson refuses a value, :func:`snapshot` makes a private, normalised
+copy in Python and orjson encodes that; the same walk names the exact field it refuses
+(``properties.cart[2].sku``). The sender splices the JSON bytes into the request unchanged, so a value
+is converted exactly once and the same way every time.
 
 Record layout (a msgpack array; positions, not keys, to keep it small and fast)::
 
@@ -117,72 +121,91 @@ def encode_json_field(field: str, value: Any) -> bytes | None:
 
 def encode_snapshot(field: str, value: Any) -> bytes:
     """The slow path of :func:`encode_json_field`: a private, normalised copy, encoded."""
-    private = snapshot(value, field, 0)
+    private = snapshot(value, field)
     try:
         return orjson.dumps(private, option=_JSON_OPTIONS)
     except orjson.JSONEncodeError as exc:  # not expected: snapshot() refuses what orjson would
         raise InvalidEventError(field, str(exc)) from None
 
 
-def snapshot(value: Any, path: str, depth: int) -> Any:
+def snapshot(value: Any, field: str) -> Any:
     """A private copy of ``value`` made only of what orjson encodes without running Python code (exact
     dict, list, str, int, float, bool, None, and ``orjson.Fragment``), with every other type normalised
-    as documented; raises InvalidEventError naming the path of the first refused part.
+    as documented; raises InvalidEventError naming the path of the first refused part
+    (``properties.cart[2].sku``).
 
     Containers are copied first, in one C call each (``list.copy``, ``dict.items``), so another
     thread changing them meanwhile cannot disturb the walk. Types orjson encodes natively come out
     exactly as orjson writes them, so a value reads the same whichever path encoded it."""
-    if depth > MAX_DEPTH:
-        raise InvalidEventError(path, f"nested too deeply (more than {MAX_DEPTH} levels)")
+    try:
+        return _copy(value, 0)
+    except _Refusal as refusal:
+        raise InvalidEventError(field + "".join(reversed(refusal.parts)), refusal.reason) from None
+
+
+class _Refusal(Exception):
+    """A part of a value that cannot be sent; ``parts`` collects its path (innermost first) as the
+    refusal travels up, so the common case builds no path strings at all."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.parts: list[str] = []
+
+
+def _copy(value: Any, depth: int) -> Any:
     t = type(value)
     if value is None or t is bool or t is float:
         return value
     if t is str:
-        return _checked_str(value, path)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refusal("string is not valid UTF-8 (lone surrogate)") from None
+        return value
     if t is int:
-        return _checked_int(value, path)
+        if _INT_MIN <= value <= _UINT_MAX:
+            return value
+        try:
+            shown = str(value)
+        except ValueError:  # more digits than Python will print
+            shown = "with thousands of digits"
+        raise _Refusal(f"integer {shown} is outside the 64-bit range")
+    if depth >= MAX_DEPTH:
+        raise _Refusal(f"nested too deeply (more than {MAX_DEPTH} levels)")
     if isinstance(value, dict):  # dict and its subclasses: their own items, as orjson reads them
         out = {}
         for key, item in list(dict.items(value)):
             if type(key) is not str:
                 if not isinstance(key, str):
-                    raise InvalidEventError(path, f"mapping key {key!r} is not a str")
+                    raise _Refusal(f"mapping key {key!r} is not a str")
                 key = str.__str__(key)
-            out[key] = snapshot(item, f"{path}.{key}", depth + 1)
+            try:
+                out[key] = _copy(item, depth + 1)
+            except _Refusal as refusal:
+                refusal.parts.append(f".{key}")
+                raise
         return out
     if isinstance(value, (list, tuple)):
         items = list.copy(value) if isinstance(value, list) else list(tuple.__getitem__(value, slice(None)))
-        return [snapshot(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(items)]
+        for i, item in enumerate(items):
+            try:
+                items[i] = _copy(item, depth + 1)
+            except _Refusal as refusal:
+                refusal.parts.append(f"[{i}]")
+                raise
+        return items
     try:
-        converted = _normalise(value, path)
-    except InvalidEventError:
+        converted = _normalise(value)
+    except _Refusal:
         raise
     except Exception as exc:  # the value's own code raised (a Mapping, a tzinfo, an Enum's value...)
-        raise InvalidEventError(path, f"reading a {t.__name__} raised {type(exc).__name__}: {exc}") from None
+        raise _Refusal(f"reading a {t.__name__} raised {type(exc).__name__}: {exc}") from None
     if type(converted) is orjson.Fragment:
         return converted
-    return snapshot(converted, path, depth + 1)
+    return _copy(converted, depth + 1)
 
 
-def _checked_str(value: str, path: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidEventError(path, "string is not valid UTF-8 (lone surrogate)") from None
-    return value
-
-
-def _checked_int(value: int, path: str) -> int:
-    if _INT_MIN <= value <= _UINT_MAX:
-        return value
-    try:
-        shown = str(value)
-    except ValueError:  # more digits than Python will print
-        shown = "with thousands of digits"
-    raise InvalidEventError(path, f"integer {shown} is outside the 64-bit range")
-
-
-def _normalise(obj: Any, path: str) -> Any:
+def _normalise(obj: Any) -> Any:
     """What one value of a type other than the plain JSON ones stands for (normalised again by the
     caller), or an ``orjson.Fragment``. Deterministic: the same in every process."""
     if isinstance(obj, int):  # before Enum: an IntEnum is an int, as orjson writes it
@@ -195,7 +218,7 @@ def _normalise(obj: Any, path: str) -> Any:
         try:
             return iso_utc_ms(obj)
         except OverflowError:
-            raise InvalidEventError(path, "datetime outside the range of a UTC timestamp") from None
+            raise _Refusal("datetime outside the range of a UTC timestamp") from None
     if isinstance(obj, _dt.date):
         return obj.isoformat()
     if isinstance(obj, decimal.Decimal):
@@ -203,7 +226,7 @@ def _normalise(obj: Any, path: str) -> Any:
             return None
         if not math.isfinite(float(obj)):
             # The gateway parses numbers as doubles: 1E+400 would make it refuse the whole batch.
-            raise InvalidEventError(path, f"Decimal {obj} is beyond the range of a JSON number (a double)")
+            raise _Refusal(f"Decimal {obj} is beyond the range of a JSON number (a double)")
         return orjson.Fragment(str(obj).encode())  # exact: no trip through float
     if isinstance(obj, uuid.UUID):
         return str(uuid.UUID(int=obj.int))
@@ -211,14 +234,14 @@ def _normalise(obj: Any, path: str) -> Any:
         try:
             return bytes(obj).decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidEventError(path, "bytes that are not valid UTF-8") from None
+            raise _Refusal("bytes that are not valid UTF-8") from None
     if isinstance(obj, (set, frozenset)):
         items = list(obj)
         try:
             return sorted(items)  # a set's iteration order varies between processes
         except TypeError:
             # Mixed types: order by each element's own encoding, which is the same in every process.
-            return sorted(items, key=lambda v: (type(v).__name__, _sort_key(v, path)))
+            return sorted(items, key=lambda v: (type(v).__name__, _sort_key(v)))
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, Mapping):
@@ -226,11 +249,11 @@ def _normalise(obj: Any, path: str) -> Any:
     if isinstance(obj, orjson.Fragment):
         return obj
     if type(obj).__module__ == "numpy":
-        return _numpy(obj, path)
-    raise InvalidEventError(path, f"cannot encode a value of type {type(obj).__name__}")
+        return _numpy(obj)
+    raise _Refusal(f"cannot encode a value of type {type(obj).__name__}")
 
 
-def _numpy(obj: Any, path: str) -> Any:
+def _numpy(obj: Any) -> Any:
     """A numpy scalar or array (numpy is never imported here): orjson's own encoding when it has one,
     else the Python values it stands for."""
     try:
@@ -238,22 +261,22 @@ def _numpy(obj: Any, path: str) -> Any:
     except orjson.JSONEncodeError:
         pass
     if not hasattr(obj, "tolist"):
-        raise InvalidEventError(path, f"cannot encode a value of type {type(obj).__name__}")
+        raise _Refusal(f"cannot encode a value of type {type(obj).__name__}")
     plain = obj.tolist()  # object arrays, non-contiguous arrays, longdouble...
     if type(plain) is type(obj):  # no Python equivalent: longdouble as a double; never a complex
         if getattr(getattr(obj, "dtype", None), "kind", "") == "c":
-            raise InvalidEventError(path, f"cannot encode a complex number ({type(obj).__name__})")
+            raise _Refusal(f"cannot encode a complex number ({type(obj).__name__})")
         try:
             return float(obj)
         except (TypeError, ValueError):
-            raise InvalidEventError(path, f"cannot encode a value of type {type(obj).__name__}") from None
+            raise _Refusal(f"cannot encode a value of type {type(obj).__name__}") from None
     return plain
 
 
-def _sort_key(value: Any, path: str) -> bytes:
+def _sort_key(value: Any) -> bytes:
     try:
-        return orjson.dumps(snapshot(value, path, 0), option=_JSON_OPTIONS)
-    except InvalidEventError:
+        return orjson.dumps(_copy(value, 0), option=_JSON_OPTIONS)
+    except _Refusal:
         return repr(value).encode()
 
 

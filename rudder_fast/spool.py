@@ -74,9 +74,11 @@ DROP_REPORT_INTERVAL_NS: Final = 100_000_000
 QUOTA_CHECK_NS: Final = 1_000_000_000
 # ...and how often while it is over quota, so that it writes again soon after the sender makes room.
 OVER_RECHECK_NS: Final = 50_000_000
-# Above this encoded size a record's JSON size is checked too: escaping can make the JSON much larger
-# than the msgpack record, and the data plane refuses a request body over 4,096,000 bytes.
-JSON_CHECK_ABOVE: Final = 1_000_000
+# Above this encoded size a record's JSON size is checked too (the data plane refuses a request body over
+# 4,096,000 bytes). Below it the JSON cannot be too large: escaping grows a raw string field at most 6x
+# (a control character becomes ``\u0002``), identify's traits are sent twice (also in context.traits),
+# and the fixed fields add well under 1,000 bytes; 8 x 490,000 + 1,000 stays under MAX_PAYLOAD.
+JSON_CHECK_ABOVE: Final = 490_000
 
 _meta_pack = FRAME_META.pack
 _prefix_pack = FRAME_PREFIX.pack

@@ -232,6 +232,30 @@ def test_oversized_event_is_refused_without_touching_the_spool(emitter: Emitter,
 
 
 @pytest.mark.parametrize(
+    ("call", "kwargs", "field"),
+    [
+        ("page", {"user_id": "u", "name": "\x02" * 990_000}, "name"),
+        ("track", {"user_id": "u", "event": "E" + "\x01" * 700_000}, "event"),
+        ("alias", {"user_id": "u", "previous_id": "p" + "\x1f" * 800_000}, "previous_id"),
+        ("track", {"user_id": "u" + "\x02" * 700_000, "event": "e"}, "user_id"),
+    ],
+    ids=["page-name", "track-event", "alias-previous_id", "user_id"],
+)
+def test_an_event_whose_json_would_be_too_large_is_refused_at_the_call(
+    emitter: Emitter, spool_dir: Path, call: str, kwargs: dict[str, Any], field: str
+) -> None:
+    """Control characters in a raw string field grow six times as JSON (``\u0002``): under 1 MB in the
+    spool, over the data plane's 4,000,000-byte limit on the wire. Refused at the call, never accepted
+    to be quarantined with 413 later."""
+    before = snapshot(spool_dir)
+    with pytest.raises(InvalidEventError) as info:
+        getattr(emitter, call)(**kwargs)
+    assert info.value.field == field
+    assert "as JSON" in str(info.value)
+    assert snapshot(spool_dir) == before
+
+
+@pytest.mark.parametrize(
     "ts",
     [dt.datetime.min, dt.datetime(1600, 1, 1), dt.datetime(2600, 1, 1, tzinfo=UTC), dt.datetime.max],
     ids=["min", "1600", "2600", "max"],

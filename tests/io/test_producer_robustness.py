@@ -232,3 +232,96 @@ def test_a_logging_handler_that_emits_cannot_deadlock_the_first_call(tmp_path: P
     logged = [e for e in events if e["event"] == "Log Record"]
     assert len(logged) == 1 and "ignoring RUDDER_FAST_QUOTA_BYTES" in logged[0]["properties"]["msg"], events
     assert result["stats"]["accepted"] == 2, result
+
+
+MUTATION_SCRIPT = textwrap.dedent(
+    """
+    import collections.abc, decimal, enum, json, sys, threading, time
+    import numpy
+    from rudder_fast import Emitter
+
+    class Color(enum.Enum):
+        RED = "red"
+        BLUE = decimal.Decimal("2.5")
+
+    def values(kind, n):
+        if kind == "decimal":
+            return [decimal.Decimal(n) for _ in range(50)]
+        if kind == "enum":
+            return [Color.RED, Color.BLUE] * 25
+        if kind == "set":
+            return [{n, n + 1, "x"} for _ in range(20)]
+        if kind == "numpy":
+            return [numpy.float64(n), numpy.arange(3), numpy.array([object()], dtype=object)[:0]] * 10
+        return [{"when": decimal.Decimal(n)} for _ in range(20)]
+
+    em = Emitter(sys.argv[1])
+    seconds = float(sys.argv[2])
+    report = {}
+    for kind in ("decimal", "enum", "set", "numpy", "nested"):
+        shared = values(kind, 1)
+        nested = {"a": decimal.Decimal(1)}
+        stop = threading.Event()
+
+        def mutate():  # another thread empties and refills the containers the calls are reading
+            n = 0
+            while not stop.is_set():
+                n += 1
+                shared.clear()
+                shared.extend(values(kind, n))
+                nested.clear()
+                nested.update({f"k{i}": decimal.Decimal(n) for i in range(10)})
+
+        thread = threading.Thread(target=mutate)
+        thread.start()
+        calls = 0
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                em.track(user_id="u", event="Race", properties={"cart": shared, "nested": nested})
+                calls += 1
+        finally:
+            stop.set()
+            thread.join()
+        report[kind] = calls
+
+    # The same thread changing a list while it is read: a Mapping whose __iter__ empties it.
+    cart = []
+
+    class Emptying(collections.abc.Mapping):
+        def __getitem__(self, key):
+            return 1
+        def __len__(self):
+            return 1
+        def __iter__(self):
+            cart.clear()
+            return iter(["a"])
+
+    for i in range(2000):
+        cart[:] = [Emptying(), decimal.Decimal("1.5")] + [decimal.Decimal(j) for j in range(20)]
+        em.track(user_id="u", event="Reentrant", properties={"cart": cart})
+    report["same-thread"] = 2000
+    em.close()
+    print(json.dumps(report))
+    """
+)
+
+
+def test_containers_changed_by_another_thread_during_a_call_never_crash_the_process(
+    spool_dir: Path,
+) -> None:
+    """Another thread emptying and refilling the lists and dicts passed in ``properties`` (Decimals,
+    Enums, sets, numpy values, nested dicts) while calls read them, and a Mapping that empties its own
+    enclosing list: every call completes, the process never dies (it used to, with SIGSEGV)."""
+    pytest.importorskip("numpy")
+    out = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", MUTATION_SCRIPT, str(spool_dir), "2.0"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, f"exit {out.returncode}:\n{out.stderr[-3000:]}"
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(calls > 0 for calls in report.values()), report
+    events, _ = inspect_spool(spool_dir)
+    assert len(events) == sum(report.values())

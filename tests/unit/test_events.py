@@ -277,6 +277,109 @@ def test_bad_timestamps_are_refused(value: Any) -> None:
     assert info.value.field == "timestamp"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-W48-4T10:00:00+00:00",  # ISO 8601 week date
+        "20261126T100102Z",  # ISO 8601 basic format
+        "2026-11-26T10:01Z",  # no seconds
+        "2026-11-26T10:01:02,5Z",  # decimal comma
+        "2026-330T10:01:02Z",  # ordinal date
+        "2026-11-26T10:01:02+0100",  # offset without a colon
+        "2026-11-26T10:01:02+24:00",  # impossible offset
+        "2026-02-30T10:01:02Z",  # no such day
+    ],
+)
+def test_iso_8601_forms_that_are_not_rfc_3339_are_refused(text: str) -> None:
+    """The data plane keeps the string verbatim and destinations read RFC 3339: other ISO 8601 forms
+    would be sent unchanged and misread, so they are refused, by the same rule on every Python."""
+    with pytest.raises(InvalidEventError) as info:
+        check_timestamp(text)
+    assert info.value.field == "timestamp"
+
+
+@pytest.mark.parametrize(
+    ("text", "sent"),
+    [
+        ("2026-11-26 10:01:02+00:00", "2026-11-26T10:01:02+00:00"),  # str(datetime)'s form
+        ("2026-11-26 10:01:02.345678+05:30", "2026-11-26T10:01:02.345678+05:30"),
+        ("2026-11-26t10:01:02z", "2026-11-26T10:01:02Z"),
+        ("2026-11-26T10:01:02.345Z", "2026-11-26T10:01:02.345Z"),  # also on Python 3.10
+    ],
+)
+def test_rfc_3339_variants_are_written_in_the_canonical_form(text: str, sent: str) -> None:
+    assert check_timestamp(text) == sent
+
+
+class RaisingOffset(dt.tzinfo):
+    def utcoffset(self, d: dt.datetime | None) -> dt.timedelta:
+        raise RuntimeError("no offset today")
+
+
+class RaisingStr(str):
+    def __str__(self) -> str:
+        raise RuntimeError("no str today")
+
+
+class RaisingInt(int):
+    def __str__(self) -> str:
+        raise RuntimeError("no str today")
+
+    __repr__ = __str__
+
+
+class RaisingMapping(Mapping[str, Any]):
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("no items today")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["a"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_a_tzinfo_whose_utcoffset_raises_is_refused_as_invalid() -> None:
+    when = dt.datetime(2026, 1, 1, tzinfo=RaisingOffset())
+    with pytest.raises(InvalidEventError) as info:
+        check_timestamp(when)
+    assert info.value.field == "timestamp" and "utcoffset" in str(info.value)
+    with pytest.raises(InvalidEventError) as info:
+        encode_json_field("properties", {"when": when})
+    assert info.value.field == "properties.when"
+
+
+def test_str_and_int_subclasses_are_read_without_their_own_str() -> None:
+    """Their characters and digits are what is sent: a __str__ that raises is never called."""
+    assert check_id("user_id", RaisingStr("u-1")) == "u-1"
+    assert check_id("user_id", RaisingInt(42)) == "42"
+    assert check_required_str("event", RaisingStr("Clicked")) == "Clicked"
+    assert check_required_str("group_id", RaisingInt(7)) == "7"
+    assert check_optional_str("name", RaisingStr("Home")) == "Home"
+    assert check_message_id(RaisingStr("m-1")) == "m-1"
+    assert orjson.loads(encode_json_field("properties", {"s": RaisingStr("x"), "n": RaisingInt(3), "d": 1.5})
+                        or b"") == {"s": "x", "n": 3, "d": 1.5}  # fmt: skip
+
+
+def test_a_mapping_whose_items_raise_is_refused_as_invalid_naming_the_path() -> None:
+    with pytest.raises(InvalidEventError) as info:
+        encode_json_field("properties", {"cart": [1, {"x": RaisingMapping()}], "other": decimal.Decimal(1)})
+    assert info.value.field == "properties.cart[1].x"
+    assert "RuntimeError" in str(info.value)
+    with pytest.raises(InvalidEventError) as info:
+        encode_json_field("traits", RaisingMapping())
+    assert info.value.field == "traits"
+
+
+def test_numpy_long_double_is_a_number_and_complex_is_refused() -> None:
+    np = pytest.importorskip("numpy")
+    assert orjson.loads(encode_json_field("properties", {"x": np.longdouble(1.5)}) or b"") == {"x": 1.5}
+    assert orjson.loads(encode_json_field("properties", {"x": np.float32(0.5)}) or b"") == {"x": 0.5}
+    with pytest.raises(InvalidEventError) as info:
+        encode_json_field("properties", {"z": np.clongdouble(1 + 2j)})
+    assert info.value.field == "properties.z" and "complex" in str(info.value)
+
+
 # -- the mapping form --------------------------------------------------------------------------------
 
 
