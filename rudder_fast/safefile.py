@@ -100,7 +100,7 @@ def pread_small(path: Path, size: int) -> bytes | None:
         os.close(fd)
 
 
-def create_exclusive(path: Path, mode: int = 0o600) -> int:
+def create_exclusive(path: Path, mode: int = 0o600, *, append: bool = False) -> int:
     """A new, empty regular file at ``path`` for writing; whatever had the name is removed first
     (a planted symlink is unlinked, never followed)."""
     try:
@@ -109,13 +109,23 @@ def create_exclusive(path: Path, mode: int = 0o600) -> int:
         pass
     except IsADirectoryError:
         raise NotRegularFile(errno.EISDIR, f"{path} is a directory, not a regular file") from None
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE, mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | (os.O_APPEND if append else 0) | _SAFE, mode)
     try:
         os.fchmod(fd, mode)  # exactly this mode, whatever the umask
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def open_append(path: Path) -> int:
+    """``path`` opened for appending (created if missing). Anything but this user's regular file under
+    the name (a planted symlink, a FIFO, another user's hard link) is set aside and a new file made:
+    an append-only log must not be stopped for good by whatever someone put in its place."""
+    try:
+        return open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    except NotRegularFile:
+        return create_exclusive(path, append=True)
 
 
 def write_all(fd: int, data: bytes) -> None:

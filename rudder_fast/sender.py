@@ -380,7 +380,7 @@ class Quarantine:
                 self.overflow += 1
                 log.error("rejected/ is full (%d bytes): a refused event was counted, not kept", used)
                 return False
-            fd = safefile.open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            fd = safefile.open_append(path)
             try:
                 safefile.write_all(fd, line + b"\n")
                 os.fsync(fd)
