@@ -81,6 +81,7 @@ POLL_MAX_S: Final = 0.05  # ...and slows to this when nothing arrives
 PROBE_INTERVAL_S: Final = 1.0  # how often an idle live segment's writer lock is probed
 READ_CHUNK: Final = 1 << 20  # bytes read from a segment at a time: bounds the per-segment buffer
 TMP_MAX_AGE_S: Final = 60.0  # a tmp/ entry this old whose creator is gone is debris: removed
+COMMIT_RETRY_S: Final = 1.0  # a failing ledger commit (a full disk) is tried again this often
 PRIVACY_CHECK_S: Final = 1.0  # how often the spool's directories are checked to still be private
 # How often segments/ is listed (new files, and new bytes in idle ones): often while the spool is small,
 # so events are picked up within milliseconds, less often as it grows, so thousands of segments cost
@@ -198,6 +199,45 @@ class Result:
     abandoned: bool = False
 
 
+# -- logging that never repeats per event --------------------------------------------------------------
+
+
+class Recurring:
+    """A kind of event that may happen once per event (a refused event, an unreadable record, a failing
+    commit): the first is logged at once, then at most one line per ``interval_s`` with how many
+    happened since, so a flood of them costs a line a minute, never one per event. Thread-safe."""
+
+    def __init__(self, level: int, what: str, interval_s: float = 60.0) -> None:
+        self.level = level
+        self.what = what  # "events quarantined in rejected/": the summary reads "<n> <what> ..."
+        self.interval_s = interval_s
+        self.total = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+        self._lock = threading.Lock()
+
+    def note(self, detail: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.total += 1
+            self._unlogged += 1
+            if self._logged_at is not None and now - self._logged_at < self.interval_s:
+                return
+            count, self._unlogged, first = self._unlogged, 0, self._logged_at is None
+            self._logged_at = now
+        if first:
+            log.log(self.level, "%s (%s); further ones are summarised once a minute", self.what, detail)
+        else:
+            log.log(self.level, "%d %s in the last minute (last: %s)", count, self.what, detail)
+
+    def flush(self) -> None:
+        """At shutdown: the ones not yet told."""
+        with self._lock:
+            count, self._unlogged = self._unlogged, 0
+        if count:
+            log.log(self.level, "%d more %s since the last summary", count, self.what)
+
+
 # -- delivery state shared between workers, logged on change only --------------------------------------
 
 
@@ -277,6 +317,7 @@ class Deliverer:
         self.quarantine = quarantine
         self.rng = default_rng()
         self.clock = IsoClock()
+        self.splits = quarantine.splits
 
     def deliver(self, batch: Batch) -> Result:
         result = Result(batch)
@@ -318,7 +359,7 @@ class Deliverer:
                     first, second = halves(len(part))
                     work.append(range(part.start + second.start, part.start + second.stop))
                     work.append(range(part.start + first.start, part.start + first.stop))
-                    log.info("%s (%d events)", decision.reason, len(stubs))
+                    self.splits.note(f"{decision.reason}, {len(stubs)} events")
                     break
                 if action is Action.QUARANTINE:
                     self.state.success()
@@ -355,6 +396,9 @@ class Quarantine:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self.overflow = 0
+        self.kept = Recurring(logging.WARNING, "events refused by the data plane were kept in rejected/")
+        self.full = Recurring(logging.ERROR, "refused events were counted, not kept: rejected/ is full")
+        self.splits = Recurring(logging.INFO, "batches split or bisected after a 413 or a 400")
 
     def put(self, stub: bytes, status: int, answer: str) -> bool:
         """Keep a refused event: True once it is on disk, False if rejected/ is full (it is then only
@@ -378,7 +422,7 @@ class Quarantine:
                     pass
             if used + len(line) > self.max_bytes:
                 self.overflow += 1
-                log.error("rejected/ is full (%d bytes): a refused event was counted, not kept", used)
+                self.full.note(f"{used:,} bytes used")
                 return False
             fd = safefile.open_append(path)
             try:
@@ -386,7 +430,7 @@ class Quarantine:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        log.warning("quarantined one event in %s: HTTP %d %s", path.name, status, answer)
+        self.kept.note(f"{path.name}: HTTP {status} {answer}")
         return True
 
 
@@ -434,6 +478,17 @@ class Sender:
         self._sent_window: collections.deque[tuple[float, int]] = collections.deque()
         self._next_tmp_sweep = 0.0
         self._next_privacy_check = 0.0
+        self._commit_retry_at = 0.0
+        self.commit_failures = Recurring(logging.ERROR, "ledger commits failed; retried every second")
+        self.unreadable = Recurring(
+            logging.WARNING, "unreadable records were skipped (counted as skipped bytes)"
+        )
+        self.too_large = Recurring(
+            logging.ERROR, "events too large to send were counted, not kept in rejected/"
+        )
+        self.oldest_deleted = Recurring(
+            logging.WARNING, "times the oldest events were deleted over the quota"
+        )
         self._unsafe = False  # the spool stopped being private: write nothing more into it
         self._signalled = False
         self._drops_seen = -1  # set from the ledger at start: only new drops are announced
@@ -593,7 +648,13 @@ class Sender:
             )
         if not self._unsafe:
             self._reap_finished()
+            self._commit_retry_at = 0.0  # a last try, whatever the back-off
             self._commit_if_dirty()
+        for recurring in (
+            self.quarantine.kept, self.quarantine.full, self.quarantine.splits, self.commit_failures,
+            self.unreadable, self.too_large, self.oldest_deleted,
+        ):  # fmt: skip
+            recurring.flush()
             self._write_status(final=True)
         for _ in self._workers:
             self._work.put(None)
@@ -744,7 +805,7 @@ class Sender:
             usage -= max(0, size - seg.acked)
             self._dirty = True
         if lost:
-            log.warning("spool over quota: deleted the oldest pending events (%d lost, counted)", lost)
+            self.oldest_deleted.note(f"{lost} events in the last deletion")
         return usage
 
     def _in_open_batch(self, seg: Segment) -> bool:
@@ -810,7 +871,7 @@ class Sender:
                 try:
                     stub = dumps(to_event(unpackb(item.payload), nonce, item.seq))[:-1]
                 except Exception as exc:  # a CRC-valid frame this version cannot read
-                    log.warning("unreadable record at %s:%d skipped: %s", seg.name, item.offset, exc)
+                    self.unreadable.note(f"{seg.name}:{item.offset}: {exc}")
                     self._mark_resolved(seg, item.end, skipped=item.end - item.offset)
                     continue
                 batch = self.batch
@@ -917,7 +978,7 @@ class Sender:
             event = self.mapper.event(record, seg.tail.nonce, frame.seq)
             return orjson.dumps(event)[:-1]
         except Exception as exc:  # a CRC-valid frame this version cannot read: count its bytes
-            log.warning("unreadable record at %s:%d skipped: %s", seg.name, frame.offset, exc)
+            self.unreadable.note(f"{seg.name}:{frame.offset}: {exc}")
             return None
 
     def _add_to_batch(self, seg: Segment, end: int, stub: bytes) -> None:
@@ -926,7 +987,7 @@ class Sender:
             try:
                 kept = self.quarantine.put(stub, 413, "event larger than the data plane's request size limit")
             except OSError as exc:
-                log.error("an event too large to send could not be kept in rejected/ (%s): counted", exc)
+                self.too_large.note(str(exc))
                 self._mark_resolved(seg, end, drops={DROP_TOO_LARGE: 1})
                 return
             self._mark_resolved(seg, end, rejected=1, drops=None if kept else {DROP_NOT_KEPT: 1})
@@ -1088,16 +1149,26 @@ class Sender:
             self.ledger.offsets.pop(name, None)
             self._dirty = True
 
-    def _commit_if_dirty(self) -> None:
-        if not self._dirty:
+    def _commit_if_dirty(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if not self._dirty or now < self._commit_retry_at:
             return
         self._dirty = False
         self.ledger.ahead = self._resolved_ahead()
         try:
             ledger.commit(self.paths.ledger, self.ledger)
         except OSError as exc:
+            # A full or failing disk: try again in a second (each try is an fsync), and say so once a
+            # minute, not at every turn of the loop.
             self._dirty = True
-            log.error("cannot commit the ledger (%s); will retry", exc)
+            self._commit_retry_at = now + COMMIT_RETRY_S
+            self.commit_failures.note(str(exc))
+            return
+        if self._commit_retry_at:
+            self._commit_retry_at = 0.0
+            log.warning(
+                "the ledger is committed again (after %d failed attempts)", self.commit_failures.total
+            )
 
     def _drained(self) -> bool:
         if self.inflight or self.batch is not None or self.ready is not None:
@@ -1221,7 +1292,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deliver a rudder_fast spool to a RudderStack data plane, at least once.",
     )
     p.add_argument("--spool-dir", help="the spool to ship [$RUDDER_FAST_SPOOL_DIR]")
-    p.add_argument("--write-key", help="the source's write key [$RUDDER_WRITE_KEY]")
+    p.add_argument(
+        "--write-key",
+        help="the source's write key [$RUDDER_WRITE_KEY]. A command-line argument is visible to every "
+        "user of the host (ps, /proc): prefer the environment variable or --write-key-file",
+    )
+    p.add_argument(
+        "--write-key-file",
+        help="read the write key from this file (e.g. a mounted secret) [$RUDDER_WRITE_KEY_FILE]",
+    )
     p.add_argument(
         "--data-plane-url", help="data plane URL, with or without /v1/batch [$RUDDER_DATA_PLANE_URL]"
     )
@@ -1263,12 +1342,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_write_key_file(path: Path) -> str:
+    """The write key kept in a file: its first line, stripped. Refused if others may write it; a warning
+    if others may read it."""
+    try:
+        st = os.stat(path)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the write key file {path}: {exc}") from None
+    if st.st_mode & 0o022:
+        raise ConfigurationError(f"the write key file {path} is writable by others: `chmod 600 {path}`")
+    if st.st_mode & 0o004:
+        log.warning("the write key file %s is readable by every user: `chmod 600 %s`", path, path)
+    key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise ConfigurationError(f"the write key file {path} is empty")
+    return key
+
+
 def config_from_args(args: argparse.Namespace) -> SenderConfig:
     """Options win over environment variables, which win over the defaults."""
     write_key = args.write_key or _env("RUDDER_WRITE_KEY")
+    key_file = args.write_key_file or _env("RUDDER_WRITE_KEY_FILE")
+    if not write_key and key_file:
+        write_key = read_write_key_file(Path(key_file))
     url = args.data_plane_url or _env("RUDDER_DATA_PLANE_URL")
     if not write_key:
-        raise ConfigurationError("no write key: pass --write-key or set RUDDER_WRITE_KEY")
+        raise ConfigurationError(
+            "no write key: set RUDDER_WRITE_KEY, or pass --write-key-file (or --write-key, which every "
+            "user of the host can read in `ps`)"
+        )
     if not url:
         raise ConfigurationError("no data plane URL: pass --data-plane-url or set RUDDER_DATA_PLANE_URL")
 

@@ -80,7 +80,7 @@ def collect(spool_dir: Path) -> dict[str, Any]:
             "updated_at": sender_doc.get("updated_at"),
         },
         "counters": {
-            "accepted": counters.sent + counters.rejected + pending.events,
+            "accepted": accepted(counters, pending.events),
             "dropped": dropped,
             "sent": counters.sent,
             "retried": counters.retried,
@@ -90,6 +90,19 @@ def collect(spool_dir: Path) -> dict[str, Any]:
         "last_error": sender_doc.get("last_error"),
         "last_error_at": sender_doc.get("last_error_at"),
     }
+
+
+# Drops of events that producers had accepted (their call returned a messageId): the sender deleted them
+# unsent (``--on-full drop_oldest``), or could neither send nor keep them. Every other drop reason is
+# counted by a producer whose call returned None: those events were never accepted.
+LOST_AFTER_ACCEPTANCE = ("oldest", "too_large")
+
+
+def accepted(counters: ledger.Counters, pending: int) -> int:
+    """Events producers accepted: delivered, refused by the data plane (kept in rejected/ or not),
+    still pending, or lost after acceptance."""
+    lost = sum(counters.dropped.get(reason, 0) for reason in LOST_AFTER_ACCEPTANCE)
+    return counters.sent + counters.rejected + pending + lost
 
 
 def _age(seconds: float | None) -> str:

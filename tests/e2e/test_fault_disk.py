@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -219,3 +220,35 @@ def test_full_disk_freed_by_the_sender_delivering_the_backlog(
     assert dropped(doc, "disk_error") == nones, doc["counters"]
     assert doc["counters"]["sent"] == len(expected), doc["counters"]
     assert doc["counters"]["skipped_bytes"] == 0, doc["counters"]
+
+
+def test_a_ledger_that_cannot_be_committed_is_retried_every_second_and_logged_once_a_minute(
+    small_disk: Path, start_devserver: Callable[..., DevServer], senders: Senders
+) -> None:
+    """The disk is full while the sender delivers a live producer's events: every acknowledged batch
+    wants a ledger commit, and none fits. The commit is tried once a second, not at every turn of the
+    loop, and the log says so once (it used to log an ERROR every 5-50 ms), then that it worked again."""
+    spool_dir = small_disk / "spool"
+    server = start_devserver()
+    server.control({"latency_ms": 100})  # batches are acknowledged one after another, over seconds
+    producer = ProducerChild(spool_dir)
+    try:
+        accepted, _ = fill_until_full(producer, "ledger")
+        sender = senders.start(
+            ["--max-batch-events", "100", "--concurrency", "1"], sender_env(spool_dir, server.url)
+        )
+        wait_for(
+            lambda: any("] ERROR " in line and "ledger" in line for line in sender.stderr().splitlines()),
+            timeout=30,
+        )
+        failing_since = time.monotonic()
+        wait_for(lambda: time.monotonic() - failing_since > 3.0, timeout=10)
+        errors = [line for line in sender.stderr().splitlines() if "] ERROR " in line]
+        assert len(errors) <= 2, "\n".join(errors[:20])
+        producer.call("close")  # its segment is finished: delivered and deleted, space comes back
+    finally:
+        producer.stop()
+    wait_for(lambda: len(server.received()) >= len(accepted), timeout=60)
+    wait_for(lambda: "the ledger is committed again" in sender.stderr(), timeout=30)
+    assert stop_process(sender.proc) == 0, sender.stderr()
+    assert_delivered_exactly(server.received(), accepted)

@@ -35,6 +35,7 @@ from tests.e2e.faultkit import (
     assert_wire_event,
     closed_port,
     dropped,
+    fork_wave,
     status_json,
     track,
     wait_sender_ready,
@@ -418,3 +419,24 @@ def run_flat_out(spool_dir: Path, producers: int, seconds: float) -> int:
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+def test_status_counts_every_accepted_event_under_drop_oldest(senders: Senders, spool_dir: Path) -> None:
+    """200 one-event processes while the sender deletes the oldest: ``accepted`` counts what producers
+    accepted (the deleted ones too), not just what is left to deliver."""
+    env, _ = down_env(spool_dir)
+    sender = senders.start(["--quota-bytes", "32K", "--on-full", "drop_oldest", "--concurrency", "1"], env)
+    wait_sender_ready(spool_dir, sender)
+    ids = fork_wave(spool_dir, 200, 1, tag="oldest", pad=400, close=lambda i: True)
+
+    def settled() -> dict[str, Any] | None:
+        doc = status_json(spool_dir)
+        return doc if dropped(doc, "oldest") > 0 and usage(spool_dir) < 32 * 1024 else None
+
+    doc = wait_for(settled, timeout=30, interval=0.2)
+    c = doc["counters"]
+    lost = dropped(doc, "oldest")
+    print(f"\naccepted {c['accepted']}, pending {doc['backlog']['events']}, deleted {lost}")
+    assert c["accepted"] == len(ids) == 200, c
+    assert c["accepted"] == c["sent"] + c["rejected"] + doc["backlog"]["events"] + lost, (c, doc["backlog"])
+    assert stop_process(sender.proc) == 0, sender.stderr()

@@ -175,3 +175,39 @@ def test_wrong_write_key_halts_keeps_everything_and_never_leaks_the_key(
     assert proc.returncode == 0, tail(proc.stderr)
     assert_exactly_once(devserver.received(), produced)
     assert_spool_empty(spool_dir)
+
+
+def _log_lines(text: str) -> collections.Counter[str]:
+    """Log lines per level (the sender's format: ``... rudder-fast-sender[pid] LEVEL message``)."""
+    levels = collections.Counter()
+    for line in text.splitlines():
+        for level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            if f"] {level} " in line:
+                levels[level] += 1
+    return levels
+
+
+def test_a_data_plane_refusing_every_event_costs_a_few_log_lines_not_one_per_event(
+    devserver: DevServer, senders: Senders, spool_dir: Path
+) -> None:
+    """Every request answered 400, then every event over the size limit (413): all 600 events end in
+    rejected/, and the sender's log says so in a handful of lines (it used to write a WARNING per
+    event, and an INFO per split)."""
+    fill_spool(spool_dir, 2, 150)
+    devserver.control({"fail_status": 400})
+    proc = senders.run(
+        ["--drain", "--drain-timeout", "90"], sender_env(spool_dir, devserver.url), timeout=120
+    )
+    assert proc.returncode == 0, tail(proc.stderr)
+    fill_spool(spool_dir, 2, 150)
+    devserver.control({"fail_status": None, "max_body": 200})
+    proc2 = senders.run(
+        ["--drain", "--drain-timeout", "90"], sender_env(spool_dir, devserver.url), timeout=120
+    )
+    assert proc2.returncode == 0, tail(proc2.stderr)
+    assert len(read_rejected(spool_dir)) == 600
+    for run in (proc, proc2):
+        levels = _log_lines(run.stderr)
+        print(f"\n{dict(levels)}\n{tail(run.stderr, 1500)}")
+        assert levels["WARNING"] + levels["ERROR"] <= 6, run.stderr
+        assert levels["INFO"] <= 10, run.stderr

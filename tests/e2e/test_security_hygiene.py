@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -177,3 +177,29 @@ def test_write_key_never_reaches_the_spool(tmp_path: Path, devserver: DevServer,
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
     assert key not in running.stderr()
+
+
+def test_the_write_key_can_come_from_a_file_instead_of_the_command_line(
+    tmp_path: Path, start_devserver: Callable[..., DevServer], senders: Senders
+) -> None:
+    """``--write-key`` is readable by every user in ``ps``: the help says so, and ``--write-key-file``
+    (or ``RUDDER_WRITE_KEY_FILE``) keeps the key out of the process list."""
+    help_text = subprocess.run(
+        [console_script("rudder-fast-sender"), "--help"], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert "ps" in help_text and "--write-key-file" in help_text
+    server = start_devserver(write_keys=["file-key"])
+    spool = tmp_path / "spool"
+    fill_spool(spool, 1, 20)
+    key_file = tmp_path / "key"
+    key_file.write_text("file-key\n")
+    key_file.chmod(0o600)
+    env = sender_env(spool, server.url, write_key=None, RUDDER_WRITE_KEY_FILE=str(key_file))
+    proc = senders.run(["--drain", "--drain-timeout", "30"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.received()) == 20
+    key_file.chmod(0o666)
+    proc = senders.run(
+        ["--drain", "--write-key-file", str(key_file)], sender_env(spool, server.url, write_key=None)
+    )
+    assert proc.returncode == 2 and "writable by others" in proc.stderr, proc.stderr
