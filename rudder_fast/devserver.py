@@ -14,6 +14,10 @@ with a JSON object (loopback only; not part of the real data plane)::
     {"poison_user_id": "bad"}               400 for any batch holding an event with this userId
     {"latency_ms": 50}                      wait before answering
     {"disabled": true}                      404 source is disabled
+    {"retry_after": "5"}                    send this Retry-After header with fail_status answers
+                                            (the gateway sends none; a proxy in front of it may)
+    {"stall_user_id": "slow"}               hold any batch holding an event with this userId until the
+                                            switch is cleared (or 10 min), then answer 503: never stored
 
 ``GET /_stats`` returns the counts as JSON.
 """
@@ -58,6 +62,8 @@ class Faults:
     poison_user_id: str | None = None
     latency_s: float = 0.0
     disabled: bool = False
+    retry_after: str | None = None
+    stall_user_id: str | None = None
 
 
 @dataclass
@@ -67,6 +73,7 @@ class Stats:
     by_status: dict[str, int] = field(default_factory=dict)
     gzip_requests: int = 0
     plain_requests: int = 0
+    stalled: int = 0  # requests held by the stall switch
 
 
 def blank(value: Any) -> bool:
@@ -280,6 +287,9 @@ class DevServer:
         else:
             body = raw
         status, answer, events = validate_batch(body, faults.max_body)
+        stall = faults.stall_user_id
+        if status == 200 and stall is not None and any(e.get("userId") == stall for e in events):
+            return self._stall(stall)
         poison = faults.poison_user_id
         if status == 200 and poison is not None and any(e.get("userId") == poison for e in events):
             return 400, "request neither has anonymousId nor userId"
@@ -302,6 +312,17 @@ class DevServer:
                 self._out.flush()
         return 200, "ok"
 
+    def _stall(self, user_id: str) -> tuple[int, str]:
+        """Hold this request while the stall switch names ``user_id``, then refuse it, storing nothing:
+        a client that died meanwhile must find its events again, not see them stored behind its back."""
+        with self._lock:
+            self.stats.stalled += 1
+        deadline = time.monotonic() + 600
+        while self.faults.stall_user_id == user_id and time.monotonic() < deadline:
+            if self._stopped.wait(0.05):
+                break
+        return 503, "service unavailable"
+
     def control(self, body: bytes) -> tuple[int, str]:
         try:
             cmd = orjson.loads(body)
@@ -321,6 +342,10 @@ class DevServer:
             f.latency_s = float(cmd["latency_ms"]) / 1000
         if "disabled" in cmd:
             f.disabled = bool(cmd["disabled"])
+        if "retry_after" in cmd:
+            f.retry_after = None if cmd["retry_after"] is None else str(cmd["retry_after"])
+        if "stall_user_id" in cmd:
+            f.stall_user_id = cmd["stall_user_id"]
         if "write_keys" in cmd:
             self.write_keys = set(cmd["write_keys"])
         if "down_for" in cmd:
@@ -343,6 +368,7 @@ class DevServer:
                     "by_status": s.by_status,
                     "gzip_requests": s.gzip_requests,
                     "plain_requests": s.plain_requests,
+                    "stalled": s.stalled,
                 }
             )
 
@@ -372,9 +398,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
-    def _answer(self, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> None:
+    def _answer(
+        self,
+        status: int,
+        text: str,
+        content_type: str = "text/plain; charset=utf-8",
+        retry_after: str | None = None,
+    ) -> None:
         data = text.encode()
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -397,7 +431,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._answer(status, text)
         else:
             # The gateway answers errors with Go's http.Error: the text and a newline.
-            self._answer(status, text + "\n")
+            faults = self.dev.faults
+            retry_after = faults.retry_after if status == faults.fail_status else None
+            self._answer(status, text + "\n", retry_after=retry_after)
 
     def do_GET(self) -> None:
         if self.path == "/_stats":

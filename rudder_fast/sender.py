@@ -116,6 +116,7 @@ class SenderConfig:
     metrics_host: str = metrics.DEFAULT_HOST
     metrics_port: int | None = None
     metrics_textfile: Path | None = None
+    rejected_max_bytes: int = REJECTED_MAX_BYTES
 
     def __repr__(self) -> str:  # never show the write key
         return (
@@ -459,7 +460,7 @@ class Sender:
             ca_bundle=cfg.ca_bundle,
             user_agent=f"rudder-fast/{__version__}",
         )
-        self.quarantine = Quarantine(self.paths.rejected)
+        self.quarantine = Quarantine(self.paths.rejected, cfg.rejected_max_bytes)
         self.mapper = WireMapper(__version__)
         self.ledger = ledger.LedgerState()
         self.segments: dict[str, Segment] = {}
@@ -1333,6 +1334,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write metrics to this file for node-exporter [$RUDDER_FAST_METRICS_TEXTFILE]",
     )
     p.add_argument(
+        "--rejected-max-bytes",
+        help="bound on rejected/; refused events beyond it are counted, not kept "
+        "[$RUDDER_FAST_REJECTED_MAX_BYTES] 64M",
+    )
+    p.add_argument(
         "--allow-network-fs",
         action="store_true",
         help="use a spool on NFS/CIFS/... anyway (unsafe: flock and appends are unreliable there) "
@@ -1422,7 +1428,13 @@ def config_from_args(args: argparse.Namespace) -> SenderConfig:
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
         raise ConfigurationError("metrics port must be between 0 and 65535")
     textfile = args.metrics_textfile or _env("RUDDER_FAST_METRICS_TEXTFILE")
+    raw_rejected = args.rejected_max_bytes or _env("RUDDER_FAST_REJECTED_MAX_BYTES")
+    try:
+        rejected_max = quota.parse_size(raw_rejected) if raw_rejected else REJECTED_MAX_BYTES
+    except ValueError as exc:
+        raise ConfigurationError(f"--rejected-max-bytes: {exc}") from None
     return SenderConfig(
+        rejected_max_bytes=rejected_max,
         metrics_port=metrics_port,
         metrics_host=args.metrics_host or _env("RUDDER_FAST_METRICS_HOST") or metrics.DEFAULT_HOST,
         metrics_textfile=Path(textfile) if textfile else None,

@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env, tail
+from tests.e2e.faultkit import ProducerChild
 from tests.e2e.test_delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event
 from tests.support import wait_for
 
@@ -157,3 +158,54 @@ def test_duplicates_after_a_kill_are_at_most_the_batches_in_flight_plus_one(
         f"{duplicates} events sent twice after one SIGKILL, more than the {CONCURRENCY} batches in "
         f"flight plus one ({bound} events): batches acknowledged after the first one were not committed"
     )
+
+
+def test_sigkill_while_the_oldest_batch_is_stalled_loses_nothing(
+    devserver: DevServer, senders: Senders, spool_dir: Path
+) -> None:
+    """Two segments. The first (a producer that exited) has its oldest batch held by the data plane,
+    unanswered, while its later batches are acknowledged out of order; the second (a producer still
+    running) is acknowledged in order, to its last byte. The sender is SIGKILLed with the oldest batch
+    still unanswered, the live producer writes more, a new sender drains. Every event arrives: the
+    ledger recorded exactly what was acknowledged, nothing of the stalled batch (an offset committed
+    before its acknowledgement loses it) and no byte more (an offset one past a frame loses the next)."""
+    batch_events = 100
+    produced = fill_spool(
+        spool_dir, 1, 1_500, identity=lambda p, j: ("slow", None) if j == 5 else (f"user-{p}-{j}", None)
+    )
+    slow = [mid for mid, user in produced.user_of.items() if user == "slow"]
+    devserver.control({"stall_user_id": "slow"})
+    live = ProducerChild(spool_dir)
+    try:
+        first = [mid for mid in live.emit("live", 1_000) if mid is not None]
+        env = sender_env(spool_dir, devserver.url)
+        args = ["--max-batch-events", str(batch_events), "--concurrency", str(CONCURRENCY)]
+        sender = senders.start(args, env)
+
+        def acknowledged() -> bool:
+            received = {e["messageId"] for e in devserver.received()}
+            return devserver.stats()["stalled"] >= 1 and set(first) <= received
+
+        wait_for(acknowledged, timeout=60)
+        time.sleep(0.3)  # the ledger is committed within ~50 ms of each acknowledgement
+        assert sender.proc.poll() is None, tail(sender.stderr())
+        sender.proc.send_signal(signal.SIGKILL)
+        assert sender.wait(timeout=10) == -signal.SIGKILL
+        delivered_before = {e["messageId"] for e in devserver.received()}
+        assert not set(slow) & delivered_before, "the stalled batch was stored: the test proves little"
+        later = [mid for mid in live.emit("live-after", 500) if mid is not None]
+
+        devserver.control({"stall_user_id": None})
+        proc = senders.run(["--drain", "--drain-timeout", "60", *args], env, timeout=90)
+        assert proc.returncode == 0, tail(proc.stderr)
+    finally:
+        live.stop()
+    expected = produced.id_set | set(first) | set(later)
+    received = devserver.received()
+    counts = collections.Counter(e["messageId"] for e in received)
+    missing = expected - counts.keys()
+    assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}"
+    duplicates = len(received) - len(counts)
+    bound = (CONCURRENCY + 1) * batch_events
+    print(f"\n{len(delivered_before)} delivered before the kill, {duplicates} twice (bound {bound})")
+    assert duplicates <= bound

@@ -211,3 +211,45 @@ def test_a_data_plane_refusing_every_event_costs_a_few_log_lines_not_one_per_eve
         print(f"\n{dict(levels)}\n{tail(run.stderr, 1500)}")
         assert levels["WARNING"] + levels["ERROR"] <= 6, run.stderr
         assert levels["INFO"] <= 10, run.stderr
+
+
+def test_retry_after_from_the_data_plane_is_honoured(
+    devserver: DevServer, senders: Senders, spool_dir: Path
+) -> None:
+    """A proxy in front of the gateway answers 503 with ``Retry-After: 3`` for 2.5 s: each batch in
+    flight asks once and waits the 3 s (its own backoff would have asked again within 0.5 s)."""
+    produced = fill_spool(spool_dir, 1, 400)
+    devserver.control({"fail_status": 503, "fail_for": 2.5, "retry_after": "3"})
+    started = time.monotonic()
+    proc = senders.run(
+        ["--drain", "--drain-timeout", "60", "--concurrency", "2", "--max-batch-events", "100"],
+        sender_env(spool_dir, devserver.url),
+        timeout=90,
+    )
+    took = time.monotonic() - started
+    assert proc.returncode == 0, tail(proc.stderr)
+    stats = devserver.stats()
+    print(f"\n{stats['by_status']} in {took:.1f} s")
+    assert stats["by_status"].get("503", 0) <= 2, stats  # one per batch in flight, then it waited
+    assert took >= 2.9, took
+    assert_exactly_once(devserver.received(), produced)
+
+
+def test_refused_events_beyond_the_rejected_bound_are_counted_not_kept(
+    devserver: DevServer, senders: Senders, spool_dir: Path
+) -> None:
+    produced = fill_spool(spool_dir, 1, 1_000, identity=_poison_identity)
+    poisoned = {mid for mid, user in produced.user_of.items() if user == "poison"}
+    devserver.control({"poison_user_id": "poison"})
+    env = sender_env(spool_dir, devserver.url)
+    proc = senders.run(["--drain", "--drain-timeout", "60", "--rejected-max-bytes", "2K"], env, timeout=90)
+    assert proc.returncode == 0, tail(proc.stderr)
+    kept = read_rejected(spool_dir)
+    assert 0 < len(kept) < len(poisoned) == 10
+    assert sum(p.stat().st_size for p in (spool_dir / "rejected").glob("*.jsonl")) <= 2048
+    status = read_status(spool_dir)
+    assert status is not None
+    counters = status["counters"]
+    assert counters["rejected"] == len(poisoned), counters
+    assert counters["dropped"].get("rejected_not_kept") == len(poisoned) - len(kept), counters
+    assert len(devserver.received()) == len(produced.ids) - len(poisoned)

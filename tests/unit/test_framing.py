@@ -581,13 +581,31 @@ def test_oversized_length_anywhere_is_skipped_and_the_rest_recovered(
     assert [key(f) for f in frames_of(items)] == [
         (f.type, f.seq, f.payload) for k, f in enumerate(frames) if k != which
     ]
-    # At most a trailing partial sync word inside the bad frame's payload may be held back.
-    assert decoder.buffered <= 3
+    # What is held back is only a plausible frame start inside the bad frame (a sync word in its seq or
+    # payload with too few bytes after it to decide), never anything beyond the bad frame.
     check_waits_only_on_plausible_tail(decoder, bytes(buf), 0)
     a, b = spans[which]
     assert sum(s.length for s in skips_of(items)) + decoder.buffered == b - a
     assert all(s.reason == "corrupt" for s in skips_of(items))
     check_accounting(items, decoder, 0)
+
+
+def test_a_sync_word_in_the_seq_of_an_oversized_frame_is_waited_on_not_lost() -> None:
+    """The case hypothesis found: the bad frame is the last one and its ``seq`` reads as a sync word. The
+    decoder resynchronises inside the seq field and, rightly, waits on the 8 bytes from there (they could
+    be the start of a frame still being written); finish() then skips them as torn."""
+    frames = [Written(FRAME_EVENT, 1, b"first"), Written(FRAME_EVENT, SYNC, b"")]
+    data, spans = stream_of(frames)
+    buf = bytearray(data)
+    struct.pack_into("<I", buf, spans[1][0] + 8, MAX_PAYLOAD + 1)
+    items, decoder = decode(bytes(buf), finish=False)
+    assert [key(f) for f in frames_of(items)] == [(FRAME_EVENT, 1, b"first")]
+    assert decoder.buffered == 8
+    check_waits_only_on_plausible_tail(decoder, bytes(buf), 0)
+    decoder.finish()
+    drain(decoder, items, len(buf))
+    assert decoder.buffered == 0
+    assert sum(s.length for s in skips_of(items)) == spans[1][1] - spans[1][0]
 
 
 @PROPERTY
