@@ -213,11 +213,12 @@ def precious(tmp_path: Path) -> Iterator[Path]:
 
 
 def _plant(link: Path, target: Path) -> None:
-    try:
-        link.unlink()
-    except FileNotFoundError:
-        pass
-    link.symlink_to(target)
+    """Put a symlink to ``target`` at ``link``, replacing whatever the sender just wrote there (a rename
+    over the name: atomic, so it cannot race with the sender creating the file)."""
+    staged = link.with_name(link.name + ".planted")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(target)
+    os.replace(staged, link)
 
 
 def test_nothing_is_written_through_symlinks_planted_in_the_spool(

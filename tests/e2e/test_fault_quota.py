@@ -425,18 +425,36 @@ def test_status_counts_every_accepted_event_under_drop_oldest(senders: Senders, 
     """200 one-event processes while the sender deletes the oldest: ``accepted`` counts what producers
     accepted (the deleted ones too), not just what is left to deliver."""
     env, _ = down_env(spool_dir)
-    sender = senders.start(["--quota-bytes", "32K", "--on-full", "drop_oldest", "--concurrency", "1"], env)
+    args = [
+        "--quota-bytes",
+        "32K",
+        "--on-full",
+        "drop_oldest",
+        "--concurrency",
+        "1",
+        "--max-batch-events",
+        "5",
+    ]
+    sender = senders.start(args, env)
     wait_sender_ready(spool_dir, sender)
     ids = fork_wave(spool_dir, 200, 1, tag="oldest", pad=400, close=lambda i: True)
 
-    def settled() -> dict[str, Any] | None:
-        doc = status_json(spool_dir)
-        return doc if dropped(doc, "oldest") > 0 and usage(spool_dir) < 32 * 1024 else None
+    last: dict[str, Any] = {}
 
-    doc = wait_for(settled, timeout=30, interval=0.2)
-    c = doc["counters"]
-    lost = dropped(doc, "oldest")
-    print(f"\naccepted {c['accepted']}, pending {doc['backlog']['events']}, deleted {lost}")
-    assert c["accepted"] == len(ids) == 200, c
-    assert c["accepted"] == c["sent"] + c["rejected"] + doc["backlog"]["events"] + lost, (c, doc["backlog"])
+    def settled() -> bool:
+        # The sender's counters in `status` are its snapshot of the last second: wait for one taken
+        # after the deletions settled.
+        nonlocal last
+        last = status_json(spool_dir)
+        deleted = dropped(last, "oldest") > 0 and usage(spool_dir) < 32 * 1024
+        return deleted and last["counters"]["accepted"] == len(ids)
+
+    try:
+        wait_for(settled, timeout=60, interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"status never counted {len(ids)} accepted: {last}") from None
+    c = last["counters"]
+    lost = dropped(last, "oldest")
+    print(f"\naccepted {c['accepted']}, pending {last['backlog']['events']}, deleted {lost}")
+    assert c["accepted"] == c["sent"] + c["rejected"] + last["backlog"]["events"] + lost, (c, last["backlog"])
     assert stop_process(sender.proc) == 0, sender.stderr()
