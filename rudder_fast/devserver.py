@@ -41,15 +41,9 @@ from typing import IO, Any, Final
 
 import orjson
 
+from .events import is_blank
+
 MAX_BODY: Final = 4_096_000  # the gateway's maxReqSizeInKB = 4000
-# rudder-go-kit sanitize/sanitize.go ``invisibleRunes``: deleted from ids before the blank test, even
-# the printable ones (Hangul fillers, the braille blank, ...).
-_INVISIBLE: Final = frozenset(
-    "\u0000\u0009\u00a0\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e"
-    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u200b\u200c\u200d\u200e\u200f"
-    "\u202f\u205f\u2060\u2061\u2062\u2063\u2064\u206a\u206b\u206c\u206d\u206e\u206f"
-    "\u3000\u2800\u3164\ufeff\uffa0"
-)
 # rudder-server gateway/gateway.go ``extractEvent``, ``rETLEvent``: event types that need no id.
 _NO_ID_TYPES: Final = ("extract", "record")
 
@@ -90,7 +84,7 @@ def blank(value: Any) -> bool:
         return True
     if not isinstance(value, str):
         return False
-    return all(ch == " " or ch in _INVISIBLE or not ch.isprintable() for ch in value)
+    return is_blank(value)
 
 
 def _batch_events(doc: Any) -> list[Any]:

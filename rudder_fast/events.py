@@ -44,7 +44,6 @@ import decimal
 import enum
 import math
 import re
-import unicodedata
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
@@ -81,7 +80,14 @@ _JSON_OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_
 _NUMPY_OPTIONS: Final = _JSON_OPTIONS | orjson.OPT_SERIALIZE_NUMPY
 _UTC = _dt.timezone.utc
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_UTC)
-_INVISIBLE_CATEGORIES: Final = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp"))
+# rudder-go-kit sanitize/sanitize.go ``invisibleRunes``: the gateway deletes these from ids before its
+# blank test, even the printable ones (Hangul fillers, the braille blank, ...).
+GATEWAY_INVISIBLE: Final = frozenset(
+    "\u0000\u0009\u00a0\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u200b\u200c\u200d\u200e\u200f"
+    "\u202f\u205f\u2060\u2061\u2062\u2063\u2064\u206a\u206b\u206c\u206d\u206e\u206f"
+    "\u3000\u2800\u3164\ufeff\uffa0"
+)
 _INT_MIN: Final = -(2**63)
 _UINT_MAX: Final = 2**64 - 1
 
@@ -281,10 +287,14 @@ def _sort_key(value: Any) -> bytes:
 
 
 def is_blank(text: str) -> bool:
-    """True if ``text`` has nothing but whitespace and invisible characters (the gateway's "blank")."""
+    """True if the gateway takes ``text`` for a missing id (rudder-server ``gateway/handle.go``:
+    ``strings.TrimSpace(sanitize.Unicode(id))`` is empty, and the whole batch is then refused): every
+    character is a space, one of rudder-go-kit's invisible ones, or not printable (Go's
+    ``unicode.IsPrint`` refuses the Unicode categories C and Z but the ASCII space, as Python's
+    ``str.isprintable`` does: control, format, unassigned and private-use characters included)."""
     if text and "!" <= text[0] <= "~":
         return False
-    return all(ch.isspace() or unicodedata.category(ch) in _INVISIBLE_CATEGORIES for ch in text)
+    return all(ch == " " or ch in GATEWAY_INVISIBLE or not ch.isprintable() for ch in text)
 
 
 def check_id(field: str, value: object) -> str | None:

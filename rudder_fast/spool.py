@@ -387,6 +387,7 @@ class SegmentWriter:
                 self._reentrant()
                 return False
             if self._flags & _FIRST_CALL:
+                _check_record(record)  # bad input is refused before the spool is even created
                 self._flags = 0
                 if self._paths is None:
                     try:

@@ -409,3 +409,15 @@ def test_normalisation_is_identical_across_calls(spool_dir: Path) -> None:
     fragments = [raw[raw.index(b'"properties":') :].rstrip(b"}") for raw in out]
     assert len(set(fragments)) == 1
     assert orjson.loads(out[0])["properties"] == {"d": 1.1, "t": [1, 2], "s": [1, 3], "f": None, "b": "x"}
+
+
+def test_a_refused_first_call_does_not_even_create_the_spool(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    emitter = Emitter(spool)
+    with pytest.raises(InvalidEventError):
+        emitter.track(user_id="u", event="Big", properties={"blob": "x" * 4_100_000})
+    with pytest.raises(InvalidEventError):
+        emitter.page(user_id="u", name="p" + "\x02" * 990_000)
+    assert not spool.exists()
+    assert emitter.track(user_id="u", event="Fine") is not None
+    assert spool.exists()

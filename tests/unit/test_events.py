@@ -934,3 +934,18 @@ def test_field_names_cover_every_kind() -> None:
     )
     assert field_names(KIND_GROUP)[R_FIELDS:] == ("group_id", "traits")
     assert field_names(KIND_ALIAS)[R_FIELDS:] == ("previous_id",)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\u3164", "\u2800", "\u115f\u1160", "\ue000", "\U0010fffd", "\U000e0fff", " \u3164 ", "\uffa0\u2800"],
+    ids=["hangul-filler", "braille-blank", "hangul-choseong", "private-use", "plane-16", "unassigned",
+         "spaced", "mixed"],
+)  # fmt: skip
+def test_ids_the_gateway_takes_for_blank_are_blank(text: str) -> None:
+    """The gateway refuses a whole batch for an event whose ids are all blank by its rule (printable
+    characters only, after deleting rudder-go-kit's invisible ones): the same rule refuses it here."""
+    with pytest.raises(InvalidEventError) as info:
+        check_identity(text, None)
+    assert info.value.field == "user_id"
+    assert check_id("anonymous_id", "a" + text) == "a" + text  # one visible character is enough
