@@ -58,8 +58,8 @@ import msgpack
 import orjson
 import psutil
 
-from rudder_fast import Emitter, __version__
-from rudder_fast.batching import BODY_OVERHEAD, PER_EVENT_OVERHEAD, BatchLimits, build_body
+from rudder_fast import Emitter, __version__, config
+from rudder_fast.batching import BODY_OVERHEAD, PER_EVENT_OVERHEAD, build_body
 from rudder_fast.framing import FRAME_EVENT, HEADER_SIZE, NEED_DATA, Frame, FrameDecoder
 from rudder_fast.layout import SpoolPaths
 from rudder_fast.tail import SegmentTail, list_segments
@@ -525,6 +525,12 @@ class FloorRun:
     @property
     def rate(self) -> float:
         return self.events / self.seconds
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_bytes: int
+    max_events: int
 
 
 def run_floor(spool: Path, limits: BatchLimits) -> FloorRun:
@@ -1051,7 +1057,7 @@ def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
     started = time.perf_counter()
     cpus = os.cpu_count() or 1
     fill_procs = max(2, min(4, cpus))
-    limits = BatchLimits()
+    limits = BatchLimits(config.MAX_BATCH_BYTES, config.MAX_BATCH_EVENTS)
     checks: list[str] = []
     load_start = list(os.getloadavg())
     print(

@@ -12,20 +12,10 @@ so a retry never re-encodes an event, and the body's exact size is known before 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
-# The data plane refuses a decompressed body above this many bytes (WIRE.md: maxReqSizeInKB = 4000).
+# The data plane refuses a decompressed body above this many bytes (its maxReqSizeInKB = 4000).
 SERVER_MAX_BODY: Final = 4_096_000
-
-# Default batch bound, in bytes of the body before compression. A quarter of the server's limit: large
-# enough that the per-request cost (a round trip, a ledger commit) is spread over thousands of events,
-# small enough that K requests in flight hold little memory, a retried batch resends little, and a
-# batch never comes near the server's 10 s read deadline on a slow link.
-DEFAULT_MAX_BATCH_BYTES: Final = 1_000_000
-DEFAULT_MAX_BATCH_EVENTS: Final = 10_000
-# How long the first event of a partial batch may wait for company before the batch is sent anyway.
-DEFAULT_LINGER_S: Final = 0.2
 
 _OPEN: Final = b'{"batch":['
 _SENT_AT_KEY: Final = b',"sentAt":"'
@@ -55,24 +45,44 @@ def stub_of(event_json: bytes) -> bytes:
     return event_json[:-1]
 
 
-@dataclass(frozen=True, slots=True)
-class BatchLimits:
-    max_bytes: int = DEFAULT_MAX_BATCH_BYTES
-    max_events: int = DEFAULT_MAX_BATCH_EVENTS
-    linger_s: float = DEFAULT_LINGER_S
-
-    def __post_init__(self) -> None:
-        if not 1024 <= self.max_bytes <= SERVER_MAX_BODY:
-            raise ValueError(f"max batch bytes must be between 1024 and {SERVER_MAX_BODY}")
-        if self.max_events < 1:
-            raise ValueError("max batch events must be at least 1")
-        if self.linger_s < 0:
-            raise ValueError("linger must be >= 0")
+def fits_alone(stub: bytes) -> bool:
+    """Whether one event can ever be sent: its body alone is within the data plane's limit."""
+    return body_size(len(stub), 1) <= SERVER_MAX_BODY
 
 
-def fits_alone(stub: bytes, limits: BatchLimits) -> bool:
-    """Whether one event can ever be sent under these limits."""
-    return body_size(len(stub), 1) <= limits.max_bytes
+class Batch:
+    """Events on their way to the data plane together: their stubs, and the body's exact size.
+
+    ``id`` names it in the delivery book; ``created`` (the caller's clock) starts its linger time.
+    """
+
+    __slots__ = ("created", "id", "max_bytes", "max_events", "stub_bytes", "stubs")
+
+    def __init__(self, batch_id: int, created: float, max_bytes: int, max_events: int) -> None:
+        self.id = batch_id
+        self.created = created
+        self.max_bytes = max_bytes
+        self.max_events = max_events
+        self.stubs: list[bytes] = []
+        self.stub_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"<Batch id={self.id} events={len(self.stubs)} bytes={self.size}>"
+
+    @property
+    def size(self) -> int:
+        return body_size(self.stub_bytes, len(self.stubs))
+
+    def has_room(self, stub_len: int) -> bool:
+        """Whether one more event of this size fits within the batch's bounds."""
+        count = len(self.stubs)
+        return count < self.max_events and (
+            count == 0 or body_size(self.stub_bytes + stub_len, count + 1) <= self.max_bytes
+        )
+
+    def add(self, stub: bytes) -> None:
+        self.stubs.append(stub)
+        self.stub_bytes += len(stub)
 
 
 def halves(count: int) -> tuple[range, range]:

@@ -1,17 +1,40 @@
-"""Settings: every default a named constant with its reason, and the one place that reads the environment.
+"""Configuration: every default with its reason, every environment variable, and how they are read.
 
-Nothing here runs at import time beyond defining constants; ``from_env`` style helpers are called
-explicitly by the emitter (on first use) and by the command-line tools.
+The one place that knows a setting's name, default and meaning. Producers read their settings when the
+first call is made (:func:`resolve_spool_dir`, :func:`resolve_quota_bytes`), the sender from its
+command line and environment (:func:`sender_config`, over the table :data:`SENDER_OPTIONS`, from which
+the command line and its help are built too). Nothing here reads the environment at import time, and
+the functions take the environment as an argument: no setting travels between functions through
+``os.environ``. Options win over environment variables, which win over the defaults.
+
+Two settings share a word: ``on_full``. A producer's ``on_full`` (``drop`` or ``block``) is what one
+call does when the spool is over its quota; the sender's ``--on-full`` (``drop`` or ``drop_oldest``) is
+the quota's policy: producers drop new events, or the sender deletes the oldest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Literal
+
+from .batching import SERVER_MAX_BODY
+from .errors import ConfigurationError
+
+Environ = Mapping[str, str]
+OnFull = Literal["drop", "block"]  # a producer's call at the quota
+QuotaPolicy = Literal["drop", "drop_oldest"]  # the sender's policy at the quota
+
+# -- the spool and producers ---------------------------------------------------------------------------
 
 ENV_SPOOL_DIR: Final = "RUDDER_FAST_SPOOL_DIR"
+ENV_QUOTA_BYTES: Final = "RUDDER_FAST_QUOTA_BYTES"
+ENV_ON_FULL: Final = "RUDDER_FAST_ON_FULL"
+ENV_ALLOW_NETWORK_FS: Final = "RUDDER_FAST_ALLOW_NETWORK_FS"
 
 # Where the spool lives when neither an argument nor RUDDER_FAST_SPOOL_DIR says. Producers and the sender
 # must run as the same user (the spool is 0700), so a per-user default is consistent: root gets the
@@ -27,6 +50,12 @@ SEGMENT_MAX_BYTES: Final = 8 * 1024 * 1024
 # pin an acknowledged file for long, and an idle producer creates no files at all.
 SEGMENT_MAX_AGE_S: Final = 60.0
 
+# A producer's call at the quota: drop at once (the request path never waits) unless told to block.
+ON_FULL: Final[OnFull] = "drop"
+# How long ``block`` waits for room before dropping: long enough for a sender to catch up after a
+# short outage, short enough that a batch job notices a stuck pipeline.
+BLOCK_TIMEOUT_S: Final = 5.0
+
 # After a write fails (disk full, file too large, I/O error) the producer drops events without
 # touching the disk for this long: a full disk must not cost the app a failing syscall per call.
 DISK_ERROR_BACKOFF_S: Final = 0.05
@@ -34,36 +63,40 @@ DISK_ERROR_BACKOFF_S: Final = 0.05
 # Operational warnings (drops, unusable spool) are logged at most once per this many seconds.
 WARNING_INTERVAL_S: Final = 60.0
 
+# While calls are being dropped, their counts are written to the spool at most this often.
+DROP_REPORT_INTERVAL_S: Final = 0.1
 
-def default_spool_dir() -> Path:
+# How often a producer re-reads the quota state (the sender's control file, or its own measurement)...
+QUOTA_CHECK_S: Final = 1.0
+# ...and how often while it is over quota, so that it writes again soon after the sender makes room.
+OVER_QUOTA_RECHECK_S: Final = 0.05
+
+
+def default_spool_dir(environ: Environ) -> Path:
     if os.geteuid() == 0:
         return Path(SYSTEM_SPOOL_DIR)
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    state = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(state) / "rudder-fast" / "spool"
 
 
-def resolve_spool_dir(spool_dir: str | os.PathLike[str] | None) -> Path:
+def resolve_spool_dir(spool_dir: str | os.PathLike[str] | None, environ: Environ | None = None) -> Path:
     """The spool directory: the argument, else $RUDDER_FAST_SPOOL_DIR, else the default above."""
+    environ = os.environ if environ is None else environ
     if spool_dir is not None:
         return Path(spool_dir)
-    env = os.environ.get(ENV_SPOOL_DIR)
+    env = environ.get(ENV_SPOOL_DIR)
     if env:
         return Path(env)
-    return default_spool_dir()
+    return default_spool_dir(environ)
 
 
-ENV_QUOTA_BYTES: Final = "RUDDER_FAST_QUOTA_BYTES"
-
-
-def resolve_quota_bytes(value: int | str | None) -> tuple[int, str | None]:
-    """A quota in bytes from an int, a size string ("512M"), or $RUDDER_FAST_QUOTA_BYTES (0 = none),
+def resolve_quota_bytes(value: int | str | None, environ: Environ | None = None) -> tuple[int, str | None]:
+    """A producer's quota in bytes from an int, a size ("512M"), or $RUDDER_FAST_QUOTA_BYTES (0 = none),
     and a warning to log when the environment's value was unusable and ignored. Logs nothing itself:
     producers call this where a logging handler that emits must not re-enter."""
-    from .errors import ConfigurationError
-    from .quota import parse_size
-
+    environ = os.environ if environ is None else environ
     if value is None:
-        env = os.environ.get(ENV_QUOTA_BYTES)
+        env = environ.get(ENV_QUOTA_BYTES)
         if not env:
             return 0, None
         try:
@@ -79,6 +112,300 @@ def resolve_quota_bytes(value: int | str | None) -> tuple[int, str | None]:
         return parse_size(value), None
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def allow_network_fs(environ: Environ | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return is_true(environ.get(ENV_ALLOW_NETWORK_FS, ""))
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTkmgt]?)(i?[Bb])?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """``"512M"`` → 536870912: a whole number with an optional K/M/G/T (x1024) suffix."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use a number with an optional K, M or G suffix)")
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2).lower()]
+
+
+def is_true(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+# -- the sender ------------------------------------------------------------------------------------------
+
+ENV_WRITE_KEY: Final = "RUDDER_WRITE_KEY"
+ENV_WRITE_KEY_FILE: Final = "RUDDER_WRITE_KEY_FILE"
+ENV_DATA_PLANE_URL: Final = "RUDDER_DATA_PLANE_URL"
+
+# Batch bound, in bytes of the body before compression. A quarter of the server's limit: large enough
+# that the per-request cost (a round trip, a ledger commit) is spread over thousands of events, small
+# enough that the requests in flight hold little memory, a retried batch resends little, and a batch
+# never comes near the server's 10 s read deadline on a slow link.
+MAX_BATCH_BYTES: Final = 1_000_000
+MAX_BATCH_EVENTS: Final = 10_000  # bounds a batch of tiny events
+# How long the first event of a partial batch may wait for company before the batch is sent anyway.
+LINGER_S: Final = 0.2
+CONCURRENCY: Final = 4  # requests in flight: hides round-trip latency; the gateway scales out
+CONNECT_TIMEOUT_S: Final = 5.0
+# The gateway's own write timeout is 10 s; leave it room. A request with no complete answer by
+# connect + read timeout from its start is abandoned and retried, however slowly bytes trickle in.
+READ_TIMEOUT_S: Final = 30.0
+STOP_TIMEOUT_S: Final = 5.0  # SIGTERM: wait this long for requests in flight, then abandon them
+# gzip level 1: on event JSON it already compresses ~5-8x, at several times the speed of the default
+# level 6, and the sender's CPU, not the network, is what limits a host's throughput.
+GZIP_LEVEL: Final = 1
+REJECTED_MAX_BYTES: Final = 64 * 1024 * 1024  # bound on rejected/; beyond it refused events are counted
+METRICS_HOST: Final = "127.0.0.1"  # loopback: exposing the metrics endpoint wider is an explicit choice
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# The sender's loop.
+POLL_MIN_S: Final = 0.005  # idle polling starts fast (new events are found within milliseconds)...
+POLL_MAX_S: Final = 0.05  # ...and slows to this when nothing arrives
+PROBE_INTERVAL_S: Final = 1.0  # how often an idle live segment's writer lock is probed
+READ_CHUNK: Final = 1 << 20  # bytes read from a segment at a time: bounds the per-segment buffer
+TMP_MAX_AGE_S: Final = 60.0  # a tmp/ entry this old whose creator is gone is debris: removed
+TMP_SWEEP_S: Final = 30.0  # how often tmp/ is swept
+COMMIT_RETRY_S: Final = 1.0  # a failing ledger commit (a full disk) is tried again this often
+PRIVACY_CHECK_S: Final = 1.0  # how often the spool's directories are checked to still be private
+STATUS_INTERVAL_S: Final = 1.0  # the status file and metrics snapshot are refreshed this often
+DROPS_QUIET_S: Final = 30.0  # producers' drops are over once none has been reported for this long
+# How often segments/ is listed (new files, and new bytes in idle ones): often while the spool is small,
+# so events are picked up within milliseconds, less often as it grows, so thousands of segments cost
+# little (the listing stats each file): 0.05 s + 0.5 ms per segment, at most 1 s.
+RESCAN_BASE_S: Final = 0.05
+RESCAN_PER_SEGMENT_S: Final = 0.0005
+RESCAN_MAX_S: Final = 1.0
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of ``rudder-fast-sender``: its flag, environment variable, parser and default (the
+    command line, its help and the README's table are all made from these)."""
+
+    flag: str
+    env: str | None
+    help: str
+    default: Any = None
+    parse: Callable[[str], Any] = str
+    switch: bool = False  # a flag without a value (its variable is true with 1/true/yes/on)
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def _float(text: str) -> float:
+    return float(text)
+
+
+SENDER_OPTIONS: Final[tuple[Option, ...]] = (
+    Option("--spool-dir", ENV_SPOOL_DIR, "the spool to ship", metavar="DIR"),
+    Option(
+        "--write-key", ENV_WRITE_KEY,
+        "the source's write key. A command-line argument is visible to every user of the host (ps, "
+        "/proc): prefer the environment variable or --write-key-file", metavar="KEY",
+    ),
+    Option("--write-key-file", ENV_WRITE_KEY_FILE, "read the write key from this file (a mounted secret)",
+           metavar="FILE"),
+    Option("--data-plane-url", ENV_DATA_PLANE_URL, "the data plane, with or without /v1/batch",
+           metavar="URL"),
+    Option("--drain", None, "deliver everything present, then exit (4 if it cannot)", switch=True),
+    Option("--drain-timeout", None, "give up draining after SECONDS (exit 4)", parse=_float,
+           metavar="SECONDS"),
+    Option("--no-gzip", "RUDDER_FAST_NO_GZIP", "send uncompressed bodies (data planes older than v1.4)",
+           switch=True),
+    Option("--max-batch-bytes", "RUDDER_FAST_MAX_BATCH_BYTES", "bound on a request body, before gzip",
+           MAX_BATCH_BYTES, int, metavar="BYTES"),
+    Option("--max-batch-events", "RUDDER_FAST_MAX_BATCH_EVENTS", "bound on the events of a request",
+           MAX_BATCH_EVENTS, int, metavar="N"),
+    Option("--linger", "RUDDER_FAST_LINGER", "seconds a partial batch waits for more events", LINGER_S,
+           _float, metavar="SECONDS"),
+    Option("--concurrency", "RUDDER_FAST_CONCURRENCY", "requests in flight", CONCURRENCY, int,
+           metavar="N"),
+    Option("--connect-timeout", "RUDDER_FAST_CONNECT_TIMEOUT", "seconds to connect", CONNECT_TIMEOUT_S,
+           _float, metavar="SECONDS"),
+    Option("--read-timeout", "RUDDER_FAST_READ_TIMEOUT", "seconds for the answer (the whole request: "
+           "connect + read timeout)", READ_TIMEOUT_S, _float, metavar="SECONDS"),
+    Option("--ca-bundle", "RUDDER_FAST_CA_BUNDLE", "CA certificates for an https data plane (TLS is "
+           "always verified)", metavar="FILE"),
+    Option("--quota-bytes", ENV_QUOTA_BYTES, "bound on the spool's unacknowledged bytes, e.g. 512M "
+           "(K/M/G = x1024); producers resume below 90 %", 0, parse_size, metavar="SIZE"),
+    Option("--on-full", ENV_ON_FULL, "at the quota: producers drop new events (drop), or the sender "
+           "deletes the oldest (drop_oldest)", "drop", metavar="{drop,drop_oldest}"),
+    Option("--metrics-port", "RUDDER_FAST_METRICS_PORT", "serve Prometheus metrics on this port",
+           parse=int, metavar="PORT"),
+    Option("--metrics-host", "RUDDER_FAST_METRICS_HOST", "address for --metrics-port", METRICS_HOST,
+           metavar="HOST"),
+    Option("--metrics-textfile", "RUDDER_FAST_METRICS_TEXTFILE", "write metrics to this file for "
+           "node-exporter's textfile collector", metavar="FILE"),
+    Option("--rejected-max-bytes", "RUDDER_FAST_REJECTED_MAX_BYTES", "bound on rejected/; refused "
+           "events beyond it are counted, not kept", REJECTED_MAX_BYTES, parse_size, metavar="SIZE"),
+    Option("--allow-network-fs", ENV_ALLOW_NETWORK_FS, "use a spool on NFS/CIFS anyway (unsafe: flock "
+           "and appends are unreliable there)", switch=True),
+    Option("--log-level", "RUDDER_FAST_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO",
+           metavar="LEVEL"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    """Everything ``rudder-fast-sender`` runs with, checked. (``repr`` never shows the write key.)"""
+
+    spool_dir: Path
+    write_key: str = field(repr=False)
+    data_plane_url: str
+    gzip: bool = True
+    max_batch_bytes: int = MAX_BATCH_BYTES
+    max_batch_events: int = MAX_BATCH_EVENTS
+    linger_s: float = LINGER_S
+    concurrency: int = CONCURRENCY
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    read_timeout: float = READ_TIMEOUT_S
+    stop_timeout: float = STOP_TIMEOUT_S
+    drain: bool = False
+    drain_timeout: float | None = None
+    ca_bundle: str | None = None
+    quota_bytes: int = 0  # 0: no quota
+    on_full: QuotaPolicy = "drop"
+    metrics_host: str = METRICS_HOST
+    metrics_port: int | None = None
+    metrics_textfile: Path | None = None
+    rejected_max_bytes: int = REJECTED_MAX_BYTES
+    allow_network_fs: bool = False
+    log_level: str = "INFO"
+    write_key_file: str | None = None  # where the key came from, if from a file
+
+    @property
+    def key_fingerprint(self) -> str:
+        return write_key_fingerprint(self.write_key)
+
+
+def option_values(given: Mapping[str, Any], environ: Environ) -> dict[str, Any]:
+    """Each option's value: given on the command line (not None), else its variable (parsed), else its
+    default. A value that does not parse names where it came from."""
+    values: dict[str, Any] = {}
+    for option in SENDER_OPTIONS:
+        value = given.get(option.dest)
+        if option.switch:
+            values[option.dest] = bool(value) or (
+                option.env is not None and is_true(environ.get(option.env, ""))
+            )
+            continue
+        source = option.flag
+        if value is None and option.env is not None and environ.get(option.env):
+            value, source = environ[option.env], option.env
+        if value is None:
+            values[option.dest] = option.default
+            continue
+        try:
+            values[option.dest] = option.parse(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from None
+    return values
+
+
+def sender_config(given: Mapping[str, Any], environ: Environ | None = None) -> SenderConfig:
+    """The sender's configuration from its command-line values (argparse's, by option ``dest``) and
+    the environment, checked: a :class:`ConfigurationError` says what is wrong and how to fix it."""
+    environ = os.environ if environ is None else environ
+    v = option_values(given, environ)
+    write_key = v["write_key"]
+    if not write_key and v["write_key_file"]:
+        write_key = read_write_key_file(Path(v["write_key_file"]))
+    if not write_key:
+        raise ConfigurationError(
+            f"no write key: set {ENV_WRITE_KEY}, or pass --write-key-file (or --write-key, which every "
+            f"user of the host can read in `ps`)"
+        )
+    url = v["data_plane_url"]
+    if not url:
+        raise ConfigurationError(f"no data plane URL: pass --data-plane-url or set {ENV_DATA_PLANE_URL}")
+    _check_url(url)
+    if not 1024 <= v["max_batch_bytes"] <= SERVER_MAX_BODY:
+        raise ConfigurationError(f"--max-batch-bytes must be between 1024 and {SERVER_MAX_BODY}")
+    if v["max_batch_events"] < 1:
+        raise ConfigurationError("--max-batch-events must be at least 1")
+    if v["linger"] < 0:
+        raise ConfigurationError("--linger must be >= 0")
+    if not 1 <= v["concurrency"] <= 64:
+        raise ConfigurationError("--concurrency must be between 1 and 64")
+    if v["on_full"] not in ("drop", "drop_oldest"):
+        raise ConfigurationError(
+            f"--on-full ({ENV_ON_FULL}) must be drop or drop_oldest, not {v['on_full']!r}"
+        )
+    port = v["metrics_port"]
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigurationError("--metrics-port must be between 0 and 65535")
+    level = str(v["log_level"]).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigurationError(
+            f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {v['log_level']!r}"
+        )
+    for name in ("connect_timeout", "read_timeout"):
+        if v[name] <= 0:
+            raise ConfigurationError(f"--{name.replace('_', '-')} must be > 0")
+    return SenderConfig(
+        spool_dir=resolve_spool_dir(v["spool_dir"], environ),
+        write_key=write_key,
+        data_plane_url=url,
+        gzip=not v["no_gzip"],
+        max_batch_bytes=v["max_batch_bytes"],
+        max_batch_events=v["max_batch_events"],
+        linger_s=v["linger"],
+        concurrency=v["concurrency"],
+        connect_timeout=v["connect_timeout"],
+        read_timeout=v["read_timeout"],
+        drain=v["drain"],
+        drain_timeout=v["drain_timeout"],
+        ca_bundle=v["ca_bundle"],
+        quota_bytes=v["quota_bytes"],
+        on_full=v["on_full"],
+        metrics_host=v["metrics_host"],
+        metrics_port=port,
+        metrics_textfile=Path(v["metrics_textfile"]) if v["metrics_textfile"] else None,
+        rejected_max_bytes=v["rejected_max_bytes"],
+        allow_network_fs=v["allow_network_fs"],
+        log_level=level,
+        write_key_file=None if v["write_key"] else v["write_key_file"],
+    )
+
+
+def _check_url(url: str) -> None:
+    if not url.strip().startswith(("http://", "https://")):
+        raise ConfigurationError(f"the data plane URL must start with http:// or https://, not {url!r}")
+
+
+def read_write_key_file(path: Path) -> str:
+    """The write key kept in a file: its first line, stripped. Refused if others may write it (a
+    warning, when others may read it, is the caller's to give: see :func:`key_file_warning`)."""
+    try:
+        st = os.stat(path)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the write key file {path}: {exc}") from None
+    if st.st_mode & 0o022:
+        raise ConfigurationError(f"the write key file {path} is writable by others: `chmod 600 {path}`")
+    key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise ConfigurationError(f"the write key file {path} is empty")
+    return key
+
+
+def key_file_warning(path: str | None) -> str | None:
+    """A warning if the write key file may be read by every user."""
+    if not path:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if mode & 0o004:
+        return f"the write key file {path} is readable by every user: `chmod 600 {path}`"
+    return None
 
 
 def write_key_fingerprint(write_key: str) -> str:

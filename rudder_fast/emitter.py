@@ -39,7 +39,8 @@ from .events import (
     encode_snapshot,
     keywords_from_mapping,
 )
-from .spool import DROP_REENTRANT, SegmentWriter
+from .counts import DROP_REENTRANT
+from .spool import SegmentWriter
 
 log = logging.getLogger("rudder_fast")
 

@@ -19,6 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import config
 from .errors import SpoolError
 
 SEGMENT_SUFFIX = ".seg"
@@ -47,10 +48,6 @@ class SpoolPaths:
     @property
     def ledger(self) -> Path:
         return self.root / "ledger"
-
-    @property
-    def counters(self) -> Path:
-        return self.root / "counters"
 
     @property
     def status(self) -> Path:
@@ -162,7 +159,6 @@ NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",
      "gfs2", "ocfs2", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.glusterfs", "davfs"}
 )  # fmt: skip
-ENV_ALLOW_NETWORK_FS = "RUDDER_FAST_ALLOW_NETWORK_FS"
 
 
 def filesystem_type(path: Path) -> str | None:
@@ -189,24 +185,26 @@ def mount_type(mountinfo: str, target: str) -> str | None:
     return best_type
 
 
-def check_local_filesystem(root: Path) -> None:
-    """Refuse a network file system unless forced (RUDDER_FAST_ALLOW_NETWORK_FS=1)."""
-    if os.environ.get(ENV_ALLOW_NETWORK_FS, "").lower() in ("1", "true", "yes"):
+def check_local_filesystem(root: Path, allow: bool) -> None:
+    """Refuse a network file system unless ``allow`` (--allow-network-fs, RUDDER_FAST_ALLOW_NETWORK_FS=1)."""
+    if allow:
         return
     fstype = filesystem_type(root if root.exists() else root.parent)
     if fstype in NETWORK_FILESYSTEMS:
         raise SpoolError(
             f"spool directory {root} is on a network file system ({fstype}): flock and appends are "
-            f"not reliable there; use a local disk, or set {ENV_ALLOW_NETWORK_FS}=1 to force it"
+            f"not reliable there; use a local disk, or set {config.ENV_ALLOW_NETWORK_FS}=1 to force it"
         )
 
 
-def ensure_spool(root: Path) -> SpoolPaths:
-    """Create (or check) the spool's directories; raises SpoolError if it cannot be used safely."""
+def ensure_spool(root: Path, *, allow_network_fs: bool | None = None) -> SpoolPaths:
+    """Create (or check) the spool's directories; raises SpoolError if it cannot be used safely.
+    ``allow_network_fs`` None: as RUDDER_FAST_ALLOW_NETWORK_FS says (producers)."""
     paths = SpoolPaths(root)
+    allow = config.allow_network_fs() if allow_network_fs is None else allow_network_fs
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
-        check_local_filesystem(root)
+        check_local_filesystem(root, allow)
         check_parent(root)
         _ensure_private_dir(root)
         for sub in (paths.tmp, paths.segments, paths.rejected):

@@ -28,48 +28,12 @@ from typing import Any
 
 import orjson
 
-from . import safefile
+from . import counts, safefile
+from .counts import Counters
 
 log = logging.getLogger("rudder_fast.sender")
 
 _MAGIC = b"rudder-fast-ledger 1 "
-
-
-@dataclass
-class Counters:
-    """Delivery counters, persisted with the offsets."""
-
-    sent: int = 0
-    retried: int = 0
-    rejected: int = 0
-    skipped_bytes: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    def add_drops(self, drops: dict[str, int]) -> None:
-        for reason, n in drops.items():
-            self.dropped[reason] = self.dropped.get(reason, 0) + n
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sent": self.sent,
-            "retried": self.retried,
-            "rejected": self.rejected,
-            "skipped_bytes": self.skipped_bytes,
-            "dropped": dict(self.dropped),
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> Counters:
-        if not isinstance(data, dict):
-            return cls()
-        dropped = data.get("dropped")
-        return cls(
-            sent=int(data.get("sent", 0)),
-            retried=int(data.get("retried", 0)),
-            rejected=int(data.get("rejected", 0)),
-            skipped_bytes=int(data.get("skipped_bytes", 0)),
-            dropped={str(k): int(v) for k, v in dropped.items()} if isinstance(dropped, dict) else {},
-        )
 
 
 # Per-producer counters are kept for this many producers (the most recently active): enough to see
@@ -97,9 +61,7 @@ class LedgerState:
             p = self.producers[nonce] = {"pid": pid, "sent": 0, "skipped_bytes": 0, "dropped": {}}
         p["sent"] += events
         p["skipped_bytes"] += skipped
-        if drops:
-            for reason, n in drops.items():
-                p["dropped"][reason] = p["dropped"].get(reason, 0) + n
+        counts.add(p["dropped"], drops)
         p["last_seen"] = now
 
 

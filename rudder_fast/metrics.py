@@ -38,19 +38,18 @@ from types import MappingProxyType
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
-from . import safefile
-from .spool import DROP_DISK, DROP_QUOTA, DROP_SPOOL
+from . import config, safefile
+from .counts import DROP_REASONS
 
 log = logging.getLogger("rudder_fast.metrics")
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 METRICS_PATH: Final = "/metrics"
-DEFAULT_HOST: Final = "127.0.0.1"  # loopback: exposing the endpoint wider is an explicit choice
+DEFAULT_HOST: Final = config.METRICS_HOST
 SENDER_STATES: Final = ("starting", "ok", "backoff", "halted", "disabled")
-DROP_OLDEST: Final = "oldest"  # events the sender deleted unsent under --on-full drop_oldest (sender.py)
 # Drop reasons producers and the sender count: exported as 0 from the start, so rate() and alerts see the
 # series before the first drop happens. Any other reason found in the spool is exported as it appears.
-KNOWN_DROP_REASONS: Final = (DROP_DISK, DROP_OLDEST, DROP_QUOTA, DROP_SPOOL)
+KNOWN_DROP_REASONS: Final = DROP_REASONS
 
 IDLE_TIMEOUT_S: Final = 120.0  # a keep-alive connection idle this long is closed (scrapes are ~15-60 s)
 POLL_INTERVAL_S: Final = 0.2  # how quickly close() stops the accept loop

@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,19 +58,6 @@ RESUME_FRACTION: Final = 0.9
 # hung or gone. It publishes at every scan, at most 1 s apart; five times that leaves room for a
 # slow disk without letting a frozen sender switch the quota off for long.
 STALE_NS: Final = 5_000_000_000
-
-ENV_QUOTA_BYTES: Final = "RUDDER_FAST_QUOTA_BYTES"
-ENV_ON_FULL: Final = "RUDDER_FAST_ON_FULL"
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTkmgt]?)(i?[Bb])?\s*$")
-
-
-def parse_size(text: str) -> int:
-    """``"512M"`` → 536870912: a whole number with an optional K/M/G/T (x1024) suffix."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r} (use a number with an optional K, M or G suffix)")
-    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2).lower()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +136,31 @@ def judge_usage(was_over: bool, usage: int, limit: int) -> Verdict:
         return Verdict(False, UNBOUNDED)
     over = next_flags(was_over, usage, limit)
     return Verdict(over, max(0, limit - usage))
+
+
+# Under drop_oldest, live producers are asked to seal their segments (so that the sender may delete
+# them) for this long after usage reaches the quota; they act on the new rotate_gen within a second.
+ROTATE_FOR_S: Final = 1.0
+
+
+def sender_flags(
+    current: Control, *, usage: int, quota_bytes: int, drop_oldest: bool, now: float, rotate_until: float
+) -> tuple[int, int, float]:
+    """What the sender publishes after measuring ``usage`` (after any deletions ``drop_oldest`` made):
+    the flags, the rotate generation, and until when a rotation request stands."""
+    flags, gen = current.flags, current.rotate_gen
+    if quota_bytes and drop_oldest:
+        flags = (flags | DROP_OLDEST) & ~OVER_QUOTA
+        if usage >= quota_bytes and not flags & ROTATE:
+            flags |= ROTATE  # live producers: seal your segments so they can go
+            gen += 1
+            rotate_until = now + ROTATE_FOR_S
+        elif flags & ROTATE and now >= rotate_until:
+            flags &= ~ROTATE
+        return flags, gen, rotate_until
+    flags &= ~(DROP_OLDEST | ROTATE)
+    over = next_flags(bool(flags & OVER_QUOTA), usage, quota_bytes)
+    return (flags | OVER_QUOTA) if over else (flags & ~OVER_QUOTA), gen, rotate_until
 
 
 class ControlFile:

@@ -42,6 +42,7 @@ from typing import Any, Final
 import msgpack
 
 from . import config, quota
+from .counts import DROP_DISK, DROP_QUOTA, DROP_REENTRANT, DROP_SPOOL
 from .errors import InvalidEventError, SpoolError
 from .framing import (
     FRAME_DROPS,
@@ -59,10 +60,6 @@ from .layout import SpoolPaths, ensure_spool, segment_name
 
 log = logging.getLogger("rudder_fast")
 
-DROP_DISK: Final = "disk_error"
-DROP_SPOOL: Final = "spool_unusable"
-DROP_QUOTA: Final = "quota"
-DROP_REENTRANT: Final = "reentrant"  # a call made from inside a call (a signal or logging handler)
 
 _FIRST_CALL: Final = 0x100  # in ``_flags``: this process has not checked the quota yet
 _NO_ROOM: Final = -2  # from ``_prepare``: the quota stops this call

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from . import ledger, safefile
+from . import counts, ledger, safefile
+from .counts import Counters
 from .layout import SpoolPaths
 from .quota import sender_running
 from .reading import scan_pending
@@ -50,11 +51,8 @@ def collect(spool_dir: Path) -> dict[str, Any]:
         if isinstance(loaded, dict):
             sender_doc = loaded
     running = sender_running(paths.sender_lock)
-    counters = ledger.Counters.from_json(sender_doc.get("counters")) if running else state.counters
-    dropped = dict(counters.dropped)
-    for reason, n in pending.dropped.items():
-        dropped[reason] = dropped.get(reason, 0) + n
-    dropped["total"] = sum(dropped.values())
+    counters = Counters.from_json(sender_doc.get("counters")) if running else state.counters
+    dropped = counts.with_total(counters.dropped, pending.dropped)
     now_ns = time.time_ns()
     return {
         "spool_dir": str(spool_dir),
@@ -80,7 +78,7 @@ def collect(spool_dir: Path) -> dict[str, Any]:
             "updated_at": sender_doc.get("updated_at"),
         },
         "counters": {
-            "accepted": accepted(counters, pending.events),
+            "accepted": counts.accepted(counters, pending.events),
             "dropped": dropped,
             "sent": counters.sent,
             "retried": counters.retried,
@@ -90,19 +88,6 @@ def collect(spool_dir: Path) -> dict[str, Any]:
         "last_error": sender_doc.get("last_error"),
         "last_error_at": sender_doc.get("last_error_at"),
     }
-
-
-# Drops of events that producers had accepted (their call returned a messageId): the sender deleted them
-# unsent (``--on-full drop_oldest``), or could neither send nor keep them. Every other drop reason is
-# counted by a producer whose call returned None: those events were never accepted.
-LOST_AFTER_ACCEPTANCE = ("oldest", "too_large")
-
-
-def accepted(counters: ledger.Counters, pending: int) -> int:
-    """Events producers accepted: delivered, refused by the data plane (kept in rejected/ or not),
-    still pending, or lost after acceptance."""
-    lost = sum(counters.dropped.get(reason, 0) for reason in LOST_AFTER_ACCEPTANCE)
-    return counters.sent + counters.rejected + pending + lost
 
 
 def _age(seconds: float | None) -> str:

@@ -26,7 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import counts
 from .framing import (
+    FRAME_DROPS,
+    FRAME_EVENT,
     FRAME_SEAL,
     HEADER_SIZE,
     NEED_DATA,
@@ -34,6 +37,7 @@ from .framing import (
     FrameDecoder,
     SegmentHeader,
     Skip,
+    decode_drops,
     decode_header,
 )
 from .layout import SEGMENT_SUFFIX
@@ -98,9 +102,10 @@ class SegmentTail:
     decoder: FrameDecoder
     read_pos: int
     name_nonce: str | None = None
-    sealed: bool = False
-    writer_gone: bool = False  # the lock is free: the file will not change again
-    final: bool = False  # the writer is gone and every byte has been read
+    # The file's states, in order: ``writer_gone`` (its lock is free, or a seal frame was read: it will
+    # not change again), ``final`` (and every byte of it has been read), ``done`` (and decoded).
+    writer_gone: bool = False
+    final: bool = False
 
     @classmethod
     def open(cls, path: Path, start_offset: int = 0) -> SegmentTail | None:
@@ -179,6 +184,18 @@ class SegmentTail:
         self.decoder.rewind(offset)
         self.read_pos = offset
 
+    def read_at_most(self, max_bytes: int) -> int:
+        """Read up to ``max_bytes`` new bytes into the decoder, without probing the writer: 0 at the
+        end of the file (or if it cannot be read now)."""
+        try:
+            data = os.pread(self.fd, max_bytes, self.read_pos)
+        except OSError:
+            return 0
+        if data:
+            self.read_pos += len(data)
+            self.decoder.feed(data)
+        return len(data)
+
     def read_more(self, max_bytes: int = READ_CHUNK) -> int:
         """Read up to ``max_bytes`` new bytes into the decoder; returns how many were read.
 
@@ -195,7 +212,7 @@ class SegmentTail:
             self.decoder.feed(data)
             return len(data)
         if not self.writer_gone:
-            if not (self.sealed or not writer_alive(self.fd)):
+            if writer_alive(self.fd):
                 return 0
             self.writer_gone = True
             # A writer rolls back a short write (ftruncate) and writes again at the same place: bytes
@@ -228,7 +245,7 @@ class SegmentTail:
                 return
             assert isinstance(item, (Frame, Skip))
             if isinstance(item, Frame) and item.type == FRAME_SEAL:
-                self.sealed = True
+                self.writer_gone = True  # nothing is appended after a seal
             yield item
 
     @property
@@ -265,25 +282,30 @@ def in_ranges(offset: int, ranges: list[list[int]] | None) -> bool:
     return bool(ranges) and any(start <= offset < end for start, end in ranges or ())
 
 
+def walk(tail: SegmentTail, resolved: list[list[int]] | None) -> Iterator[tuple[Frame | Skip, bool]]:
+    """The one walk over a segment's unacknowledged part, waiting on nothing: every frame and skip from
+    ``tail``'s position, each with whether it lies in a range the ledger records as resolved already
+    (acknowledged out of order). The sender's own reading is incremental; this serves ``status``,
+    ``inspect`` and ``drop_oldest``."""
+    for item in read_all(tail):
+        yield item, in_ranges(item.offset, resolved)
+
+
 def count_events(
     segment: SegmentTail, start_offset: int, skip_ranges: list[list[int]] | None = None
 ) -> tuple[int, dict[str, int]]:
     """Events in a finished segment from an offset (outside ranges already resolved), and the drop
     counts its markers carry. Reads through the open ``segment``'s file, never by name."""
-    from .framing import FRAME_DROPS, FRAME_EVENT, decode_drops
-
     tail = segment.duplicate(start_offset)
-    try:
-        items = read_all(tail)
-    finally:
-        tail.close()
     events = 0
     drops: dict[str, int] = {}
-    for item in items:
-        if isinstance(item, Frame) and not in_ranges(item.offset, skip_ranges):
-            if item.type == FRAME_EVENT:
-                events += 1
-            elif item.type == FRAME_DROPS:
-                for reason, n in decode_drops(item.payload).items():
-                    drops[reason] = drops.get(reason, 0) + n
+    try:
+        for item, done in walk(tail, skip_ranges):
+            if isinstance(item, Frame) and not done:
+                if item.type == FRAME_EVENT:
+                    events += 1
+                elif item.type == FRAME_DROPS:
+                    counts.add(drops, decode_drops(item.payload))
+    finally:
+        tail.close()
     return events, drops

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from rudder_fast import Emitter, quota
+from rudder_fast import Emitter, config, quota
 from tests.e2e.conftest import (
     DevServer,
     Senders,
@@ -52,8 +52,8 @@ NO_SENDER_LAG_MAX_S = 1.6  # producers measure once a second on their own
 @pytest.fixture(autouse=True)
 def _no_quota_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The in-process emitters read $RUDDER_FAST_QUOTA_BYTES: a caller's value must not leak in."""
-    monkeypatch.delenv(quota.ENV_QUOTA_BYTES, raising=False)
-    monkeypatch.delenv(quota.ENV_ON_FULL, raising=False)
+    monkeypatch.delenv(config.ENV_QUOTA_BYTES, raising=False)
+    monkeypatch.delenv(config.ENV_ON_FULL, raising=False)
 
 
 def usage(spool_dir: Path) -> int:

@@ -237,7 +237,10 @@ def test_every_family_with_its_type_help_and_value() -> None:
         (("reason", "disk_error"),): "1",
         (("reason", "oldest"),): "0",
         (("reason", "quota"),): "5",
+        (("reason", "reentrant"),): "0",
+        (("reason", "rejected_not_kept"),): "0",
         (("reason", "spool_unusable"),): "0",
+        (("reason", "too_large"),): "0",
     }
     assert families["rudder_fast_build_info"].samples == {(("version", "0.1.0"),): "1"}
     assert families["rudder_fast_sender_state"].samples == {
@@ -291,7 +294,16 @@ def test_known_drop_reasons_are_exported_as_zero_from_the_start() -> None:
     families = parse(render(MetricsSnapshot(version="0.1.0", state="ok")))
     samples = families["rudder_fast_events_dropped_total"].samples
     assert samples == {(("reason", r),): "0" for r in sorted(KNOWN_DROP_REASONS)}
-    assert set(KNOWN_DROP_REASONS) == {"disk_error", "oldest", "quota", "spool_unusable"}
+    # Every reason anything counts, by producers or by the sender (the one vocabulary: rudder_fast.counts).
+    assert set(KNOWN_DROP_REASONS) == {
+        "disk_error",
+        "oldest",
+        "quota",
+        "spool_unusable",
+        "reentrant",
+        "too_large",
+        "rejected_not_kept",
+    }
 
 
 def test_label_values_are_escaped() -> None:

@@ -24,7 +24,7 @@ import pytest
 
 from rudder_fast import Emitter
 from rudder_fast.framing import Frame, Skip
-from rudder_fast.reading import read_whole
+from rudder_fast.tail import read_whole
 from tests.support import inspect_spool, read_to_eof, reap, segment_files
 
 CHILD_DEADLINE_S = 60.0

@@ -26,7 +26,7 @@ import pytest
 
 from rudder_fast import Emitter, config
 from rudder_fast.framing import Frame
-from rudder_fast.reading import read_whole
+from rudder_fast.tail import read_whole
 from tests.support import inspect_spool, segment_files, wait_for
 
 CHILD_DEADLINE_S = 60.0

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rudder_fast.batching import SERVER_MAX_BODY, BatchLimits, body_size, build_body, halves, stub_of
+from rudder_fast import config
+from rudder_fast.batching import SERVER_MAX_BODY, body_size, build_body, halves, stub_of
+from rudder_fast.errors import ConfigurationError
 
 SENT_AT = "2026-11-26T10:01:02.345Z"
 
@@ -37,9 +39,10 @@ def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(evt
 
 
 def test_limits_never_exceed_the_server_limit() -> None:
-    with pytest.raises(ValueError):
-        BatchLimits(max_bytes=SERVER_MAX_BODY + 1)
-    assert BatchLimits().max_bytes < SERVER_MAX_BODY
+    given = {"write_key": "k", "data_plane_url": "http://127.0.0.1:1", "max_batch_bytes": SERVER_MAX_BODY + 1}
+    with pytest.raises(ConfigurationError):
+        config.sender_config(given, {})
+    assert config.MAX_BATCH_BYTES < SERVER_MAX_BODY
 
 
 @pytest.mark.parametrize("n", [2, 3, 10, 10_001])

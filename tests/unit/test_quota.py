@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rudder_fast import quota
+from rudder_fast import config, quota
 from rudder_fast.quota import (
     DROP_OLDEST,
     OVER_QUOTA,
@@ -123,10 +123,10 @@ def test_a_producers_own_measurement() -> None:
     [("512", 512), ("4K", 4096), ("512M", 512 << 20), ("2G", 2 << 30), ("1 MiB", 1 << 20), ("3kb", 3072)],
 )
 def test_sizes(text: str, size: int) -> None:
-    assert quota.parse_size(text) == size
+    assert config.parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "M", "1.5G", "-1", "512MB!", "10 X"])
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError):
-        quota.parse_size(text)
+        config.parse_size(text)

@@ -1,0 +1,114 @@
+"""The ``rudder-fast-sender`` command: its options (made from :data:`rudder_fast.config.SENDER_OPTIONS`),
+its log format, its exit codes, and the start-up checks that turn a misconfiguration into one clear
+line and exit code 2 rather than a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__, config, metrics
+from .errors import ConfigurationError
+from .sender import EXIT_LOCKED, EXIT_USAGE, Sender
+
+log = logging.getLogger("rudder_fast.sender")
+
+DESCRIPTION = "Deliver a rudder_fast spool to a RudderStack data plane, at least once."
+EPILOG = (
+    "Every option also reads the environment variable shown in brackets; an option on the command line "
+    "wins. Exit codes: 0 done, 2 bad usage or configuration, 3 the spool already has a sender, 4 a "
+    "drain that could not finish."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rudder-fast-sender",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rudder-fast {__version__}")
+    for option in config.SENDER_OPTIONS:
+        text = option.help
+        if option.env:
+            text += f" [${option.env}]"
+        if option.default not in (None, False, 0):
+            text += f" (default: {option.default})"
+        text = text.replace("%", "%%")  # argparse formats help strings with %
+        if option.switch:
+            parser.add_argument(option.flag, action="store_true", default=None, help=text)
+        else:
+            parser.add_argument(option.flag, default=None, help=text, metavar=option.metavar)
+    return parser
+
+
+def _raise_fd_limit() -> None:
+    """One descriptor per live segment: take the hard limit so thousands of producers fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else soft, hard)
+            )
+        except (ValueError, OSError):
+            pass
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"rudder-fast-sender: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config.sender_config(vars(args))
+    except ConfigurationError as exc:
+        logging.basicConfig(level=logging.INFO, format=_FORMAT, stream=sys.stderr)
+        return _fail(str(exc))
+    logging.basicConfig(level=getattr(logging, cfg.log_level), format=_FORMAT, stream=sys.stderr)
+    warning = config.key_file_warning(cfg.write_key_file)
+    if warning:
+        log.warning("%s", warning)
+    try:
+        sender = Sender(cfg)
+        locked = sender.acquire_lock()
+    except OSError as exc:
+        return _fail(str(exc))
+    if not locked:
+        return _fail(f"another sender is already running for {cfg.spool_dir}", EXIT_LOCKED)
+    try:
+        sender.open_spool()
+    except OSError as exc:
+        return _fail(str(exc))
+    _raise_fd_limit()
+    server = None
+    if cfg.metrics_port is not None:
+        try:
+            server = metrics.MetricsServer(cfg.metrics_host, cfg.metrics_port, sender.metrics_bytes)
+        except OSError as exc:
+            return _fail(f"cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: {exc}")
+        server.start()
+        log.info("metrics at %s", server.url)
+    signal.signal(signal.SIGTERM, sender.request_stop)
+    signal.signal(signal.SIGINT, sender.request_stop)
+    try:
+        code = sender.run()
+    finally:
+        if server is not None:
+            server.close()
+    log.info("sender stopped (exit %d)", code)
+    return code
+
+
+# One prefix per line: the program, its pid, the level.
+_FORMAT = "%(asctime)s rudder-fast-sender[%(process)d] %(levelname)s %(message)s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
