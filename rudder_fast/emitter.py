@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from . import config
+from .counts import DROP_REENTRANT
 from .errors import ConfigurationError
 from .events import (
     _JSON_OPTIONS,
@@ -39,7 +40,6 @@ from .events import (
     encode_snapshot,
     keywords_from_mapping,
 )
-from .counts import DROP_REENTRANT
 from .spool import SegmentWriter
 
 log = logging.getLogger("rudder_fast")
