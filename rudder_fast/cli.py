@@ -13,6 +13,7 @@ import orjson
 
 from . import config, demo, devserver, ledger, status
 from .reading import scan_pending
+from .schema import CALLS, TRAITS_IN_CONTEXT, WIRE_TO_KEYWORD
 
 
 def _ledger_state(spool: Path) -> ledger.LedgerState:
@@ -59,31 +60,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
             return 0
 
 
-_REPLAY_FIELDS = {
-    "userId": "user_id",
-    "anonymousId": "anonymous_id",
-    "integrations": "integrations",
-    "messageId": "message_id",
-    "event": "event",
-    "properties": "properties",
-    "traits": "traits",
-    "name": "name",
-    "category": "category",
-    "groupId": "group_id",
-    "previousId": "previous_id",
-}
+# Every field of every call, by its wire name, but the two replay treats itself: the context (the
+# library's own part and identify's copy of the traits are not the caller's) and the timestamp.
+_REPLAY_FIELDS = {wire: kw for wire, kw in WIRE_TO_KEYWORD.items() if wire not in ("context", "timestamp")}
 
 
 def replay_kwargs(event: dict[str, object]) -> tuple[str, dict[str, object]]:
     """The emit call that re-creates a wire event: (method name, keyword arguments)."""
     kind = event.get("type")
-    if kind not in ("track", "identify", "page", "screen", "group", "alias"):
+    if kind not in CALLS:
         raise ValueError(f"not a rudder event type: {kind!r}")
     kwargs = {kw: event[key] for key, kw in _REPLAY_FIELDS.items() if key in event}
     context = event.get("context")
     if isinstance(context, dict):
         context = {k: v for k, v in context.items() if k != "library"}
-        if kind == "identify":
+        if kind in TRAITS_IN_CONTEXT:
             context.pop("traits", None)  # re-added from the event's traits
         if context:
             kwargs["context"] = context

@@ -23,23 +23,18 @@ from .counts import DROP_REENTRANT
 from .errors import ConfigurationError
 from .events import (
     _JSON_OPTIONS,
-    KIND_ALIAS,
-    KIND_GROUP,
-    KIND_IDENTIFY,
-    KIND_PAGE,
-    KIND_SCREEN,
     KIND_TRACK,
-    build_record,
     check_id,
     check_identity,
     check_message_id,
-    check_optional_str,
     check_required_str,
     check_timestamp,
     encode_json_field,
     encode_snapshot,
     keywords_from_mapping,
+    record,
 )
+from .schema import CALLS
 from .spool import SegmentWriter
 
 log = logging.getLogger("rudder_fast")
@@ -127,31 +122,10 @@ class Emitter:
 
     # -- the hot path ------------------------------------------------------------------------------
 
-    def _emit(
-        self,
-        kind: int,
-        fields: list[Any],
-        user_id: object,
-        anonymous_id: object,
-        context: object,
-        integrations: object,
-        timestamp: object,
-        message_id: object,
-    ) -> str | None:
-        """The five calls other than track (whose inlined path is the hot one): check, build, write."""
-        return self._write(
-            build_record(
-                kind,
-                _time_ns(),
-                user_id=user_id,
-                anonymous_id=anonymous_id,
-                context=context,
-                integrations=integrations,
-                timestamp=timestamp,
-                message_id=message_id,
-                fields=fields,
-            )
-        )
+    def _call(self, name: str, values: dict[str, Any]) -> str | None:
+        """The five calls other than track (whose inlined path is the hot one): checked by the table of
+        :mod:`rudder_fast.schema`, built, written."""
+        return self._write(record(CALLS[name], _time_ns(), values))
 
     def _write(self, record: list[Any]) -> str | None:
         generated = self._append(record, record[1])
@@ -202,9 +176,9 @@ class Emitter:
             event_time = check_timestamp(timestamp)
         if message_id is not None:
             message_id = check_message_id(message_id)
-        record = [KIND_TRACK, now, user_id, anonymous_id, message_id, event_time, context_json,
-                  integrations_json, event, props_json]  # fmt: skip
-        generated = self._append(record, now)
+        rec = [KIND_TRACK, now, user_id, anonymous_id, message_id, event_time, context_json,
+               integrations_json, event, props_json]  # fmt: skip
+        generated = self._append(rec, now)
         if message_id is None or generated is None:
             return generated
         return message_id
@@ -225,10 +199,7 @@ class Emitter:
         """Tie a user to their traits. Returns the messageId, or None if dropped."""
         if message is not None:
             return self.identify(**keywords_from_mapping("identify", message, locals()))
-        fields = [encode_json_field("traits", traits)]
-        return self._emit(
-            KIND_IDENTIFY, fields, user_id, anonymous_id, context, integrations, timestamp, message_id
-        )
+        return self._call("identify", locals())
 
     def page(
         self,
@@ -248,10 +219,7 @@ class Emitter:
         """Record a page view. Returns the messageId, or None if dropped."""
         if message is not None:
             return self.page(**keywords_from_mapping("page", message, locals()))
-        return self._page_or_screen(
-            KIND_PAGE, user_id, name, category, properties, anonymous_id, context, integrations,
-            timestamp, message_id,
-        )  # fmt: skip
+        return self._call("page", locals())
 
     def screen(
         self,
@@ -271,30 +239,7 @@ class Emitter:
         """Record a screen view (apps). Returns the messageId, or None if dropped."""
         if message is not None:
             return self.screen(**keywords_from_mapping("screen", message, locals()))
-        return self._page_or_screen(
-            KIND_SCREEN, user_id, name, category, properties, anonymous_id, context, integrations,
-            timestamp, message_id,
-        )  # fmt: skip
-
-    def _page_or_screen(
-        self,
-        kind: int,
-        user_id: object,
-        name: object,
-        category: object,
-        properties: object,
-        anonymous_id: object,
-        context: object,
-        integrations: object,
-        timestamp: object,
-        message_id: object,
-    ) -> str | None:
-        fields = [
-            check_optional_str("name", name),
-            check_optional_str("category", category),
-            encode_json_field("properties", properties),
-        ]
-        return self._emit(kind, fields, user_id, anonymous_id, context, integrations, timestamp, message_id)
+        return self._call("screen", locals())
 
     def group(
         self,
@@ -313,10 +258,7 @@ class Emitter:
         """Associate a user with a group. Returns the messageId, or None if dropped."""
         if message is not None:
             return self.group(**keywords_from_mapping("group", message, locals()))
-        fields = [check_required_str("group_id", group_id), encode_json_field("traits", traits)]
-        return self._emit(
-            KIND_GROUP, fields, user_id, anonymous_id, context, integrations, timestamp, message_id
-        )
+        return self._call("group", locals())
 
     def alias(
         self,
@@ -334,10 +276,7 @@ class Emitter:
         """Merge a previous identity into ``user_id``. Returns the messageId, or None if dropped."""
         if message is not None:
             return self.alias(**keywords_from_mapping("alias", message, locals()))
-        fields = [check_required_str("previous_id", previous_id)]
-        return self._emit(
-            KIND_ALIAS, fields, user_id, anonymous_id, context, integrations, timestamp, message_id
-        )
+        return self._call("alias", locals())
 
     # -- housekeeping ------------------------------------------------------------------------------
 

@@ -51,25 +51,21 @@ from typing import Any, Final
 import orjson
 
 from .errors import InvalidEventError
+from .schema import (
+    CALLS,
+    WIRE_TO_KEYWORD,
+    Call,
+    Field,
+    record_names,
+)
 
-KIND_TRACK: Final = 1
-KIND_IDENTIFY: Final = 2
-KIND_PAGE: Final = 3
-KIND_SCREEN: Final = 4
-KIND_GROUP: Final = 5
-KIND_ALIAS: Final = 6
-KIND_NAMES: Final = {
-    KIND_TRACK: "track",
-    KIND_IDENTIFY: "identify",
-    KIND_PAGE: "page",
-    KIND_SCREEN: "screen",
-    KIND_GROUP: "group",
-    KIND_ALIAS: "alias",
-}
-
-# Record positions.
-R_KIND, R_CALL_NS, R_USER_ID, R_ANON_ID, R_MESSAGE_ID, R_TIMESTAMP, R_CONTEXT, R_INTEGRATIONS = range(8)
-R_FIELDS: Final = 8
+KIND_TRACK: Final = CALLS["track"].kind
+KIND_IDENTIFY: Final = CALLS["identify"].kind
+KIND_PAGE: Final = CALLS["page"].kind
+KIND_SCREEN: Final = CALLS["screen"].kind
+KIND_GROUP: Final = CALLS["group"].kind
+KIND_ALIAS: Final = CALLS["alias"].kind
+KIND_NAMES: Final = {call.kind: call.name for call in CALLS.values()}
 
 # orjson options for the caller's own (live) values: datetimes and dataclasses are not orjson's to
 # format (they go to the slow path, which normalises them as documented), and neither is numpy: with
@@ -439,25 +435,7 @@ def check_rfc3339(value: str) -> str:
     return value
 
 
-# The keys of the RudderStack docs' single-mapping form (camelCase) and their keyword names.
-_CAMEL_TO_SNAKE: Final = {
-    "userId": "user_id",
-    "anonymousId": "anonymous_id",
-    "messageId": "message_id",
-    "groupId": "group_id",
-    "previousId": "previous_id",
-}
-_COMMON_KEYS: Final = frozenset(
-    ("user_id", "anonymous_id", "context", "integrations", "timestamp", "message_id")
-)
-KEYWORDS: Final = {
-    "track": _COMMON_KEYS | {"event", "properties"},
-    "identify": _COMMON_KEYS | {"traits"},
-    "page": _COMMON_KEYS | {"name", "category", "properties"},
-    "screen": _COMMON_KEYS | {"name", "category", "properties"},
-    "group": _COMMON_KEYS | {"group_id", "traits"},
-    "alias": _COMMON_KEYS | {"previous_id"},
-}
+KEYWORDS: Final = {name: call.keywords for name, call in CALLS.items()}
 
 
 def keywords_from_mapping(call: str, message: object, keywords: dict[str, Any]) -> dict[str, Any]:
@@ -472,7 +450,7 @@ def keywords_from_mapping(call: str, message: object, keywords: dict[str, Any]) 
     for key, value in message.items():
         if not isinstance(key, str):
             raise InvalidEventError("message", f"key {key!r} is not a str")
-        name = _CAMEL_TO_SNAKE.get(key, key)
+        name = WIRE_TO_KEYWORD.get(key, key)
         if name == "type" and value == call:
             continue
         if name not in allowed:
@@ -508,20 +486,34 @@ def build_record(
     ]
 
 
-_FIELD_NAMES: Final = {
-    KIND_TRACK: ("event", "properties"),
-    KIND_IDENTIFY: ("traits",),
-    KIND_PAGE: ("name", "category", "properties"),
-    KIND_SCREEN: ("name", "category", "properties"),
-    KIND_GROUP: ("group_id", "traits"),
-    KIND_ALIAS: ("previous_id",),
-}
-_COMMON_NAMES: Final = (
-    "type", "timestamp", "user_id", "anonymous_id", "message_id", "timestamp", "context",
-    "integrations",
-)  # fmt: skip
+def check_field(field: Field, value: object) -> Any:
+    """One of a call's own fields, checked and encoded as the table says."""
+    if field.check == "json":
+        return encode_json_field(field.name, value)
+    if field.check == "required":
+        return check_required_str(field.name, value)
+    if field.check == "text":
+        return check_optional_str(field.name, value)
+    raise ValueError(f"{field.name}: a common field, not a call's own")
+
+
+def record(call: Call, call_ns: int, values: Mapping[str, Any]) -> list[Any]:
+    """The record of ``call`` from its keyword values (missing ones are None), every field checked:
+    the one builder, driven by the table, for every call but track's inlined hot path."""
+    fields = [check_field(f, values.get(f.name)) for f in call.fields]
+    return build_record(
+        call.kind,
+        call_ns,
+        user_id=values.get("user_id"),
+        anonymous_id=values.get("anonymous_id"),
+        context=values.get("context"),
+        integrations=values.get("integrations"),
+        timestamp=values.get("timestamp"),
+        message_id=values.get("message_id"),
+        fields=fields,
+    )
 
 
 def field_names(kind: int) -> tuple[str, ...]:
     """The argument name at each position of a record of this kind."""
-    return _COMMON_NAMES + _FIELD_NAMES.get(kind, ())
+    return record_names(kind)

@@ -12,23 +12,23 @@ from typing import Any, Final
 
 import orjson
 
-from .events import (
-    KIND_ALIAS,
-    KIND_GROUP,
-    KIND_IDENTIFY,
-    KIND_NAMES,
-    KIND_PAGE,
-    KIND_SCREEN,
-    KIND_TRACK,
+from .schema import (
+    CALLS,
+    R_ANON_ID,
+    R_CALL_NS,
+    R_CONTEXT,
+    R_FIELDS,
+    R_INTEGRATIONS,
+    R_KIND,
+    R_MESSAGE_ID,
+    R_TIMESTAMP,
+    R_USER_ID,
+    TRAITS_IN_CONTEXT,
 )
 
 LIBRARY_NAME: Final = "rudder-fast"
 _MILLIS: Final = tuple(f"{ms:03d}Z" for ms in range(1000))  # formatting ".345Z" is a table lookup
 _ALL_INTEGRATIONS: Final = orjson.Fragment(b'{"All":true}')
-
-
-def message_id(nonce: str, seq: int) -> str:
-    return f"{nonce}-{seq}"
 
 
 class IsoClock:
@@ -53,12 +53,25 @@ class IsoClock:
 
 
 class WireMapper:
-    """Turns spool records into wire events. One per thread (it keeps a small formatting cache)."""
+    """Turns spool records into wire events, by the table of :mod:`rudder_fast.schema`. One per thread
+    (it keeps a small formatting cache)."""
 
     def __init__(self, library_version: str) -> None:
         self.library = {"name": LIBRARY_NAME, "version": library_version}
         self._plain_context = orjson.Fragment(orjson.dumps({"library": self.library}))
         self.clock = IsoClock()
+        # Per kind: the call's name, its fields as (record position, wire name, is JSON, always sent),
+        # and whether its traits also go to context.traits.
+        self._layouts: dict[int, tuple[str, list[tuple[int, str, bool, bool]], int]] = {}
+        for call in CALLS.values():
+            fields = [
+                (R_FIELDS + i, f.wire, f.check == "json", f.check == "required")
+                for i, f in enumerate(call.fields)
+            ]
+            traits = next(
+                (R_FIELDS + i for i, f in enumerate(call.fields) if f.name == "traits"), -1
+            ) if call.name in TRAITS_IN_CONTEXT else -1  # fmt: skip
+            self._layouts[call.kind] = (call.name, fields, traits)
 
     def _context(self, context: bytes | None, traits: bytes | None) -> Any:
         if context is None and traits is None:
@@ -74,44 +87,31 @@ class WireMapper:
 
     def event(self, record: list[Any], nonce: str, seq: int) -> dict[str, Any]:
         """The wire event of one record. Raises ValueError for a record this version cannot read."""
-        kind = record[0]
-        name = KIND_NAMES.get(kind)
-        if name is None or len(record) < 8:
-            raise ValueError(f"unknown record kind {kind!r}")
+        layout = self._layouts.get(record[R_KIND])
+        if layout is None or len(record) < R_FIELDS:
+            raise ValueError(f"unknown record kind {record[R_KIND]!r}")
+        name, fields, traits_at = layout
+        message_id = record[R_MESSAGE_ID]
         out: dict[str, Any] = {
             "type": name,
-            "messageId": record[4] if record[4] is not None else f"{nonce}-{seq}",
+            "messageId": message_id if message_id is not None else f"{nonce}-{seq}",
         }
-        if record[2] is not None:
-            out["userId"] = record[2]
-        if record[3] is not None:
-            out["anonymousId"] = record[3]
+        if record[R_USER_ID] is not None:
+            out["userId"] = record[R_USER_ID]
+        if record[R_ANON_ID] is not None:
+            out["anonymousId"] = record[R_ANON_ID]
         out["channel"] = "server"
-        traits = record[8] if kind == KIND_IDENTIFY else None
-        out["context"] = self._context(record[6], traits)
-        out["integrations"] = orjson.Fragment(record[7]) if record[7] is not None else _ALL_INTEGRATIONS
-        out["originalTimestamp"] = self.clock.format_ns(record[1])
-        ts = record[5]
+        out["context"] = self._context(record[R_CONTEXT], record[traits_at] if traits_at >= 0 else None)
+        integrations = record[R_INTEGRATIONS]
+        out["integrations"] = orjson.Fragment(integrations) if integrations is not None else _ALL_INTEGRATIONS
+        out["originalTimestamp"] = self.clock.format_ns(record[R_CALL_NS])
+        ts = record[R_TIMESTAMP]
         if ts is not None:
             out["timestamp"] = ts if isinstance(ts, str) else self.clock.format_ns(ts)
-        if kind == KIND_TRACK:
-            out["event"] = record[8]
-            if record[9] is not None:
-                out["properties"] = orjson.Fragment(record[9])
-        elif kind == KIND_IDENTIFY:
-            if record[8] is not None:
-                out["traits"] = orjson.Fragment(record[8])
-        elif kind in (KIND_PAGE, KIND_SCREEN):
-            if record[8] is not None:
-                out["name"] = record[8]
-            if record[9] is not None:
-                out["category"] = record[9]
-            if record[10] is not None:
-                out["properties"] = orjson.Fragment(record[10])
-        elif kind == KIND_GROUP:
-            out["groupId"] = record[8]
-            if record[9] is not None:
-                out["traits"] = orjson.Fragment(record[9])
-        elif kind == KIND_ALIAS:
-            out["previousId"] = record[8]
+        for position, wire, is_json, always in fields:
+            value = record[position]
+            if value is not None:
+                out[wire] = orjson.Fragment(value) if is_json else value
+            elif always:
+                out[wire] = None
         return out

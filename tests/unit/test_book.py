@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from rudder_fast.book import Book, Outcome
 from rudder_fast.ledger import LedgerState
@@ -61,8 +61,6 @@ def make_segment(index: int, kinds: list[bool], sizes: list[int]) -> Seg:
 
 
 class BookMachine(RuleBasedStateMachine):
-    batches = Bundle("batches")
-
     def __init__(self) -> None:
         super().__init__()
         self.book = Book()
@@ -111,21 +109,20 @@ class BookMachine(RuleBasedStateMachine):
         self.open.keys.append(item.key)
         self.book.add_events(track, self.open.batch, item.end, 1)
 
-    @rule(target=batches)
+    @rule()
     @precondition(lambda self: self.open is not None)
-    def close_batch(self) -> int:
+    def close_batch(self) -> None:
         assert self.open is not None
-        batch = self.open
-        self.inflight[batch.batch] = batch
+        self.inflight[self.open.batch] = self.open
         self.open = None
-        return batch.batch
 
     # -- outcomes ------------------------------------------------------------------------------------
 
-    @rule(batch=consumes(batches), refused=st.integers(0, 2))
-    def resolve(self, batch: int, refused: int) -> None:
-        if batch not in self.inflight:
-            return  # lost in a crash
+    @rule(data=st.data(), refused=st.integers(0, 2))
+    @precondition(lambda self: self.inflight)
+    def resolve(self, data: st.DataObject, refused: int) -> None:
+        """Any batch in flight, in any order, is answered."""
+        batch = data.draw(st.sampled_from(sorted(self.inflight)))
         flight = self.inflight.pop(batch)
         bad = set(flight.keys[:refused])
         for key in flight.keys:
@@ -137,13 +134,13 @@ class BookMachine(RuleBasedStateMachine):
         outcome = Outcome(delivered=len(flight.keys) - len(bad), rejected=len(bad))
         self.book.resolve(batch, outcome, now=1.0)
 
-    @rule(batch=batches)
-    def stored_but_answer_lost(self, batch: int) -> None:
+    @rule(data=st.data())
+    @precondition(lambda self: self.inflight)
+    def stored_but_answer_lost(self, data: st.DataObject) -> None:
         """The data plane stored the batch, the answer never came back: delivered, still unresolved."""
-        flight = self.inflight.get(batch)
-        if flight is not None:
-            for key in flight.keys:
-                self.delivered[key] = self.delivered.get(key, 0) + 1
+        flight = self.inflight[data.draw(st.sampled_from(sorted(self.inflight)))]
+        for key in flight.keys:
+            self.delivered[key] = self.delivered.get(key, 0) + 1
 
     # -- the ledger, crashes, deletion ------------------------------------------------------------------
 

@@ -31,7 +31,6 @@ from rudder_fast.events import (
     KIND_PAGE,
     KIND_SCREEN,
     KIND_TRACK,
-    R_FIELDS,
     build_record,
     check_id,
     check_identity,
@@ -45,6 +44,7 @@ from rudder_fast.events import (
     iso_utc_ms,
     keywords_from_mapping,
 )
+from rudder_fast.schema import R_FIELDS
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UTC = dt.timezone.utc

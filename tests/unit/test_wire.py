@@ -31,7 +31,7 @@ from rudder_fast.events import (
     encode_json_field,
     iso_utc_ms,
 )
-from rudder_fast.wire import IsoClock, WireMapper, message_id
+from rudder_fast.wire import IsoClock, WireMapper
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UTC = dt.timezone.utc
@@ -171,7 +171,6 @@ def test_message_id_default_and_given() -> None:
     assert wire(rec(KIND_TRACK, "e", None), seq=0)["messageId"] == f"{NONCE}-0"
     assert wire(rec(KIND_TRACK, "e", None), seq=123456789)["messageId"] == f"{NONCE}-123456789"
     assert wire(rec(KIND_TRACK, "e", None, message_id="mine-1"), seq=3)["messageId"] == "mine-1"
-    assert message_id(NONCE, 5) == f"{NONCE}-5"
 
 
 def test_caller_context_is_merged_over_the_library() -> None:
