@@ -7,10 +7,12 @@ the spool to the data plane. Importing this package creates no file and starts n
 
 from __future__ import annotations
 
+# The version, written once (setuptools reads it from here), and before the imports below: the
+# modules they load name the library's version in what they send.
+__version__ = "0.1.0"
+
 from .emitter import Emitter, configure, emit
 from .errors import ConfigurationError, InvalidEventError, RudderFastError, SpoolError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",

@@ -64,12 +64,12 @@ DISK_ERROR_BACKOFF_S: Final = 0.05
 WARNING_INTERVAL_S: Final = 60.0
 
 # While calls are being dropped, their counts are written to the spool at most this often.
-DROP_REPORT_INTERVAL_S: Final = 0.1
+DROP_REPORT_INTERVAL_NS: Final = 100_000_000
 
 # How often a producer re-reads the quota state (the sender's control file, or its own measurement)...
-QUOTA_CHECK_S: Final = 1.0
+QUOTA_CHECK_NS: Final = 1_000_000_000
 # ...and how often while it is over quota, so that it writes again soon after the sender makes room.
-OVER_QUOTA_RECHECK_S: Final = 0.05
+OVER_QUOTA_RECHECK_NS: Final = 50_000_000
 
 
 def default_spool_dir(environ: Environ) -> Path:

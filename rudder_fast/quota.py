@@ -36,11 +36,12 @@ import errno
 import fcntl
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
-from . import safefile
+from . import config, safefile
 from .tail import list_segments
 
 CONTROL = struct.Struct("<8sB3xIQQQI20x")
@@ -184,6 +185,98 @@ class ControlFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class Allowance:
+    """A producer's standing under the quota: over it or not, and the bytes it may still write (its
+    allowance, counted from ``written_at_grant``, the producer's total written bytes then). Refreshed on
+    the producer's slow path: from the sender's publication while one is fresh, else by measuring the
+    spool (at most once a second, and under 1 % of the time: it runs on the app's thread)."""
+
+    __slots__ = (
+        "check_ns", "checked_ns", "fallback", "grant_stamp", "measured_ns", "over", "room", "rotate_seen",
+        "written_at_grant",
+    )  # fmt: skip
+
+    def __init__(self, fallback_quota: int) -> None:
+        self.fallback = fallback_quota  # enforced only while no sender publishes a quota
+        self.over = False
+        self.room = UNBOUNDED
+        self.written_at_grant = 0
+        self.grant_stamp = 0  # updated_ns of the publication the allowance came from (0: measured)
+        self.measured_ns: int | None = None
+        self.check_ns = 0  # checked again from then on...
+        self.checked_ns = 0  # ...or if the clock steps back before this
+        self.rotate_seen = -1
+
+    def due(self, now_ns: int) -> bool:
+        return not self.checked_ns <= now_ns < self.check_ns
+
+    def room_left(self, written: int) -> int:
+        """What is left of the allowance after ``written`` bytes in all, or UNBOUNDED."""
+        if self.room < 0:
+            return UNBOUNDED
+        return max(0, self.room - (written - self.written_at_grant))
+
+    def refresh(self, now_ns: int, paths: SpoolLike, written: int) -> bool:
+        """Read the publication (or measure) and update the verdict. True if the sender asks live
+        producers to seal their segment (a new rotation generation)."""
+        self.checked_ns = now_ns
+        published = read_control(paths.control)
+        rotate = False
+        if published is not None and published.rotate_gen != self.rotate_seen:
+            rotate = self.rotate_seen >= 0 or bool(published.flags & ROTATE)
+            self.rotate_seen = published.rotate_gen
+        verdict = judge_publication(
+            published,
+            sender_alive=sender_running(paths.sender_lock),
+            now_ns=now_ns,
+            grant_stamp=self.grant_stamp,
+            room_left=self.room_left(written),
+        )
+        next_check = config.QUOTA_CHECK_NS
+        if verdict is not None:
+            if verdict.grant is not None and published is not None:
+                self.grant_stamp = published.updated_ns
+        else:
+            verdict, next_check = self._measure(now_ns, paths, published, written)
+        if verdict.grant is not None:
+            self.room = verdict.grant
+            self.written_at_grant = written
+        self.over = verdict.over
+        self.check_ns = now_ns + (config.OVER_QUOTA_RECHECK_NS if verdict.over else next_check)
+        return rotate
+
+    def _measure(
+        self, now_ns: int, paths: SpoolLike, published: Control | None, written: int
+    ) -> tuple[Verdict, int]:
+        """No fresh sender: the producer's own measurement of the spool (at most once a second)."""
+        self.grant_stamp = 0
+        limit = (published.quota_bytes if published else 0) or self.fallback
+        if limit <= 0:
+            return Verdict(False, UNBOUNDED), config.QUOTA_CHECK_NS
+        if self.measured_ns is not None and 0 <= now_ns - self.measured_ns < config.QUOTA_CHECK_NS:
+            return Verdict(self.room_left(written) <= 0), config.QUOTA_CHECK_NS
+        started = time.monotonic_ns()
+        try:
+            usage = measure_usage(paths.segments, read_acked(paths.ledger))
+        except OSError:
+            usage = 0  # the spool cannot be measured now: the write path reports its trouble
+        took = time.monotonic_ns() - started
+        self.measured_ns = now_ns
+        # Measuring a huge spool is slow and runs on the app's thread: keep it under 1 % of the time.
+        return judge_usage(self.over, usage, limit), max(config.QUOTA_CHECK_NS, 100 * took)
+
+
+class SpoolLike(Protocol):
+    @property
+    def control(self) -> Path: ...
+    @property
+    def sender_lock(self) -> Path: ...
+    @property
+    def segments(self) -> Path: ...
+    @property
+    def ledger(self) -> Path: ...
 
 
 def read_control(path: Path) -> Control | None:

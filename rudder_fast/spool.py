@@ -43,20 +43,20 @@ import msgpack
 
 from . import config, quota
 from .counts import DROP_DISK, DROP_QUOTA, DROP_REENTRANT, DROP_SPOOL
-from .errors import InvalidEventError, SpoolError
+from .errors import SpoolError
 from .framing import (
     FRAME_DROPS,
     FRAME_EVENT,
     FRAME_META,
     FRAME_PREFIX,
     FRAME_SEAL,
-    MAX_PAYLOAD,
     SYNC,
     SegmentHeader,
     encode_frame,
     encode_header,
 )
 from .layout import SpoolPaths, ensure_spool, segment_name
+from .sizes import JSON_CHECK_ABOVE, check_record, check_size, refusal
 
 log = logging.getLogger("rudder_fast")
 
@@ -64,18 +64,6 @@ log = logging.getLogger("rudder_fast")
 _FIRST_CALL: Final = 0x100  # in ``_flags``: this process has not checked the quota yet
 _NO_ROOM: Final = -2  # from ``_prepare``: the quota stops this call
 _OVER_QUOTA: Final = "over quota"  # from ``_append_locked``: the quota stops this call (not counted yet)
-
-# While calls are being dropped, their counts are written to the spool at most this often.
-DROP_REPORT_INTERVAL_NS: Final = 100_000_000
-# How often a producer re-reads the quota state (the sender's control file, or its own measurement)...
-QUOTA_CHECK_NS: Final = 1_000_000_000
-# ...and how often while it is over quota, so that it writes again soon after the sender makes room.
-OVER_RECHECK_NS: Final = 50_000_000
-# Above this encoded size a record's JSON size is checked too (the data plane refuses a request body over
-# 4,096,000 bytes). Below it the JSON cannot be too large: escaping grows a raw string field at most 6x
-# (a control character becomes ``\u0002``), identify's traits are sent twice (also in context.traits),
-# and the fixed fields add well under 1,000 bytes; 8 x 490,000 + 1,000 stays under MAX_PAYLOAD.
-JSON_CHECK_ABOVE: Final = 490_000
 
 _meta_pack = FRAME_META.pack
 _prefix_pack = FRAME_PREFIX.pack
@@ -133,35 +121,29 @@ class SegmentWriter:
         "_block_timeout",
         "_busy",
         "_disk_retry_ns",
-        "_fallback_quota",
+        "_fallback_quota_bytes",
         "_fast_from_ns",
         "_fast_until_ns",
         "_fd",
         "_flags",
-        "_grant_stamp",
         "_index",
         "_last_report_ns",
         "_last_warning_ns",
         "_lock",
         "_max_age_ns",
         "_max_bytes",
-        "_measured_ns",
         "_other_frames",
         "_packer",
         "_path",
         "_paths",
         "_pending_warning",
         "_pid",
-        "_quota_check_ns",
-        "_quota_checked_ns",
+        "_quota",
         "_roll_at_ns",
-        "_room",
-        "_rotate_seen",
         "_seq",
         "_size",
         "_size_limit",
         "_unreported",
-        "_written_at_grant",
         "_written_before",
         "dropped",
         "id_prefix",
@@ -184,7 +166,7 @@ class SegmentWriter:
         self._max_age_ns = int(segment_max_age_s * 1e9)
         self._block = on_full == "block"
         self._block_timeout = block_timeout
-        self._fallback_quota = quota_bytes  # used only while no sender publishes one
+        self._fallback_quota_bytes = quota_bytes  # enforced only while no sender publishes a quota
         self._paths: SpoolPaths | None = None
         self._lock = threading.RLock()
         self._busy = False  # inside append's critical section (the lock is re-entrant for one thread)
@@ -219,18 +201,11 @@ class SegmentWriter:
         self._pending_warning: str | None = None
         self._last_report_ns = 0
         # Quota. The hot path tests ``_flags`` alone: non-zero sends the call to ``_admit`` (the first
-        # call of a process, so that it obeys the quota too, or over quota). ``_room`` is the allowance
-        # the last verdict granted (bytes, or UNBOUNDED), counted from ``_written_at_grant``;
-        # ``_written_before + _size`` is every byte this process has written (all its segments).
+        # call of a process, so that it obeys the quota too, or over quota). ``_quota`` holds this
+        # process's allowance; ``_written_before + _size`` is every byte it has written (all segments).
         self._flags = _FIRST_CALL
-        self._quota_check_ns = 0
-        self._quota_checked_ns = 0
-        self._grant_stamp = 0
-        self._measured_ns: int | None = None
-        self._room = quota.UNBOUNDED
-        self._written_at_grant = 0
+        self._quota = quota.Allowance(self._fallback_quota_bytes)
         self._written_before = 0
-        self._rotate_seen = -1
         self._pid = pid  # last: other threads take the pid check as "state ready"
 
     def __repr__(self) -> str:
@@ -308,10 +283,10 @@ class SegmentWriter:
             payload = self._packer.pack(record)
         except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
             self._packer = msgpack.Packer()  # do not trust its state after a failure
-            raise _refused(record) from None
+            raise refusal(record) from None
         n = len(payload)
         if n > JSON_CHECK_ABOVE:
-            _check_size(record, n)
+            check_size(record, n)
         if not self._fast_from_ns <= now_ns < self._fast_until_ns or self._size >= self._size_limit:
             fd = self._prepare(now_ns)
             if fd < 0:
@@ -384,7 +359,7 @@ class SegmentWriter:
                 self._reentrant()
                 return False
             if self._flags & _FIRST_CALL:
-                _check_record(record)  # bad input is refused before the spool is even created
+                check_record(record)  # bad input is refused before the spool is even created
                 self._flags = 0
                 if self._paths is None:
                     try:
@@ -398,7 +373,7 @@ class SegmentWriter:
                 self._refresh_quota(now_ns)
         if not self._flags:
             return True
-        _check_record(record)  # bad input still raises, whatever the quota
+        check_record(record)  # bad input still raises, whatever the quota
         if self._block:
             deadline = time.monotonic() + self._block_timeout
             pause = 0.001
@@ -423,7 +398,7 @@ class SegmentWriter:
     def _report_drops_now(self, now_ns: int) -> None:
         """While calls are being dropped, write the counts at most every 100 ms (not only at the next
         successful append), so a process that exits or dies meanwhile has reported nearly all of them."""
-        if not self._unreported or 0 <= now_ns - self._last_report_ns < DROP_REPORT_INTERVAL_NS:
+        if not self._unreported or 0 <= now_ns - self._last_report_ns < config.DROP_REPORT_INTERVAL_NS:
             return
         self._last_report_ns = now_ns
         if self._fd < 0:
@@ -452,68 +427,23 @@ class SegmentWriter:
         return True
 
     def _refresh_quota(self, now_ns: int, force: bool = False) -> None:
-        """Follow the sender's control file, or, with no fresh sender, measure usage ourselves (at most
-        once a second): checked once a second while writing, every 50 ms while over quota, or now
-        (``force``). Sets ``_flags`` (over quota or not) and the allowance that bounds the fast path."""
-        if not force and self._quota_checked_ns <= now_ns < self._quota_check_ns:
-            return  # (a clock stepping backwards leaves the window: checked again)
-        self._quota_checked_ns = now_ns
-        paths = self._paths
-        if paths is None:
-            self._quota_check_ns = now_ns + QUOTA_CHECK_NS
+        """Follow the quota (see quota.Allowance): once a second while writing, every 50 ms while over,
+        or now (``force``). Sets ``_flags`` and the bound the allowance puts on the fast path."""
+        allowance = self._quota
+        if not force and not allowance.due(now_ns):
+            return  # (a clock stepping backwards makes it due: checked again)
+        if self._paths is None:
+            allowance.checked_ns, allowance.check_ns = now_ns, now_ns + config.QUOTA_CHECK_NS
             return
-        published = quota.read_control(paths.control)
-        if published is not None and published.rotate_gen != self._rotate_seen:
-            if self._rotate_seen >= 0 or published.flags & quota.ROTATE:
-                self._roll_at_ns = 0  # seal at the next append so that the sender may delete the file
-                self._fast_until_ns = 0
-            self._rotate_seen = published.rotate_gen
-        verdict = quota.judge_publication(
-            published,
-            sender_alive=quota.sender_running(paths.sender_lock),
-            now_ns=now_ns,
-            grant_stamp=self._grant_stamp,
-            room_left=self._room_left(),
-        )
-        next_check = QUOTA_CHECK_NS
-        if verdict is not None:
-            if verdict.grant is not None and published is not None:
-                self._grant_stamp = published.updated_ns
-        else:
-            self._grant_stamp = 0
-            limit = (published.quota_bytes if published else 0) or self._fallback_quota
-            measured = self._measured_ns
-            if limit <= 0:
-                verdict = quota.Verdict(False, quota.UNBOUNDED)
-            elif measured is not None and 0 <= now_ns - measured < QUOTA_CHECK_NS:
-                verdict = quota.Verdict(self._room_left() <= 0)  # measured less than a second ago
-            else:
-                started = time.monotonic_ns()
-                try:
-                    usage = quota.measure_usage(paths.segments, quota.read_acked(paths.ledger))
-                except OSError:
-                    usage = 0  # the spool cannot be measured now: the write path reports its trouble
-                took = time.monotonic_ns() - started
-                self._measured_ns = now_ns
-                verdict = quota.judge_usage(bool(self._flags & quota.OVER_QUOTA), usage, limit)
-                # Measuring a huge spool is slow and runs on the app's thread: keep it under 1 % of time.
-                next_check = max(QUOTA_CHECK_NS, 100 * took)
-        if verdict.grant is not None:
-            self._room = verdict.grant
-            self._written_at_grant = self._written_before + self._size
-        self._flags = quota.OVER_QUOTA if verdict.over else 0
-        self._quota_check_ns = now_ns + (OVER_RECHECK_NS if verdict.over else next_check)
+        if allowance.refresh(now_ns, self._paths, self._written_before + self._size):
+            self._roll_at_ns = 0  # seal at the next append so that the sender may delete the file
+            self._fast_until_ns = 0
+        self._flags = quota.OVER_QUOTA if allowance.over else 0
         self._bound()
-
-    def _room_left(self) -> int:
-        """What is left of this process's allowance (bytes), or UNBOUNDED."""
-        if self._room < 0:
-            return quota.UNBOUNDED
-        return max(0, self._room - (self._written_before + self._size - self._written_at_grant))
 
     def _bound(self) -> None:
         """The fast path's bound on ``_size``: the rotation size, or the end of the allowance."""
-        left = self._room_left()
+        left = self._quota.room_left(self._written_before + self._size)
         self._size_limit = self._max_bytes if left < 0 else min(self._max_bytes, self._size + left)
 
     def count_drop(self, reason: str, now_ns: int) -> None:
@@ -601,7 +531,7 @@ class SegmentWriter:
         if self._flags:
             return _NO_ROOM
         self._fast_from_ns = now_ns
-        self._fast_until_ns = min(self._roll_at_ns, self._quota_check_ns)
+        self._fast_until_ns = min(self._roll_at_ns, self._quota.check_ns)
         return fd
 
     def _open_segment(self, now_ns: int) -> int:
@@ -689,59 +619,3 @@ class SegmentWriter:
                 except (SpoolError, OSError, ValueError):
                     return
                 self.close_segment()
-
-
-def _check_record(record: list[Any]) -> None:
-    """Raise InvalidEventError if a record cannot be packed or is too large (for calls that will not
-    be written, so that bad input raises whatever the spool's state)."""
-    try:
-        payload = msgpack.packb(record)
-    except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
-        raise _refused(record) from None
-    if len(payload) > JSON_CHECK_ABOVE:
-        _check_size(record, len(payload))
-
-
-def _check_size(record: list[Any], packed: int) -> None:
-    """A large record: refuse it if it, or the JSON the sender will make of it, is too large to send."""
-    if packed > MAX_PAYLOAD:
-        raise InvalidEventError(
-            _largest_field(record), f"the event is {packed:,} bytes encoded; the limit is {MAX_PAYLOAD:,}"
-        )
-    import orjson
-
-    from . import __version__
-    from .wire import WireMapper
-
-    size = len(orjson.dumps(WireMapper(__version__).event(record, "0" * 16, 0))) + 64  # + sentAt, batch
-    if size > MAX_PAYLOAD:
-        raise InvalidEventError(
-            _largest_field(record),
-            f"the event is {size:,} bytes as JSON (escaped characters grow); the limit is {MAX_PAYLOAD:,}",
-        )
-
-
-def _refused(record: list[Any]) -> InvalidEventError:
-    """The error for a record msgpack could not pack: a str argument that is not valid UTF-8."""
-    from .events import field_names
-
-    for name, value in zip(field_names(record[0]), record, strict=False):
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return InvalidEventError(name, "string is not valid UTF-8 (lone surrogate)")
-    return InvalidEventError("event", "cannot be encoded")
-
-
-def _largest_field(record: list[Any]) -> str:
-    """The name of the biggest JSON-valued argument of an oversized record, for the error message."""
-    from .events import field_names
-
-    names = field_names(record[0])
-    sizes = [
-        (len(v) if isinstance(v, (bytes, str)) else 0, names[i])
-        for i, v in enumerate(record)
-        if i < len(names)
-    ]
-    return max(sizes)[1]
