@@ -321,6 +321,35 @@ def sender_config(given: Mapping[str, Any], environ: Environ | None = None) -> S
             f"no write key: set {ENV_WRITE_KEY}, or pass --write-key-file (or --write-key, which every "
             f"user of the host can read in `ps`)"
         )
+    _check(v)
+    return SenderConfig(
+        spool_dir=resolve_spool_dir(v["spool_dir"], environ),
+        write_key=write_key,
+        data_plane_url=v["data_plane_url"],
+        gzip=not v["no_gzip"],
+        max_batch_bytes=v["max_batch_bytes"],
+        max_batch_events=v["max_batch_events"],
+        linger_s=v["linger"],
+        concurrency=v["concurrency"],
+        connect_timeout=v["connect_timeout"],
+        read_timeout=v["read_timeout"],
+        drain=v["drain"],
+        drain_timeout=v["drain_timeout"],
+        ca_bundle=v["ca_bundle"],
+        quota_bytes=v["quota_bytes"],
+        on_full=v["on_full"],
+        metrics_host=v["metrics_host"],
+        metrics_port=v["metrics_port"],
+        metrics_textfile=Path(v["metrics_textfile"]) if v["metrics_textfile"] else None,
+        rejected_max_bytes=v["rejected_max_bytes"],
+        allow_network_fs=v["allow_network_fs"],
+        log_level=str(v["log_level"]).upper(),
+        write_key_file=None if v["write_key"] else v["write_key_file"],
+    )
+
+
+def _check(v: Mapping[str, Any]) -> None:
+    """Every value within its bounds, or a ConfigurationError that names the option."""
     url = v["data_plane_url"]
     if not url:
         raise ConfigurationError(f"no data plane URL: pass --data-plane-url or set {ENV_DATA_PLANE_URL}")
@@ -340,38 +369,13 @@ def sender_config(given: Mapping[str, Any], environ: Environ | None = None) -> S
     port = v["metrics_port"]
     if port is not None and not 0 <= port <= 65535:
         raise ConfigurationError("--metrics-port must be between 0 and 65535")
-    level = str(v["log_level"]).upper()
-    if level not in LOG_LEVELS:
+    if str(v["log_level"]).upper() not in LOG_LEVELS:
         raise ConfigurationError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {v['log_level']!r}"
         )
     for name in ("connect_timeout", "read_timeout"):
         if v[name] <= 0:
             raise ConfigurationError(f"--{name.replace('_', '-')} must be > 0")
-    return SenderConfig(
-        spool_dir=resolve_spool_dir(v["spool_dir"], environ),
-        write_key=write_key,
-        data_plane_url=url,
-        gzip=not v["no_gzip"],
-        max_batch_bytes=v["max_batch_bytes"],
-        max_batch_events=v["max_batch_events"],
-        linger_s=v["linger"],
-        concurrency=v["concurrency"],
-        connect_timeout=v["connect_timeout"],
-        read_timeout=v["read_timeout"],
-        drain=v["drain"],
-        drain_timeout=v["drain_timeout"],
-        ca_bundle=v["ca_bundle"],
-        quota_bytes=v["quota_bytes"],
-        on_full=v["on_full"],
-        metrics_host=v["metrics_host"],
-        metrics_port=port,
-        metrics_textfile=Path(v["metrics_textfile"]) if v["metrics_textfile"] else None,
-        rejected_max_bytes=v["rejected_max_bytes"],
-        allow_network_fs=v["allow_network_fs"],
-        log_level=level,
-        write_key_file=None if v["write_key"] else v["write_key_file"],
-    )
 
 
 def _check_url(url: str) -> None:

@@ -73,33 +73,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     for p in procs:
         p.start()
-    outage_at = start + 0.5 if args.outage > 0 else None
-    code = 0
     try:
-        while True:
-            now = time.monotonic()
-            if outage_at is not None and now >= outage_at:
-                half = args.outage / 2
-                server.control(orjson.dumps({"fail_status": 503, "fail_for": half}))
-                server.schedule_down(after=half, seconds=half)
-                print(f"\n-- data plane outage: 503 for {half:.1f} s, then down for {half:.1f} s --")
-                outage_at = None
-            delivered = server.stats.events
-            done = emitted.value
-            elapsed = max(now - start, 1e-3)
-            print(
-                f"\remitted {done:>9,}  pending {max(done - delivered, 0):>9,}  delivered {delivered:>9,}"
-                f"  {delivered / elapsed:>9,.0f} events/s   ",
-                end="",
-                flush=True,
-            )
-            if all(not p.is_alive() for p in procs) and delivered >= done:
-                break
-            if now - start > 300:
-                print("\ngave up waiting after 300 s")
-                code = 1
-                break
-            time.sleep(0.2)
+        code = _watch(server, procs, emitted, start, args.outage)
         elapsed = time.monotonic() - start
     finally:
         for p in procs:
@@ -112,6 +87,46 @@ def run(args: argparse.Namespace) -> int:
             sender.wait()
         server.close()
     print()
+    lost = _summary(base, out, args, total, elapsed)
+    if args.keep:
+        print(f"kept {base}")
+    else:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    return 1 if lost or code else 0
+
+
+def _watch(server: DevServer, procs: list[Any], emitted: Any, start: float, outage: float) -> int:
+    """The live progress line, the outage in the middle; 0 once every event arrived, 1 after 300 s."""
+    outage_at = start + 0.5 if outage > 0 else None
+    while True:
+        now = time.monotonic()
+        if outage_at is not None and now >= outage_at:
+            half = outage / 2
+            server.control(orjson.dumps({"fail_status": 503, "fail_for": half}))
+            server.schedule_down(after=half, seconds=half)
+            print(f"\n-- data plane outage: 503 for {half:.1f} s, then down for {half:.1f} s --")
+            outage_at = None
+        delivered = server.stats.events
+        done = emitted.value
+        elapsed = max(now - start, 1e-3)
+        print(
+            f"\remitted {done:>9,}  pending {max(done - delivered, 0):>9,}  delivered {delivered:>9,}"
+            f"  {delivered / elapsed:>9,.0f} events/s   ",
+            end="",
+            flush=True,
+        )
+        if all(not p.is_alive() for p in procs) and delivered >= done:
+            return 0
+        if now - start > 300:
+            print("\ngave up waiting after 300 s")
+            return 1
+        time.sleep(0.2)
+
+
+def _summary(base: Path, out: Path, args: argparse.Namespace, total: int, elapsed: float) -> int:
+    """Every messageId the producers were given, looked up in what the devserver received: lost."""
     emitted_ids: set[str] = set()
     for i in range(args.producers):
         path = base / f"ids-{i}.txt"
@@ -130,10 +145,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"lost             {lost:,}")
     print(f"duplicates       {len(received) - len(unique):,}")
     print(f"throughput       {len(unique) / elapsed:,.0f} events/s end to end ({elapsed:.1f} s)")
-    if args.keep:
-        print(f"kept {base}")
-    else:
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
-    return 1 if lost or code else 0
+    return lost

@@ -14,6 +14,8 @@ Directories are 0700 and files 0600 whatever the umask: the spool holds user dat
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
@@ -60,6 +62,38 @@ class SpoolPaths:
 
 def segment_name(nonce: str, pid: int, index: int) -> str:
     return f"{nonce}-{pid}-{index}{SEGMENT_SUFFIX}"
+
+
+_NEW_SEGMENT = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+
+
+def create_segment(paths: SpoolPaths, name: str, header: bytes) -> tuple[int, Path]:
+    """A new segment for its one writer: created in tmp/ (O_EXCL, 0600 exactly), locked (flock, held
+    while the writer may append), its header written, then renamed into segments/, so that the sender
+    never sees a segment without a header or a lock. The descriptor (O_APPEND) and the segment's path;
+    raises OSError, leaving nothing behind (FileNotFoundError: the spool's directories are gone)."""
+    tmp_path = paths.tmp / name
+    try:
+        fd = os.open(tmp_path, _NEW_SEGMENT, 0o600)
+    except FileExistsError:
+        # Its writer's own debris (the name holds the writer's nonce): an earlier attempt was interrupted.
+        os.unlink(tmp_path)
+        fd = os.open(tmp_path, _NEW_SEGMENT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have removed bits the sender needs (0600 exactly)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.write(fd, header) != len(header):
+            raise OSError(errno.ENOSPC, "short write of segment header")
+        final_path = paths.segments / name
+        os.rename(tmp_path, final_path)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp_path)
+        except OSError:
+            pass
+        raise
+    return fd, final_path
 
 
 def _ensure_private_dir(path: Path) -> None:

@@ -135,92 +135,68 @@ def _single(value: float) -> list[Sample]:
 def render(snapshot: MetricsSnapshot) -> bytes:
     """The snapshot in the Prometheus text exposition format 0.0.4 (UTF-8, ending with a newline)."""
     s = snapshot
-    out: list[str] = []
-    _family(
-        out,
-        "rudder_fast_events_sent_total",
-        "counter",
-        "Events the data plane accepted.",
-        _single(s.events_sent),
-    )
-    _family(
-        out,
-        "rudder_fast_request_retries_total",
-        "counter",
-        "Requests to the data plane that failed (network error, 429, 5xx, 401, 404) and were retried.",
-        _single(s.request_retries),
-    )
-    _family(
-        out,
-        "rudder_fast_events_rejected_total",
-        "counter",
-        "Events the data plane refused (or too large to send), kept in rejected/.",
-        _single(s.events_rejected),
-    )
     dropped = dict.fromkeys(KNOWN_DROP_REASONS, 0)
     dropped.update(s.dropped)
-    _family(
-        out,
-        "rudder_fast_events_dropped_total",
-        "counter",
-        "Events lost before delivery, by reason: dropped by producers, or deleted unsent by the sender.",
-        [({"reason": reason}, dropped[reason]) for reason in sorted(dropped)],
-    )
-    _family(
-        out,
-        "rudder_fast_skipped_bytes_total",
-        "counter",
-        "Spool bytes skipped as corrupt, torn or unreadable.",
-        _single(s.skipped_bytes),
-    )
+    families: list[tuple[str, str, str, list[Sample]]] = [
+        (
+            "rudder_fast_events_sent_total", "counter", "Events the data plane accepted.",
+            _single(s.events_sent),
+        ),
+        (
+            "rudder_fast_request_retries_total", "counter",
+            "Requests to the data plane that failed (network error, 429, 5xx, 401, 404) and were retried.",
+            _single(s.request_retries),
+        ),
+        (
+            "rudder_fast_events_rejected_total", "counter",
+            "Events the data plane refused (or too large to send), kept in rejected/.",
+            _single(s.events_rejected),
+        ),
+        (
+            "rudder_fast_events_dropped_total", "counter",
+            "Events lost before delivery, by reason: dropped by producers, or deleted unsent by the sender.",
+            [({"reason": reason}, dropped[reason]) for reason in sorted(dropped)],
+        ),
+        (
+            "rudder_fast_skipped_bytes_total", "counter",
+            "Spool bytes skipped as corrupt, torn or unreadable.", _single(s.skipped_bytes),
+        ),
+    ]  # fmt: skip
     for name, help_text, value in (
         ("rudder_fast_backlog_events", "Events in the spool not yet delivered.", s.backlog_events),
         ("rudder_fast_backlog_bytes", "Spool bytes not yet acknowledged.", s.backlog_bytes),
         ("rudder_fast_backlog_segments", "Segment files in the spool.", s.backlog_segments),
         (
-            "rudder_fast_oldest_event_age_seconds",
-            "Age of the oldest event not yet delivered.",
+            "rudder_fast_oldest_event_age_seconds", "Age of the oldest event not yet delivered.",
             s.oldest_event_age_s,
         ),
         ("rudder_fast_live_producers", "Producer processes writing to the spool.", s.live_producers),
     ):
         if value is not None:
-            _family(out, name, "gauge", help_text, _single(value))
-    _family(
-        out,
-        "rudder_fast_requests_in_flight",
-        "gauge",
-        "Batches being delivered: posted, or waiting to be retried.",
-        _single(s.requests_in_flight),
-    )
-    _family(
-        out,
-        "rudder_fast_sender_up",
-        "gauge",
-        "1 while the sender runs.",
-        _single(1 if s.up else 0),
-    )
-    _family(
-        out,
-        "rudder_fast_sender_state",
-        "gauge",
-        "Delivery state of the sender: 1 for the current state, 0 for the others.",
-        [({"state": state}, 1 if state == s.state else 0) for state in SENDER_STATES],
-    )
-    _family(
-        out,
-        "rudder_fast_delivery_rate_events_per_second",
-        "gauge",
-        "Events delivered per second, averaged over the last minute.",
-        _single(s.delivery_rate),
-    )
-    _family(
-        out,
-        "rudder_fast_build_info",
-        "gauge",
-        "Version of rudder_fast the sender runs; always 1.",
-        [({"version": s.version}, 1)],
-    )
+            families.append((name, "gauge", help_text, _single(value)))
+    families += [
+        (
+            "rudder_fast_requests_in_flight", "gauge",
+            "Batches being delivered: posted, or waiting to be retried.", _single(s.requests_in_flight),
+        ),
+        ("rudder_fast_sender_up", "gauge", "1 while the sender runs.", _single(1 if s.up else 0)),
+        (
+            "rudder_fast_sender_state", "gauge",
+            "Delivery state of the sender: 1 for the current state, 0 for the others.",
+            [({"state": state}, 1 if state == s.state else 0) for state in SENDER_STATES],
+        ),
+        (
+            "rudder_fast_delivery_rate_events_per_second", "gauge",
+            "Events delivered per second, averaged over the last minute.", _single(s.delivery_rate),
+        ),
+        (
+            "rudder_fast_build_info", "gauge", "Version of rudder_fast the sender runs; always 1.",
+            [({"version": s.version}, 1)],
+        ),
+    ]  # fmt: skip
+    out: list[str] = []
+    for name, kind, help_text, samples in families:
+        _family(out, name, kind, help_text, samples)
     out.append("")
     return "\n".join(out).encode("utf-8", "replace")
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -55,7 +54,7 @@ from .framing import (
     encode_frame,
     encode_header,
 )
-from .layout import SpoolPaths, ensure_spool, segment_name
+from .layout import SpoolPaths, create_segment, ensure_spool, segment_name
 from .sizes import JSON_CHECK_ABOVE, check_record, check_size, refusal
 
 log = logging.getLogger("rudder_fast")
@@ -115,39 +114,11 @@ class SegmentWriter:
     """Appends framed records to this process's own segment file. Thread-safe and fork-safe."""
 
     __slots__ = (
-        "__weakref__",
-        "_backoff_reason",
-        "_block",
-        "_block_timeout",
-        "_busy",
-        "_disk_retry_ns",
-        "_fallback_quota_bytes",
-        "_fast_from_ns",
-        "_fast_until_ns",
-        "_fd",
-        "_flags",
-        "_index",
-        "_last_report_ns",
-        "_last_warning_ns",
-        "_lock",
-        "_max_age_ns",
-        "_max_bytes",
-        "_other_frames",
-        "_packer",
-        "_path",
-        "_paths",
-        "_pending_warning",
-        "_pid",
-        "_quota",
-        "_roll_at_ns",
-        "_seq",
-        "_size",
-        "_size_limit",
-        "_unreported",
-        "_written_before",
-        "dropped",
-        "id_prefix",
-        "nonce",
+        "__weakref__", "_backoff_reason", "_block", "_block_timeout", "_busy", "_disk_retry_ns",
+        "_fallback_quota_bytes", "_fast_from_ns", "_fast_until_ns", "_fd", "_flags", "_index",
+        "_last_report_ns", "_last_warning_ns", "_lock", "_max_age_ns", "_max_bytes", "_other_frames",
+        "_packer", "_path", "_paths", "_pending_warning", "_pid", "_quota", "_roll_at_ns", "_seq",
+        "_size", "_size_limit", "_unreported", "_written_before", "dropped", "id_prefix", "nonce",
         "spool_dir",
     )  # fmt: skip
 
@@ -537,35 +508,15 @@ class SegmentWriter:
     def _open_segment(self, now_ns: int) -> int:
         if self._paths is None:
             self._paths = ensure_spool(self.spool_dir)
-        paths = self._paths
+        header = encode_header(
+            SegmentHeader(pid=self._pid, index=self._index, created_ns=now_ns, nonce=self.nonce)
+        )
         name = segment_name(self.nonce, self._pid, self._index)
-        tmp_path = paths.tmp / name
         try:
-            fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
+            fd, final_path = create_segment(self._paths, name, header)
         except FileNotFoundError:
-            self._paths = paths = ensure_spool(self.spool_dir)  # the directories were removed
-            fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
-        except FileExistsError:
-            # Our own debris (the nonce is this process's): an earlier attempt was interrupted.
-            os.unlink(tmp_path)
-            fd = os.open(tmp_path, _OPEN_FLAGS, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # the umask may have removed bits the sender needs (0600 exactly)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            header = encode_header(
-                SegmentHeader(pid=self._pid, index=self._index, created_ns=now_ns, nonce=self.nonce)
-            )
-            if os.write(fd, header) != len(header):
-                raise OSError(errno.ENOSPC, "short write of segment header")
-            final_path = paths.segments / name
-            os.rename(tmp_path, final_path)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp_path)
-            except OSError:
-                pass
-            raise
+            self._paths = ensure_spool(self.spool_dir)  # the directories were removed
+            fd, final_path = create_segment(self._paths, name, header)
         self._fd = fd
         self._size = len(header)
         self._bound()
