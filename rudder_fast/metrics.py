@@ -167,7 +167,8 @@ def render(snapshot: MetricsSnapshot) -> bytes:
         ("rudder_fast_backlog_bytes", "Spool bytes not yet acknowledged.", s.backlog_bytes),
         ("rudder_fast_backlog_segments", "Segment files in the spool.", s.backlog_segments),
         (
-            "rudder_fast_oldest_event_age_seconds", "Age of the oldest event not yet delivered.",
+            "rudder_fast_oldest_event_age_seconds",
+            "Age of the oldest event not yet delivered.",
             s.oldest_event_age_s,
         ),
         ("rudder_fast_live_producers", "Producer processes writing to the spool.", s.live_producers),
