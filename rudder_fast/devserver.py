@@ -1,6 +1,6 @@
 """``rudder-fast devserver``: a local stand-in for the RudderStack data plane's ``POST /v1/batch``.
 
-It answers exactly as WIRE.md describes the real gateway (rudder-server v1.83): HTTP Basic auth with
+It answers exactly as docs/wire.md describes the real gateway (rudder-server v1.83): HTTP Basic auth with
 the write key as user name, gzip only with ``Content-Encoding: gzip``, validation in the gateway's order
 with plain-text bodies, the size limit on the decompressed body, and nothing stored on any 4xx.
 Accepted events are appended to ``--out`` as JSON lines (the event as received plus ``receivedAt``).

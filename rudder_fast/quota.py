@@ -293,10 +293,9 @@ def read_acked(ledger_path: Path) -> dict[str, int]:
     from . import ledger
 
     try:
-        data = safefile.read_small(ledger_path)
+        state = ledger.read(ledger_path)
     except OSError:
         return {}
-    state = ledger.decode(data) if data is not None else None
     return state.offsets if state is not None else {}
 
 

@@ -1,6 +1,6 @@
 """The retry policy: what to do with each answer of the data plane. Pure: clock and randomness injected.
 
-Outcomes follow WIRE.md, deciding on the status code alone (the bodies are plain text and have changed
+Outcomes follow docs/wire.md, deciding on the status code alone (the bodies are plain text and have changed
 wording between server versions):
 
 ======================  ==========================================================================

@@ -1,4 +1,4 @@
-"""Record → the RudderStack JSON event of WIRE.md, exactly as the sender posts it (minus ``sentAt``).
+"""Record → the RudderStack JSON event of docs/wire.md, exactly as the sender posts it (minus ``sentAt``).
 
 Pure: the JSON-valued fields of a record are already-encoded JSON bytes, spliced in unchanged through
 ``orjson.Fragment``, so a value is converted once (at the call) and never re-parsed, except a caller's
