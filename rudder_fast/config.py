@@ -139,6 +139,7 @@ def is_true(text: str) -> bool:
 ENV_WRITE_KEY: Final = "RUDDER_WRITE_KEY"
 ENV_WRITE_KEY_FILE: Final = "RUDDER_WRITE_KEY_FILE"
 ENV_DATA_PLANE_URL: Final = "RUDDER_DATA_PLANE_URL"
+ENV_PROXY: Final = "RUDDER_FAST_PROXY"
 
 # Batch bound, in bytes of the body before compression. A quarter of the server's limit: large enough
 # that the per-request cost (a round trip, a ledger commit) is spread over thousands of events, small
@@ -230,6 +231,9 @@ SENDER_OPTIONS: Final[tuple[Option, ...]] = (
            _float, metavar="SECONDS"),
     Option("--read-timeout", "RUDDER_FAST_READ_TIMEOUT", "seconds for the answer (the whole request: "
            "connect + read timeout)", READ_TIMEOUT_S, _float, metavar="SECONDS"),
+    Option("--proxy", ENV_PROXY, "forward proxy for the data plane (http://[user:password@]host:port); "
+           "without it, HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case) are honoured, as requests does",
+           metavar="URL"),
     Option("--ca-bundle", "RUDDER_FAST_CA_BUNDLE", "CA certificates for an https data plane (TLS is "
            "always verified)", metavar="FILE"),
     Option("--quota-bytes", ENV_QUOTA_BYTES, "bound on the spool's unacknowledged bytes, e.g. 512M "
@@ -269,6 +273,7 @@ class SenderConfig:
     drain: bool = False
     drain_timeout: float | None = None
     ca_bundle: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # the proxy for the data plane (may hold a password)
     quota_bytes: int = 0  # 0: no quota
     on_full: QuotaPolicy = "drop"
     metrics_host: str = METRICS_HOST
@@ -336,6 +341,7 @@ def sender_config(given: Mapping[str, Any], environ: Environ | None = None) -> S
         drain=v["drain"],
         drain_timeout=v["drain_timeout"],
         ca_bundle=v["ca_bundle"],
+        proxy=proxy_for(v["data_plane_url"], v["proxy"], environ),
         quota_bytes=v["quota_bytes"],
         on_full=v["on_full"],
         metrics_host=v["metrics_host"],
@@ -376,6 +382,48 @@ def _check(v: Mapping[str, Any]) -> None:
     for name in ("connect_timeout", "read_timeout"):
         if v[name] <= 0:
             raise ConfigurationError(f"--{name.replace('_', '-')} must be > 0")
+
+
+def proxy_for(url: str, explicit: str | None, environ: Environ) -> str | None:
+    """The forward proxy to reach ``url`` through: ``explicit`` (--proxy, RUDDER_FAST_PROXY), else the
+    scheme's HTTPS_PROXY / HTTP_PROXY variable (lower case first, either case, as requests and urllib
+    read them). NO_PROXY (a list of host names, domain suffixes, IP addresses or networks, or ``*``)
+    names the hosts reached directly, whichever way the proxy was given."""
+    scheme, _, rest = url.strip().partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    proxy = explicit
+    if not proxy:
+        proxy = environ.get(f"{scheme}_proxy") or environ.get(f"{scheme.upper()}_PROXY")
+    if not proxy:
+        return None
+    no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+    if bypasses(host.lower(), no_proxy):
+        return None
+    if "://" not in proxy:
+        proxy = "http://" + proxy  # as requests does: a bare host:port is an http proxy
+    return proxy
+
+
+def bypasses(host: str, no_proxy: str) -> bool:
+    """Whether NO_PROXY names ``host``: ``*``, the host itself, a parent domain (``example.com`` and
+    ``.example.com`` both cover ``a.example.com``), its IP address, or a network holding it."""
+    import ipaddress
+
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        entry = entry.lstrip(".").rsplit(":", 1)[0] if entry.count(":") == 1 else entry.lstrip(".")
+        if host == entry or host.endswith("." + entry):
+            return True
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _check_url(url: str) -> None:

@@ -30,6 +30,7 @@ import binascii
 import contextlib
 import http.server
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -159,6 +160,7 @@ class DevServer:
         out: Path | None,
         faults: Faults,
         quiet: bool = False,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -172,6 +174,10 @@ class DevServer:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
         self._stopped = threading.Event()
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(*tls)
 
     # serving
 
@@ -183,6 +189,8 @@ class DevServer:
 
         httpd = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
         httpd.daemon_threads = True
+        if self._tls is not None:
+            httpd.socket = self._tls.wrap_socket(httpd.socket, server_side=True)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
@@ -457,15 +465,45 @@ def _iso_now() -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed at start)")
-    p.add_argument("--write-key", action="append", default=[], help="a valid key (repeatable)")
-    p.add_argument("--out", type=Path, help="append accepted events here as JSON lines")
-    p.add_argument("--fail-status", type=int, help="answer this status to every batch...")
-    p.add_argument("--fail-for", type=float, default=3600.0, help="...for this many seconds")
-    p.add_argument("--max-body", type=int, default=MAX_BODY, help="size limit, decompressed bytes")
-    p.add_argument("--poison-user-id", help="400 for batches holding an event with this userId")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="port; 0 picks a free one, printed at start (default: %(default)s)",
+    )
+    p.add_argument(
+        "--write-key", action="append", default=[], metavar="KEY",
+        help="a valid write key (repeatable); without one, any non-empty key is accepted",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, metavar="FILE", help="append each accepted event here, one JSON line")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)...")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="...and this private key (PEM)")
+    p.add_argument("--fail-status", type=int, metavar="STATUS", help="answer this status to every batch...")
+    p.add_argument(
+        "--fail-for",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="...for this long (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-body",
+        type=int,
+        default=MAX_BODY,
+        metavar="BYTES",
+        help="size limit, decompressed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--poison-user-id", metavar="ID", help="answer 400 to batches holding an event with this userId"
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="wait this long before each answer (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no live count on stderr")
 
 
@@ -477,9 +515,14 @@ def run(args: argparse.Namespace) -> int:
         poison_user_id=args.poison_user_id,
         latency_s=args.latency_ms / 1000,
     )
-    server = DevServer(args.host, args.port, args.write_key, args.out, faults, quiet=args.quiet)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("rudder-fast devserver: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert is not None else None
+    server = DevServer(args.host, args.port, args.write_key, args.out, faults, quiet=args.quiet, tls=tls)
     server.start()
-    print(f"listening on http://{args.host}:{server.port}", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"listening on {scheme}://{args.host}:{server.port}", flush=True)
     stop = threading.Event()
     import signal
 

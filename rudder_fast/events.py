@@ -4,8 +4,8 @@ How this works
 --------------
 Every ``emit.*`` call is checked here, in the caller's thread, and turned into a *record*: a short list
 that ``msgpack`` packs in well under a microsecond. Anything the data plane would refuse, or would make
-it refuse the whole batch (see docs/wire.md), is refused here with :class:`InvalidEventError` naming the field,
-before a byte is written.
+it refuse the whole batch (see docs/wire.md), is refused here with :class:`InvalidEventError` naming
+the field, before a byte is written.
 
 The free-form values (``properties``, ``traits``, ``context``, ``integrations``) are normalised and
 encoded to JSON once, here, by orjson, and stored in the record as JSON bytes. orjson checks in C

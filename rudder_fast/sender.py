@@ -66,6 +66,7 @@ class Sender:
             pool_size=cfg.concurrency,
             ca_bundle=cfg.ca_bundle,
             user_agent=f"rudder-fast/{__version__}",
+            proxy=cfg.proxy,
         )
         self.quarantine = Quarantine(self.paths.rejected, cfg.rejected_max_bytes)
         self.book = Book()
@@ -138,9 +139,10 @@ class Sender:
     def run(self) -> int:
         self.workers.start()
         log.info(
-            "sender started: spool %s, data plane %s, gzip %s, %d in flight, batches <= %d bytes",
-            self.paths.root, redact_url(self.transport.url), "on" if self.cfg.gzip else "off",
-            self.cfg.concurrency, self.cfg.max_batch_bytes,
+            "sender started: spool %s, data plane %s%s, gzip %s, %d in flight, batches <= %d bytes",
+            self.paths.root, redact_url(self.transport.url),
+            f" through the proxy {self.transport.proxy}" if self.transport.proxy else "",
+            "on" if self.cfg.gzip else "off", self.cfg.concurrency, self.cfg.max_batch_bytes,
         )  # fmt: skip
         deadline = None
         if self.cfg.drain and self.cfg.drain_timeout is not None:

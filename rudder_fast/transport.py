@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import unquote
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -191,6 +192,7 @@ class Transport:
         pool_size: int = 4,
         ca_bundle: str | None = None,
         user_agent: str = "rudder-fast",
+        proxy: str | None = None,
     ) -> None:
         self.url = batch_url(url)
         self.gzip = gzip
@@ -205,21 +207,34 @@ class Transport:
         kwargs: dict[str, object] = {}
         if ca_bundle:
             kwargs["ca_certs"] = ca_bundle
-        self._pool = urllib3.PoolManager(
-            num_pools=2,
-            maxsize=pool_size,
-            block=True,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            cert_reqs="CERT_REQUIRED",
-            **kwargs,  # type: ignore[arg-type]
-        )
+        common: dict[str, Any] = {
+            "num_pools": 2,
+            "maxsize": pool_size,
+            "block": True,
+            "retries": False,
+            "timeout": urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            "cert_reqs": "CERT_REQUIRED",
+            **kwargs,
+        }
+        self.proxy = redact_url(proxy) if proxy else None
+        if proxy:
+            # A forward proxy: plain requests for an http data plane, a CONNECT tunnel for https (TLS
+            # then runs end to end, verified as always). Credentials in its URL become the
+            # Proxy-Authorization header, which urllib3 does not derive by itself.
+            parsed = urllib3.util.parse_url(proxy)
+            headers = urllib3.make_headers(proxy_basic_auth=unquote(parsed.auth)) if parsed.auth else None
+            self._pool: urllib3.PoolManager = urllib3.ProxyManager(
+                parsed._replace(auth=None).url, proxy_headers=headers, **common
+            )
+        else:
+            self._pool = urllib3.PoolManager(**common)
         self.deadline_s = connect_timeout + read_timeout
         self._deadlines = Deadlines()
         self._pool.pool_classes_by_scheme = _guarded_pools(self._deadlines)
 
     def __repr__(self) -> str:
-        return f"<Transport url={redact_url(self.url)!r} gzip={self.gzip}>"
+        via = f" proxy={self.proxy!r}" if self.proxy else ""
+        return f"<Transport url={redact_url(self.url)!r} gzip={self.gzip}{via}>"
 
     def post(self, body: bytes) -> Response:
         data = gzip_bytes(body) if self.gzip else body

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import select
 import signal
+import ssl
 import subprocess
 import time
 import traceback
@@ -59,18 +60,23 @@ class DevServer:
     port: int
     out: Path
     log: Path
+    cafile: Path | None = None  # HTTPS (its certificate), or plain HTTP
 
     @property
     def url(self) -> str:
         """The data plane's base URL (without ``/v1/batch``)."""
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.cafile else 'http'}://{HOST}:{self.port}"
 
     def _request(self, path: str, data: bytes | None = None, timeout: float = 5.0) -> bytes:
-        req = urllib.request.Request(f"http://{HOST}:{self.port}{path}", data=data, method="GET")
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method="GET")
         if data is not None:
             req.method = "POST"
             req.add_header("Content-Type", "application/json")
-        with _OPENER.open(req, timeout=timeout) as resp:
+        opener = _OPENER
+        if self.cafile is not None:
+            tls = urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(self.cafile)))
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), tls)
+        with opener.open(req, timeout=timeout) as resp:
             body: bytes = resp.read()
             assert resp.status == 200, (resp.status, body)
             return body
@@ -152,7 +158,9 @@ def start_devserver(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
     started: list[DevServer] = []
     logs: list[IO[bytes]] = []
 
-    def start(write_keys: Sequence[str] = (), extra_args: Sequence[str] = ()) -> DevServer:
+    def start(
+        write_keys: Sequence[str] = (), extra_args: Sequence[str] = (), tls: tuple[Path, Path] | None = None
+    ) -> DevServer:
         n = len(started)
         out = tmp_path / f"out{n or ''}.jsonl"
         log_path = tmp_path / f"devserver{n or ''}.log"
@@ -160,12 +168,14 @@ def start_devserver(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
         for key in write_keys:
             cmd += ["--write-key", key]
         cmd += list(extra_args)
+        if tls is not None:
+            cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         log = open(log_path, "wb")  # noqa: SIM115 - closed by the finalizer
         logs.append(log)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         try:
             line = _read_first_line(proc, DEVSERVER_START_TIMEOUT_S)
-            prefix = f"listening on http://{HOST}:"
+            prefix = f"listening on {'https' if tls else 'http'}://{HOST}:"
             assert line.startswith(prefix), line
             port = int(line[len(prefix) :])
         except BaseException:
@@ -173,7 +183,7 @@ def start_devserver(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
             if proc.stdout is not None:
                 proc.stdout.close()
             raise
-        server = DevServer(proc, port, out, log_path)
+        server = DevServer(proc, port, out, log_path, tls[0] if tls else None)
         started.append(server)
         return server
 
