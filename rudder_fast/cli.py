@@ -1,4 +1,4 @@
-"""``rudder-fast``: the toolbox (inspect, status, devserver, demo)."""
+"""``rudder-fast``: the toolbox (status, inspect, doctor, replay, devserver, demo)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,43 @@ from pathlib import Path
 
 import orjson
 
-from . import config, demo, devserver, ledger, status
+from . import __version__, config, demo, devserver, doctor, ledger, status
 from .reading import scan_pending
 from .schema import CALLS, TRAITS_IN_CONTEXT, WIRE_TO_KEYWORD
+
+DESCRIPTION = (
+    "The rudder_fast toolbox: look at a spool, check a setup, replay refused events, try it locally."
+)
+EPILOG = f"""\
+commands:
+  status     backlog, producers, sender state and delivery counters
+  inspect    every pending event as a JSON line, as the sender would post it
+  doctor     check the setup end to end (spool, sender, write key, proxy, data plane) and say what to fix
+  replay     re-enter events from rejected/*.jsonl into the spool
+  devserver  a local stand-in for the RudderStack data plane
+  demo       devserver + sender + producers on this machine, with a summary
+
+The spool is --spool-dir, else ${config.ENV_SPOOL_DIR}, else /var/spool/rudder-fast for root and
+~/.local/state/rudder-fast/spool for other users. `rudder-fast COMMAND --help` shows a command's options.
+Exit codes: 0 done (doctor: healthy), 1 problems found (doctor) or events not replayed (replay),
+2 bad usage, no spool, or a spool this user cannot read."""
+
+
+class CommandError(Exception):
+    """A one-line message for the user; the command exits 2."""
+
+
+def existing_spool(spool_dir: Path | None) -> Path:
+    """The spool the command works on; it must exist (a typo must not read as an empty spool)."""
+    spool = config.resolve_spool_dir(spool_dir)
+    if not spool.is_dir():
+        origin = (
+            "--spool-dir" if spool_dir is not None
+            else f"${config.ENV_SPOOL_DIR}" if os.environ.get(config.ENV_SPOOL_DIR)
+            else "the default for this user; set --spool-dir or " + config.ENV_SPOOL_DIR
+        )  # fmt: skip
+        raise CommandError(f"no spool at {spool} ({origin})")
+    return spool
 
 
 def _ledger_state(spool: Path) -> ledger.LedgerState:
@@ -22,7 +56,7 @@ def _ledger_state(spool: Path) -> ledger.LedgerState:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    spool = config.resolve_spool_dir(args.spool_dir)
+    spool = existing_spool(args.spool_dir)
     out = sys.stdout.buffer
     state = _ledger_state(spool)
     summary = scan_pending(
@@ -35,22 +69,26 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         f"dropped by producers: {summary.dropped or 'none'}",
         file=sys.stderr,
     )
+    for note in status.notes(spool, status.sender_running_on(spool)):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    spool = config.resolve_spool_dir(args.spool_dir)
-    if not spool.is_dir():
-        print(f"rudder-fast: no spool at {spool}", file=sys.stderr)
-        return 2
+    spool = existing_spool(args.spool_dir)
+    # Redrawn in place on a terminal, like top; into a pipe or a file, one plain report after another.
+    redraw = args.watch and sys.stdout.isatty()
     while True:
         doc = status.collect(spool)
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+            sys.stdout.buffer.flush()
         else:
             text = status.render(doc)
-            if args.watch:
-                text = "\x1b[H\x1b[2J" + text  # home and clear, like top
+            if redraw:
+                text = "\x1b[H\x1b[2J" + text  # home and clear
+            elif args.watch:
+                text = time.strftime("-- %Y-%m-%d %H:%M:%S --\n") + text
             print(text, flush=True)
         if not args.watch:
             return 0
@@ -89,7 +127,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from .emitter import Emitter
     from .errors import InvalidEventError
 
-    emitter = Emitter(args.spool_dir)
+    emitter = Emitter(existing_spool(args.spool_dir))
     replayed = failed = 0
     for path in args.files:
         with open(path, "rb") as f:
@@ -113,30 +151,50 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else 1
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    return doctor.run(args, time.time())
+
+
+_SPOOL_HELP = f"the spool (default: ${config.ENV_SPOOL_DIR}, else this user's default)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rudder-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    inspect = sub.add_parser(
-        "inspect", help="print every pending event as a JSON line, as the sender would post it"
+    parser = argparse.ArgumentParser(
+        prog="rudder-fast",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    inspect.add_argument("--spool-dir", type=Path, default=None)
-    inspect.set_defaults(func=_cmd_inspect)
-    st = sub.add_parser("status", help="backlog, producers, sender state and delivery counters")
-    st.add_argument("--spool-dir", type=Path, default=None)
-    st.add_argument("--json", action="store_true", help="machine-readable")
-    st.add_argument("--watch", action="store_true", help="refresh in place until interrupted")
+    parser.add_argument("--version", action="version", version=f"rudder-fast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )  # fmt: skip
+
+    st = command("status", "backlog, producers, sender state and delivery counters")
+    st.add_argument("--spool-dir", type=Path, default=None, help=_SPOOL_HELP)
+    st.add_argument("--json", action="store_true", help="one JSON document (per refresh)")
+    st.add_argument("--watch", action="store_true", help="refresh until interrupted (in place on a terminal)")
     st.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
     st.set_defaults(func=_cmd_status)
-    rep = sub.add_parser(
-        "replay", help="re-enter events from rejected/*.jsonl (after fixing the cause) into the spool"
-    )
-    rep.add_argument("files", nargs="+", type=Path)
-    rep.add_argument("--spool-dir", type=Path, default=None)
+    inspect = command("inspect", "print every pending event as a JSON line, as the sender would post it")
+    inspect.add_argument("--spool-dir", type=Path, default=None, help=_SPOOL_HELP)
+    inspect.set_defaults(func=_cmd_inspect)
+    doc = command("doctor", "check a setup end to end without sending an event, and say what to fix")
+    doc.add_argument("--spool-dir", type=Path, default=None, help=_SPOOL_HELP)
+    doctor.add_arguments(doc)
+    doc.set_defaults(func=_cmd_doctor)
+    rep = command("replay", "re-enter events from rejected/*.jsonl (after fixing the cause) into the spool")
+    rep.add_argument("files", nargs="+", type=Path, help="rejected/*.jsonl files (or JSON lines of events)")
+    rep.add_argument("--spool-dir", type=Path, default=None, help=_SPOOL_HELP)
     rep.set_defaults(func=_cmd_replay)
-    dev = sub.add_parser("devserver", help="a local stand-in for the RudderStack data plane")
+    dev = command("devserver", "a local stand-in for the RudderStack data plane")
     devserver.add_arguments(dev)
     dev.set_defaults(func=devserver.run)
-    dem = sub.add_parser("demo", help="devserver + sender + producers on this machine, with a summary")
+    dem = command("demo", "devserver + sender + producers on this machine, with a summary")
     demo.add_arguments(dem)
     dem.set_defaults(func=demo.run)
     return parser
@@ -153,10 +211,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except OSError as exc:  # a missing spool, a permission denied, a damaged spool file
+    except CommandError as exc:
         print(f"rudder-fast: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:
+        print(f"rudder-fast: {_permission_message(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a spool removed meanwhile, a damaged spool file
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"rudder-fast: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     return code
+
+
+def _permission_message(exc: PermissionError) -> str:
+    """Whose file it is, and how to read it."""
+    path = exc.filename
+    if not path:
+        return f"permission denied: {exc}"
+    try:
+        owner = f"uid {os.stat(path).st_uid}"
+    except OSError:
+        owner = "its owner"
+    return f"permission denied reading {path}: run this as the spool's owner ({owner}) or as root"
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ QUOTA_CHECK_NS: Final = 1_000_000_000
 # ...and how often while it is over quota, so that it writes again soon after the sender makes room.
 OVER_QUOTA_RECHECK_NS: Final = 50_000_000
 
+# A producer that has been writing for this long with no sender running on its spool says so once (a
+# spool the sender does not read is the commonest first-deployment mistake), then at most this often.
+NO_SENDER_WARNING_NS: Final = 60_000_000_000
+NO_SENDER_REPEAT_NS: Final = 600_000_000_000
+
 
 def default_spool_dir(environ: Environ) -> Path:
     if os.geteuid() == 0:
@@ -217,6 +222,10 @@ SENDER_OPTIONS: Final[tuple[Option, ...]] = (
     Option("--drain", None, "deliver everything present, then exit (4 if it cannot)", switch=True),
     Option("--drain-timeout", None, "give up draining after SECONDS (exit 4)", parse=_float,
            metavar="SECONDS"),
+    Option("--drain-on-stop", "RUDDER_FAST_DRAIN_ON_STOP", "on SIGTERM or SIGINT, keep delivering for up "
+           "to SECONDS: exit 0 once nothing is pending, 4 if time ran out (the rest stays in the spool); "
+           "0 stops at once, leaving the backlog for the next start. For a spool that outlives no "
+           "restart (a pod's emptyDir)", 0.0, _float, metavar="SECONDS"),
     Option("--no-gzip", "RUDDER_FAST_NO_GZIP", "send uncompressed bodies (data planes older than v1.4)",
            switch=True),
     Option("--max-batch-bytes", "RUDDER_FAST_MAX_BATCH_BYTES", "bound on a request body, before gzip",
@@ -272,6 +281,7 @@ class SenderConfig:
     stop_timeout: float = STOP_TIMEOUT_S
     drain: bool = False
     drain_timeout: float | None = None
+    drain_on_stop: float = 0.0  # seconds of delivery after SIGTERM/SIGINT; 0: stop at once
     ca_bundle: str | None = None
     proxy: str | None = field(default=None, repr=False)  # the proxy for the data plane (may hold a password)
     quota_bytes: int = 0  # 0: no quota
@@ -340,6 +350,7 @@ def sender_config(given: Mapping[str, Any], environ: Environ | None = None) -> S
         read_timeout=v["read_timeout"],
         drain=v["drain"],
         drain_timeout=v["drain_timeout"],
+        drain_on_stop=v["drain_on_stop"],
         ca_bundle=v["ca_bundle"],
         proxy=proxy_for(v["data_plane_url"], v["proxy"], environ),
         quota_bytes=v["quota_bytes"],
@@ -366,6 +377,8 @@ def _check(v: Mapping[str, Any]) -> None:
         raise ConfigurationError("--max-batch-events must be at least 1")
     if v["linger"] < 0:
         raise ConfigurationError("--linger must be >= 0")
+    if not 0 <= v["drain_on_stop"] < 86400:
+        raise ConfigurationError("--drain-on-stop must be between 0 and 86400 seconds")
     if not 1 <= v["concurrency"] <= 64:
         raise ConfigurationError("--concurrency must be between 1 and 64")
     if v["on_full"] not in ("drop", "drop_oldest"):
@@ -429,6 +442,32 @@ def bypasses(host: str, no_proxy: str) -> bool:
 def _check_url(url: str) -> None:
     if not url.strip().startswith(("http://", "https://")):
         raise ConfigurationError(f"the data plane URL must start with http:// or https://, not {url!r}")
+
+
+# The data plane's single-event endpoints: a URL ending in one is a mistake (batches go to /v1/batch).
+_EVENT_ENDPOINTS: Final = ("track", "identify", "page", "screen", "group", "alias", "import", "batch")
+
+
+def url_path_warning(url: str, batch_url: str) -> str | None:
+    """A warning for a data plane URL whose path is probably wrong, or None. The sender posts to
+    ``<URL>/v1/batch`` (or to the URL itself if it already ends in /v1/batch), so a URL copied from an
+    endpoint (``.../v1/track``) or with another path would be answered 404 on every request."""
+    scheme, _, rest = url.strip().partition("://")
+    path = "/" + rest.partition("/")[2].split("?", 1)[0].rstrip("/") if "/" in rest else ""
+    if path in ("", "/") or path.endswith("/v1/batch"):
+        return None
+    last = path.rsplit("/", 1)[-1]
+    if ("/v1/" in path + "/" and last in _EVENT_ENDPOINTS) or path.endswith("/v1"):
+        base = scheme + "://" + rest.split("/", 1)[0] + path[: path.find("/v1")]
+        return (
+            f"the data plane URL {url} ends in an endpoint's path ({path}): batches would go to "
+            f"{batch_url}, which the data plane answers 404. Give its base URL instead: {base}"
+        )
+    return (
+        f"the data plane URL {url} has a path ({path}): batches go to {batch_url}. That is right only "
+        "behind a proxy that serves the data plane under that prefix; the data plane itself answers "
+        "404 there"
+    )
 
 
 def read_write_key_file(path: Path) -> str:

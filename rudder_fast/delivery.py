@@ -116,7 +116,8 @@ class DeliveryState:
             )  # fmt: skip
         elif state == "disabled":
             log.error(
-                "%s answered %s: the source is disabled. Events are kept; retrying every %.0f s.",
+                "POST %s answered %s: a wrong path (the data plane URL must be the data plane's base "
+                "URL) or a disabled source. Events are kept; retrying every %.0f s.",
                 self.url, reason, delay,
             )  # fmt: skip
         else:

@@ -65,6 +65,27 @@ class MetricsUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class ProcessFigures:
+    """The sender's own process, as Prometheus's standard ``process_*`` metrics describe one."""
+
+    cpu_seconds: float  # user + system
+    resident_bytes: int
+    virtual_bytes: int
+    open_fds: int
+    max_fds: int | None  # None: unlimited
+    start_time_seconds: float  # since the Unix epoch
+
+    def to_json(self) -> dict[str, float | int | None]:
+        """The form ``status`` shows."""
+        return {
+            "cpu_s": round(self.cpu_seconds, 3),
+            "rss_bytes": self.resident_bytes,
+            "open_files": self.open_fds,
+            "started_at": self.start_time_seconds,
+        }
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     """What the sender knows at one moment, as plain values. ``None`` means unknown: not exported.
 
@@ -86,6 +107,7 @@ class MetricsSnapshot:
     backlog_segments: int | None = None
     oldest_event_age_s: float | None = None
     live_producers: int | None = None
+    process: ProcessFigures | None = None
     up: bool = True  # False only for a last textfile written as the sender stops
 
     def __post_init__(self) -> None:
@@ -130,6 +152,25 @@ def _family(out: list[str], name: str, kind: str, help_text: str, samples: Itera
 
 def _single(value: float) -> list[Sample]:
     return [(_NO_LABELS, value)]
+
+
+def _process_families(p: ProcessFigures) -> list[tuple[str, str, str, list[Sample]]]:
+    """The standard process metrics (the names and help texts client libraries export)."""
+    families = [
+        ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+         _single(p.cpu_seconds)),
+        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+         _single(p.resident_bytes)),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", _single(p.virtual_bytes)),
+        ("process_open_fds", "gauge", "Number of open file descriptors.", _single(p.open_fds)),
+        ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
+         _single(p.start_time_seconds)),
+    ]  # fmt: skip
+    if p.max_fds is not None:
+        families.append(
+            ("process_max_fds", "gauge", "Maximum number of open file descriptors.", _single(p.max_fds))
+        )
+    return families
 
 
 def render(snapshot: MetricsSnapshot) -> bytes:
@@ -195,6 +236,8 @@ def render(snapshot: MetricsSnapshot) -> bytes:
             [({"version": s.version}, 1)],
         ),
     ]  # fmt: skip
+    if s.process is not None:
+        families += _process_families(s.process)
     out: list[str] = []
     for name, kind, help_text, samples in families:
         _family(out, name, kind, help_text, samples)

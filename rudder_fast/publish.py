@@ -21,6 +21,7 @@ import orjson
 from . import __version__, config, metrics, safefile
 from .counts import Counters
 from .delivery import DeliveryState
+from .selfwatch import SelfWatch
 from .transport import redact_url
 
 log = logging.getLogger("rudder_fast.sender")
@@ -52,18 +53,22 @@ class Publisher:
         self._drops_seen = -1  # set at the first publication: only new drops are announced
         self._dropping_since: float | None = None
         self._last_drop_at = 0.0
+        self._self = SelfWatch()
 
     def delivered(self, now: float, events: int) -> None:
         """Events acknowledged now (for the delivery rate)."""
         self._sent.append((now, events))
 
+    def rate_window(self, now: float) -> float:
+        """How long the rate is measured over: the last minute, or as long as the sender has run."""
+        return min(RATE_WINDOW_S, max(1e-3, now - self.started))
+
     def rate(self, now: float) -> float:
-        """Events delivered per second, over the last minute (or as long as the sender has run)."""
+        """Events delivered per second, over :meth:`rate_window`."""
         window = self._sent
         while window and window[0][0] < now - RATE_WINDOW_S:
             window.popleft()
-        span = min(RATE_WINDOW_S, max(1e-3, now - self.started))
-        return sum(n for _, n in window) / span
+        return sum(n for _, n in window) / self.rate_window(now)
 
     def publish_if_due(self, now: float, moment: Moment) -> None:
         if now >= self.next_at:
@@ -74,6 +79,7 @@ class Publisher:
     def publish(self, moment: Moment, final: bool = False) -> None:
         now = time.monotonic()
         rate = self.rate(now)
+        process = self._self.figures()
         c = moment.counters
         status: dict[str, Any] = {
             "pid": os.getpid(),
@@ -83,6 +89,8 @@ class Publisher:
             "write_key_fingerprint": self.cfg.key_fingerprint,
             "updated_at": time.time(),
             "events_per_s": rate,
+            "rate_window_s": round(self.rate_window(now), 1),
+            "process": process.to_json() if process is not None else None,
             "inflight": moment.inflight,
             "counters": c.to_json(),
             "last_error": self.state.last_error,
@@ -101,6 +109,7 @@ class Publisher:
             backlog_bytes=moment.usage_bytes,
             backlog_segments=moment.segments,
             live_producers=moment.live_producers,
+            process=process,
             up=not final,
         )
         if self.cfg.metrics_textfile is not None:

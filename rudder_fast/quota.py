@@ -131,6 +131,42 @@ def judge_publication(
     return Verdict(room_left <= 0)
 
 
+class UnreadSpoolWatch:
+    """When a producer should warn that no sender reads its spool: once it has written for
+    ``NO_SENDER_WARNING_NS`` without seeing one, then at most every ``NO_SENDER_REPEAT_NS``. Fed by the
+    producer's periodic quota refresh, so it costs no syscall of its own."""
+
+    __slots__ = ("next_warning_ns", "unread_since_ns")
+
+    def __init__(self) -> None:
+        self.unread_since_ns: int | None = None
+        self.next_warning_ns = 0
+
+    def observe(self, now_ns: int, sender_alive: bool) -> bool:
+        """Record what the last refresh saw; True when it is time to warn."""
+        if sender_alive:
+            self.unread_since_ns = None
+            return False
+        since = self.unread_since_ns
+        if since is None or now_ns < since:  # (a clock stepping back restarts the wait)
+            self.unread_since_ns = now_ns
+            return False
+        if now_ns - since < config.NO_SENDER_WARNING_NS or now_ns < self.next_warning_ns:
+            return False
+        self.next_warning_ns = now_ns + config.NO_SENDER_REPEAT_NS
+        return True
+
+
+def no_sender_warning(spool_dir: Path, unread_s: float) -> str:
+    """What the producer logs when :class:`UnreadSpoolWatch` says so."""
+    return (
+        f"no rudder-fast-sender has read the spool {spool_dir} for {unread_s:.0f} s: the events written "
+        f"there wait until one runs on it. Start one with `rudder-fast-sender --spool-dir {spool_dir}`, "
+        f"or set {config.ENV_SPOOL_DIR} to the same directory for the app and the sender "
+        "(`rudder-fast doctor` checks both)"
+    )
+
+
 def judge_usage(was_over: bool, usage: int, limit: int) -> Verdict:
     """A producer's verdict from its own measurement of the spool against ``limit`` (0: none)."""
     if limit <= 0:
@@ -195,7 +231,7 @@ class Allowance:
 
     __slots__ = (
         "check_ns", "checked_ns", "fallback", "grant_stamp", "measured_ns", "over", "room", "rotate_seen",
-        "written_at_grant",
+        "sender_alive", "written_at_grant",
     )  # fmt: skip
 
     def __init__(self, fallback_quota: int) -> None:
@@ -208,6 +244,7 @@ class Allowance:
         self.check_ns = 0  # checked again from then on...
         self.checked_ns = 0  # ...or if the clock steps back before this
         self.rotate_seen = -1
+        self.sender_alive = False  # as of the last refresh
 
     def due(self, now_ns: int) -> bool:
         return not self.checked_ns <= now_ns < self.check_ns
@@ -227,9 +264,10 @@ class Allowance:
         if published is not None and published.rotate_gen != self.rotate_seen:
             rotate = self.rotate_seen >= 0 or bool(published.flags & ROTATE)
             self.rotate_seen = published.rotate_gen
+        self.sender_alive = sender_running(paths.sender_lock)
         verdict = judge_publication(
             published,
-            sender_alive=sender_running(paths.sender_lock),
+            sender_alive=self.sender_alive,
             now_ns=now_ns,
             grant_stamp=self.grant_stamp,
             room_left=self.room_left(written),

@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from . import __version__, config, ledger, safefile
+from . import __version__, config, ledger, locate, safefile
 from .batching import Batch
 from .book import Book, Outcome
 from .delivery import Deliverer, DeliveryState, Quarantine, Recurring, Workers
@@ -56,7 +56,6 @@ class Sender:
         warning = parent_warning(self.paths.root)
         if warning:
             log.warning("%s", warning)
-        self.state = DeliveryState(cfg.data_plane_url)
         self.transport = Transport(
             cfg.data_plane_url,
             cfg.write_key,
@@ -68,6 +67,7 @@ class Sender:
             user_agent=f"rudder-fast/{__version__}",
             proxy=cfg.proxy,
         )
+        self.state = DeliveryState(self.transport.url)  # the full URL posted to, in every message
         self.quarantine = Quarantine(self.paths.rejected, cfg.rejected_max_bytes)
         self.book = Book()
         policy = policy or RetryPolicy()
@@ -85,6 +85,7 @@ class Sender:
         self._commit_retry_at = 0.0
         self._lock_fd = -1
         self._signalled = False
+        self._stop_deadline: float | None = None  # set by a signal under --drain-on-stop
         self._unsafe = False  # the spool stopped being private: write nothing more into it
         self._code: int | None = None  # the exit code, once the loop must stop
         self._next = {"rescan": 0.0, "sweep": 0.0, "privacy": 0.0}
@@ -144,6 +145,10 @@ class Sender:
             f" through the proxy {self.transport.proxy}" if self.transport.proxy else "",
             "on" if self.cfg.gzip else "off", self.cfg.concurrency, self.cfg.max_batch_bytes,
         )  # fmt: skip
+        warning = config.url_path_warning(self.cfg.data_plane_url, self.transport.url)
+        if warning:
+            log.warning("%s", warning)
+        self._warn_about_other_spools()
         deadline = None
         if self.cfg.drain and self.cfg.drain_timeout is not None:
             deadline = time.monotonic() + self.cfg.drain_timeout
@@ -152,10 +157,14 @@ class Sender:
             while self._code is None:
                 now = time.monotonic()
                 if self._signalled:
-                    self._code = self._stopped_by_signal()
-                    break
+                    self._signalled = False
+                    stop_at = self._drain_before_stopping(now)
+                    if stop_at is None:
+                        self._code = self._stopped_by_signal()
+                        break
+                    deadline = stop_at if deadline is None else min(deadline, stop_at)
                 busy = self._turn(now)
-                if self._code is None and self.cfg.drain:
+                if self._code is None and (self.cfg.drain or self._stop_deadline is not None):
                     self._code = self._drain_verdict(now, busy, deadline)
                 if self._code is not None:
                     break
@@ -198,8 +207,28 @@ class Sender:
         self.publisher.publish_if_due(now, self._moment())
         return progressed or bool(got)
 
+    def _drain_before_stopping(self, now: float) -> float | None:
+        """A first SIGTERM/SIGINT under ``--drain-on-stop``: keep delivering until the deadline it
+        returns. None: stop now (no ``--drain-on-stop``, or a second signal)."""
+        if self.cfg.drain_on_stop <= 0 or self._stop_deadline is not None:
+            return None
+        self._stop_deadline = now + self.cfg.drain_on_stop
+        log.info(
+            "asked to stop: delivering what is pending for up to %.0f s first (--drain-on-stop; "
+            "a second signal stops at once)",
+            self.cfg.drain_on_stop,
+        )
+        return self._stop_deadline
+
+    def _warn_about_other_spools(self) -> None:
+        """Producers writing to another well-known spool that no sender reads: the app and this sender
+        were probably started with different spool directories (different users, or one side without
+        RUDDER_FAST_SPOOL_DIR)."""
+        for other in locate.other_spools(self.paths.root):
+            log.warning("%s (this sender reads %s)", locate.describe(other), self.paths.root)
+
     def _stopped_by_signal(self) -> int:
-        if self.cfg.drain and not self._drained():
+        if (self.cfg.drain or self._stop_deadline is not None) and not self._drained():
             log.warning("drain interrupted by a signal with events still pending")
             return EXIT_DRAIN_FAILED
         return EXIT_OK
@@ -218,7 +247,13 @@ class Sender:
             log.info("drain complete: every event delivered or quarantined")
             return EXIT_OK
         if deadline is not None and now > deadline:
-            log.error("drain timed out after %.1f s with events pending", self.cfg.drain_timeout)
+            log.error(
+                "drain stopped after %s: %d bytes of events stay in the spool (sent at the next start)",
+                f"--drain-on-stop {self.cfg.drain_on_stop:g} s"
+                if self._stop_deadline is not None and deadline == self._stop_deadline
+                else f"--drain-timeout {self.cfg.drain_timeout:g} s",
+                self.intake.usage_bytes,
+            )
             return EXIT_DRAIN_FAILED
         return None
 

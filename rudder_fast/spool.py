@@ -118,7 +118,7 @@ class SegmentWriter:
         "_fallback_quota_bytes", "_fast_from_ns", "_fast_until_ns", "_fd", "_flags", "_index",
         "_last_report_ns", "_last_warning_ns", "_lock", "_max_age_ns", "_max_bytes", "_other_frames",
         "_packer", "_path", "_paths", "_pending_warning", "_pid", "_quota", "_roll_at_ns", "_seq",
-        "_size", "_size_limit", "_unreported", "_written_before", "dropped", "id_prefix", "nonce",
+        "_size", "_size_limit", "_unread", "_unreported", "_written_before", "dropped", "id_prefix", "nonce",
         "spool_dir",
     )  # fmt: skip
 
@@ -176,6 +176,7 @@ class SegmentWriter:
         # process's allowance; ``_written_before + _size`` is every byte it has written (all segments).
         self._flags = _FIRST_CALL
         self._quota = quota.Allowance(self._fallback_quota_bytes)
+        self._unread = quota.UnreadSpoolWatch()
         self._written_before = 0
         self._pid = pid  # last: other threads take the pid check as "state ready"
 
@@ -411,6 +412,10 @@ class SegmentWriter:
             self._fast_until_ns = 0
         self._flags = quota.OVER_QUOTA if allowance.over else 0
         self._bound()
+        unread = self._unread
+        if unread.observe(now_ns, allowance.sender_alive) and self._pending_warning is None:
+            since = unread.unread_since_ns or now_ns
+            self._pending_warning = quota.no_sender_warning(self.spool_dir, (now_ns - since) / 1e9)
 
     def _bound(self) -> None:
         """The fast path's bound on ``_size``: the rotation size, or the end of the allowance."""
@@ -433,7 +438,7 @@ class SegmentWriter:
         self._unreported[reason] = self._unreported.get(reason, 0) + 1
         if abs(now_ns - self._last_warning_ns) >= config.WARNING_INTERVAL_S * 1e9:
             self._last_warning_ns = now_ns
-            self._pending_warning = f"rudder_fast: dropping events ({reason}); dropped so far: {self.dropped}"
+            self._pending_warning = f"dropping events ({reason}); dropped so far: {self.dropped}"
 
     def _drops_frame(self) -> bytes:
         """A drop-marker frame for the drops not yet reported; the caller advances seq."""
@@ -462,7 +467,7 @@ class SegmentWriter:
         else:
             self._fast_until_ns = 0
         if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            log.debug("rudder_fast: spool write failed: %s", exc)
+            log.debug("spool write failed: %s", exc)
 
     def _back_off(self, now_ns: int, reason: str) -> None:
         """Leave the disk alone for a moment; calls meanwhile are dropped for the same reason."""
@@ -488,7 +493,7 @@ class SegmentWriter:
                 self._back_off(now_ns, DROP_SPOOL)
                 self._count_drop_locked(DROP_SPOOL, now_ns)
                 if self.dropped[DROP_SPOOL] == 1:
-                    self._pending_warning = f"rudder_fast: {exc}"
+                    self._pending_warning = str(exc)
                 return -1
             except OSError:
                 self._back_off(now_ns, DROP_DISK)

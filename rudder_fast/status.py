@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from . import counts, ledger, safefile
+from . import counts, ledger, locate, safefile
 from .counts import Counters
 from .layout import SpoolPaths
 from .quota import sender_running
@@ -34,6 +34,23 @@ def _live_producers(segments: Path) -> int:
         finally:
             os.close(fd)
     return live
+
+
+def sender_running_on(spool_dir: Path) -> bool:
+    return sender_running(SpoolPaths(spool_dir).sender_lock)
+
+
+def notes(spool_dir: Path, running: bool, environ: dict[str, str] | None = None) -> list[str]:
+    """What a reader of this spool's status must not miss: no sender reading it, and events that wait
+    in another known spool which no sender reads (an app and a sender on different directories)."""
+    found = []
+    if not running:
+        found.append(
+            f"no sender is running on {spool_dir}: its events wait there until one starts "
+            f"(`rudder-fast-sender --spool-dir {spool_dir}`)"
+        )
+    found.extend(locate.describe(other) for other in locate.other_spools(spool_dir, environ))
+    return found
 
 
 def collect(spool_dir: Path) -> dict[str, Any]:
@@ -75,6 +92,8 @@ def collect(spool_dir: Path) -> dict[str, Any]:
             "pid": sender_doc.get("pid") if running else None,
             "data_plane_url": sender_doc.get("data_plane_url"),
             "events_per_s": sender_doc.get("events_per_s", 0.0) if running else 0.0,
+            "rate_window_s": sender_doc.get("rate_window_s", 0.0) if running else 0.0,
+            "process": sender_doc.get("process") if running else None,
             "updated_at": sender_doc.get("updated_at"),
         },
         "counters": {
@@ -87,6 +106,7 @@ def collect(spool_dir: Path) -> dict[str, Any]:
         },
         "last_error": sender_doc.get("last_error"),
         "last_error_at": sender_doc.get("last_error_at"),
+        "notes": notes(spool_dir, running),
     }
 
 
@@ -112,7 +132,7 @@ def render(doc: dict[str, Any]) -> str:
         f"sender     {s['state']}"
         + (f" (pid {s['pid']})" if s["pid"] else "")
         + (f" -> {s['data_plane_url']}" if s["data_plane_url"] else "")
-        + (f", {s['events_per_s']:,.0f} events/s over the last minute" if s["state"] == "ok" else ""),
+        + _rate(s),
         f"sent       {c['sent']:,}    retried {c['retried']:,}    rejected {c['rejected']:,}    "
         f"skipped {c['skipped_bytes']:,} bytes",
         f"dropped    {c['dropped']['total']:,}"
@@ -122,4 +142,20 @@ def render(doc: dict[str, Any]) -> str:
         at = doc.get("last_error_at")
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at)) if at else "?"
         lines.append(f"last error {doc['last_error']} (at {when})")
+    process = s.get("process")
+    if process:
+        lines.append(
+            f"process    cpu {process['cpu_s']:,.1f} s, rss {process['rss_bytes'] / 2**20:,.1f} MiB, "
+            f"{process['open_files']} open files"
+        )
+    lines.extend(f"note       {note}" for note in doc.get("notes", []))
     return "\n".join(lines)
+
+
+def _rate(sender: dict[str, Any]) -> str:
+    """The delivery rate, over the time it was measured on (up to a minute; less after a start)."""
+    window = sender.get("rate_window_s") or 0.0
+    if sender["state"] != "ok" or window <= 0:
+        return ""
+    span = "the last minute" if window >= 59.5 else f"the last {window:.0f} s"
+    return f", {sender['events_per_s']:,.1f} events/s over {span}"

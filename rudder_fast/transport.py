@@ -14,6 +14,7 @@ import base64
 import contextlib
 import math
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -255,7 +256,61 @@ class Transport:
         self._deadlines.close()
 
 
+# OpenSSL's verification results (X509_V_ERR_*) a user meets, said plainly.
+_CERT_PROBLEMS: Final = {
+    9: "the data plane's TLS certificate is not valid yet (check this host's clock)",
+    10: "the data plane's TLS certificate has expired",
+    18: "the data plane's TLS certificate is self-signed: pass its CA with --ca-bundle",
+    19: "the data plane's TLS certificate chain has a CA this host does not trust: pass it with --ca-bundle",
+    20: "the data plane's TLS certificate is signed by a CA this host does not trust: pass it with "
+    "--ca-bundle",
+    21: "the data plane's TLS certificate cannot be verified (incomplete chain or unknown CA): pass the CA "
+    "with --ca-bundle",
+    62: "the data plane's TLS certificate is not for this host name (check the URL)",
+    64: "the data plane's TLS certificate is not for this IP address (use the host name in the URL)",
+}
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: urllib3 keeps the cause in ``reason`` (and in ``args``)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for nested in (
+            getattr(current, "reason", None),
+            current.__cause__,
+            current.__context__,
+            *current.args,
+        ):
+            if isinstance(nested, BaseException):
+                todo.append(nested)
+
+
 def _describe(exc: Exception) -> str:
+    """One plain line for a request that got no answer: what failed, and for TLS why."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            plain = _CERT_PROBLEMS.get(cause.verify_code)
+            detail = cause.verify_message or str(cause)
+            return f"TLS: {plain} ({detail})" if plain else f"TLS: certificate verify failed ({detail})"
+        if isinstance(cause, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(cause):
+            return "TLS: the server does not speak TLS on this port (should the URL be http://?)"
+    for cause in _causes(exc):
+        if isinstance(cause, urllib3.exceptions.ProxyError):
+            inner = cause.original_error if isinstance(cause.original_error, Exception) else cause
+            return f"the proxy failed: {type(inner).__name__}: {inner}".split(" (Caused by")[0][:300]
+    for cause in _causes(exc):
+        if isinstance(cause, urllib3.exceptions.NewConnectionError):
+            # "HTTPConnection(host=..., port=...): Failed to ...": the host and port, then the reason.
+            said = str(cause).split("): ", 1)[-1].removeprefix("Failed to establish a new connection: ")
+            if isinstance(cause, urllib3.exceptions.NameResolutionError):
+                return f"DNS: {said}"
+            return f"cannot connect to {cause.conn.host}:{cause.conn.port}: {said}"[:300]
     reason = getattr(exc, "reason", None)
     inner = reason if isinstance(reason, Exception) else exc
     return f"{type(inner).__name__}: {inner}".split(" (Caused by")[0][:300]

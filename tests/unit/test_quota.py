@@ -130,3 +130,44 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError):
         config.parse_size(text)
+
+
+# -- the producer's "no sender reads this spool" warning ------------------------------------------------
+
+S = 1_000_000_000
+
+
+def test_no_warning_before_a_minute_of_writing_without_a_sender_then_one_then_every_ten_minutes() -> None:
+    watch = quota.UnreadSpoolWatch()
+    assert watch.observe(NOW, sender_alive=False) is False  # the wait starts at the first sighting
+    assert watch.observe(NOW + config.NO_SENDER_WARNING_NS - 1, sender_alive=False) is False
+    assert watch.observe(NOW + config.NO_SENDER_WARNING_NS, sender_alive=False) is True
+    later = NOW + config.NO_SENDER_WARNING_NS
+    assert watch.observe(later + S, sender_alive=False) is False
+    assert watch.observe(later + config.NO_SENDER_REPEAT_NS - 1, sender_alive=False) is False
+    assert watch.observe(later + config.NO_SENDER_REPEAT_NS, sender_alive=False) is True
+
+
+def test_a_sender_seen_restarts_the_wait() -> None:
+    watch = quota.UnreadSpoolWatch()
+    watch.observe(NOW, sender_alive=False)
+    assert watch.observe(NOW + 59 * S, sender_alive=True) is False
+    assert watch.observe(NOW + 61 * S, sender_alive=False) is False  # a new wait from here
+    assert watch.observe(NOW + 61 * S + config.NO_SENDER_WARNING_NS, sender_alive=False) is True
+
+
+def test_a_clock_stepping_back_restarts_the_wait_instead_of_warning_early_or_never() -> None:
+    watch = quota.UnreadSpoolWatch()
+    watch.observe(NOW, sender_alive=False)
+    assert watch.observe(NOW - 3600 * S, sender_alive=False) is False
+    assert watch.observe(NOW - 3600 * S + config.NO_SENDER_WARNING_NS, sender_alive=False) is True
+
+
+def test_the_warning_names_the_directory_and_how_to_point_a_sender_at_it() -> None:
+    from pathlib import Path
+
+    text = quota.no_sender_warning(Path("/srv/app/spool"), 61.2)
+    assert "/srv/app/spool" in text
+    assert "rudder-fast-sender --spool-dir /srv/app/spool" in text
+    assert config.ENV_SPOOL_DIR in text
+    assert "61 s" in text

@@ -1,0 +1,312 @@
+"""``rudder-fast doctor``: checks a setup end to end without sending an event, and says what to fix.
+
+In order: the spool directory (which one, and why), its ownership and permissions, free space against
+the quota, the sender (running, and its delivery state), other spools where events wait unread, the
+write key, the data plane URL, the proxy, and the data plane itself. The last one posts an empty batch
+(``{"batch": []}``): the gateway checks the write key and the source before it looks at the body, so
+its ``400 empty batch payload`` proves the URL, the TLS setup, the proxy, the key and the source all
+work, and stores nothing.
+
+Each check gives a :class:`Finding`; the command exits 0 when none failed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from . import config, locate, safefile
+from .errors import ConfigurationError, SpoolError
+from .layout import SpoolPaths, check_private, parent_warning
+from .quota import read_control, sender_running
+from .transport import Transport, TransportError, batch_url, redact_url
+
+OK: Final = "ok"
+WARN: Final = "warn"
+FAIL: Final = "FAIL"
+INFO: Final = "info"
+
+STATUS_STALE_S: Final = 10.0  # a running sender refreshes its status every second
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    verdict: str  # OK, WARN, FAIL or INFO
+    text: str
+    fix: str | None = None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TiB"  # pragma: no cover
+
+
+def spool_findings(spool: Path, origin: str) -> list[Finding]:
+    """The directory, who owns it, who may use it, and the room left on its file system."""
+    found = [Finding("spool", INFO, f"{spool} ({origin})")]
+    try:
+        st = os.stat(spool)
+    except FileNotFoundError:
+        return [
+            *found,
+            Finding(
+                "spool", FAIL, f"{spool} does not exist: every call returns None (dropped as spool_unusable)",
+                f"create it for the app's user: `sudo install -d -o APPUSER -m 700 {spool}`, "
+                "or start the sender once as that user (it creates it)",
+            ),
+        ]  # fmt: skip
+    except OSError as exc:
+        return [*found, Finding("spool", FAIL, f"cannot look at {spool}: {exc.strerror}")]
+    if not stat.S_ISDIR(st.st_mode):
+        return [*found, Finding("spool", FAIL, f"{spool} is not a directory")]
+    found.append(_permissions(spool, st))
+    found.append(_free_space(spool))
+    return found
+
+
+def _permissions(spool: Path, st: os.stat_result) -> Finding:
+    mode = stat.S_IMODE(st.st_mode)
+    owner = f"owned by uid {st.st_uid}, mode {mode:04o}"
+    if not os.access(spool, os.W_OK | os.X_OK):
+        return Finding(
+            "permissions", FAIL, f"{owner}: this user (uid {os.geteuid()}) cannot write to it",
+            f"run the app and the sender as uid {st.st_uid}, or `sudo chown APPUSER {spool}`",
+        )  # fmt: skip
+    try:
+        check_private(SpoolPaths(spool))
+    except (SpoolError, OSError) as exc:
+        return Finding("permissions", FAIL, str(exc), f"`chmod 700 {spool}` (and its subdirectories)")
+    warning = parent_warning(spool)
+    if warning:
+        return Finding("permissions", WARN, f"{owner}; {warning}")
+    return Finding("permissions", OK, owner)
+
+
+def _free_space(spool: Path) -> Finding:
+    free = shutil.disk_usage(spool).free
+    control = read_control(SpoolPaths(spool).control)
+    quota = control.quota_bytes if control is not None else 0
+    if quota <= 0:
+        return Finding(
+            "free space", WARN if free < 256 * 2**20 else OK,
+            f"{_size(free)} free; no quota: an outage can fill this file system",
+            "bound the spool: `rudder-fast-sender --quota-bytes 512M`" if free < 256 * 2**20 else None,
+        )  # fmt: skip
+    room = quota - control.usage_bytes if control is not None else quota
+    if free < room:
+        return Finding(
+            "free space", WARN, f"{_size(free)} free, less than the quota leaves room for ({_size(room)})",
+            "free space, or lower --quota-bytes: the disk fills before the quota protects it",
+        )  # fmt: skip
+    return Finding("free space", OK, f"{_size(free)} free; quota {_size(quota)}")
+
+
+def read_status(spool: Path) -> dict[str, Any]:
+    raw = safefile.read_small(SpoolPaths(spool).status)
+    if raw is None:
+        return {}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def sender_findings(spool: Path, status: dict[str, Any], now: float) -> list[Finding]:
+    """Whether a sender runs on this spool, how delivery goes, and spools no sender reads."""
+    found: list[Finding] = []
+    if not sender_running(SpoolPaths(spool).sender_lock):
+        found.append(
+            Finding(
+                "sender",
+                FAIL,
+                f"no rudder-fast-sender runs on {spool}: events written there wait",
+                f"start it: `rudder-fast-sender --spool-dir {spool}` (see the README's deployment recipes)",
+            )
+        )
+    else:
+        state = status.get("state", "unknown")
+        age = now - float(status.get("updated_at") or 0)
+        text = f"running (pid {status.get('pid')}), {state}"
+        if age > STATUS_STALE_S:
+            found.append(Finding("sender", WARN, f"{text}, but its status is {age:.0f} s old: is it stuck?"))
+        elif state == "ok" or state == "starting":
+            found.append(Finding("sender", OK, text))
+        else:
+            error = status.get("last_error") or "?"
+            found.append(
+                Finding("sender", FAIL, f"{text}: {error}", "see the checks below and the sender's log")
+            )
+    for other in locate.other_spools(spool):
+        found.append(
+            Finding(
+                "other spool",
+                FAIL,
+                locate.describe(other),
+                f"set {config.ENV_SPOOL_DIR} to the same directory for the app and the sender",
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the data plane checks need, from the command line, the environment or the running sender."""
+
+    url: str | None
+    url_origin: str
+    write_key: str | None
+    key_origin: str
+    proxy: str | None
+    ca_bundle: str | None
+    timeout: float
+
+
+def target(args: argparse.Namespace, status: dict[str, Any], environ: config.Environ) -> Target:
+    """The sender's own settings as far as this environment (and its status) tells them."""
+    given = {
+        "data_plane_url": args.data_plane_url,
+        "write_key_file": args.write_key_file,
+        "proxy": args.proxy,
+    }
+    values = config.option_values(given, environ)
+    url, url_origin = values["data_plane_url"], "from --data-plane-url or " + config.ENV_DATA_PLANE_URL
+    if not url and status.get("data_plane_url"):
+        url, url_origin = status["data_plane_url"], "as the running sender reports it"
+    key, key_origin = values["write_key"], f"from {config.ENV_WRITE_KEY}"
+    if not key and values["write_key_file"]:
+        key = config.read_write_key_file(Path(values["write_key_file"]))
+        key_origin = f"from {values['write_key_file']}"
+    proxy = config.proxy_for(url, values["proxy"], environ) if url else None
+    return Target(url, url_origin, key or None, key_origin, proxy, values["ca_bundle"], args.timeout)
+
+
+def data_plane_findings(t: Target, status: dict[str, Any]) -> list[Finding]:
+    """The write key, the URL, the proxy, and an empty batch posted to the data plane."""
+    found: list[Finding] = []
+    running_print = status.get("write_key_fingerprint")
+    if t.write_key is None:
+        found.append(
+            Finding("write key", INFO if running_print else FAIL,
+                    f"none in this environment{'; the running sender has one' if running_print else ''}",
+                    None if running_print else f"set {config.ENV_WRITE_KEY} or pass --write-key-file")
+        )  # fmt: skip
+    else:
+        mine = config.write_key_fingerprint(t.write_key)
+        if running_print and running_print != mine:
+            found.append(
+                Finding("write key", WARN, f"{t.key_origin} (fingerprint {mine}) differs from the running "
+                        f"sender's ({running_print})")
+            )  # fmt: skip
+        else:
+            found.append(Finding("write key", OK, f"present, {t.key_origin} (fingerprint {mine})"))
+    if not t.url:
+        found.append(
+            Finding("data plane", FAIL, "no data plane URL",
+                    f"pass --data-plane-url or set {config.ENV_DATA_PLANE_URL}")
+        )  # fmt: skip
+        return found
+    try:
+        full = batch_url(t.url)
+    except ValueError as exc:
+        return [*found, Finding("data plane", FAIL, str(exc))]
+    warning = config.url_path_warning(t.url, full)
+    found.append(Finding("data plane URL", WARN if warning else OK, warning or f"{full} ({t.url_origin})"))
+    found.append(Finding("proxy", INFO, f"through {redact_url(t.proxy)}" if t.proxy else "none: direct"))
+    found.append(_probe(t, full))
+    return found
+
+
+def _probe(t: Target, full: str) -> Finding:
+    """Post an empty batch: the gateway authenticates before it reads the body, and stores nothing."""
+    transport = Transport(
+        full, t.write_key or "", gzip=False, connect_timeout=t.timeout, read_timeout=t.timeout,
+        pool_size=1, ca_bundle=t.ca_bundle, proxy=t.proxy,
+    )  # fmt: skip
+    try:
+        answer = transport.post(b'{"batch":[]}')
+    except TransportError as exc:
+        return Finding("reachable", FAIL, f"POST {redact_url(full)}: {exc}", _reach_fix(str(exc), t))
+    finally:
+        transport.close()
+    said = f"POST {redact_url(full)} answered {answer.status} {answer.body[:80]!r}"
+    if answer.status == 400 or answer.status == 200:
+        return Finding("reachable", OK, f"{said}: the data plane accepts this write key and source")
+    if answer.status == 401:
+        return Finding(
+            "reachable", FAIL, f"{said}: the write key is refused",
+            "copy the source's write key from the RudderStack dashboard",
+        )  # fmt: skip
+    if answer.status == 404:
+        return Finding(
+            "reachable", FAIL, f"{said}: a wrong path or a disabled source",
+            "give the data plane's base URL (without /v1/track and the like); check the source is enabled",
+        )  # fmt: skip
+    return Finding("reachable", WARN, f"{said}: the data plane is in trouble; the sender retries")
+
+
+def _reach_fix(message: str, t: Target) -> str:
+    if message.startswith("TLS"):
+        return "see the TLS message above; --ca-bundle FILE for a private CA"
+    if "proxy" in message:
+        return "check the proxy (--proxy, RUDDER_FAST_PROXY, HTTPS_PROXY/HTTP_PROXY, NO_PROXY)"
+    return "check the URL, DNS, firewalls" + ("" if t.proxy else ", and whether this network needs a proxy")
+
+
+def render(findings: list[Finding]) -> str:
+    problems = sum(f.verdict == FAIL for f in findings)
+    lines = []
+    for f in findings:
+        lines.append(f"{f.verdict:<5} {f.check:<15} {f.text}")
+        if f.fix:
+            lines.append(f"{'':<5} {'':<15} fix: {f.fix}")
+    summary = "healthy: nothing to fix" if not problems else f"{problems} problem(s) to fix"
+    return "\n".join([*lines, "", f"rudder-fast doctor: {summary}"])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-plane-url",
+        default=None,
+        help=f"default: ${config.ENV_DATA_PLANE_URL}, else the running sender's",
+    )
+    parser.add_argument("--write-key-file", default=None, help=f"default: ${config.ENV_WRITE_KEY}")
+    parser.add_argument(
+        "--proxy", default=None, help=f"default: ${config.ENV_PROXY}, else HTTPS_PROXY/HTTP_PROXY"
+    )
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds for the data plane's answer")
+    parser.add_argument("--no-network", action="store_true", help="skip the data plane check")
+
+
+def run(args: argparse.Namespace, now: float) -> int:
+    environ = os.environ
+    if args.spool_dir is not None:
+        origin = "from --spool-dir"
+    elif environ.get(config.ENV_SPOOL_DIR):
+        origin = f"from ${config.ENV_SPOOL_DIR}"
+    else:
+        origin = f"the default for uid {os.geteuid()}: set {config.ENV_SPOOL_DIR} on both sides to choose"
+    spool = config.resolve_spool_dir(args.spool_dir)
+    findings = spool_findings(spool, origin)
+    status = read_status(spool) if spool.is_dir() else {}
+    findings += sender_findings(spool, status, now)
+    try:
+        t = target(args, status, environ)
+    except ConfigurationError as exc:
+        findings.append(Finding("configuration", FAIL, str(exc)))
+    else:
+        if not args.no_network:
+            findings += data_plane_findings(t, status)
+    print(render(findings), flush=True)
+    return 1 if any(f.verdict == FAIL for f in findings) else 0

@@ -1,0 +1,113 @@
+"""Where spools are, and what is going on in each: for the checks that catch an app and a sender on
+different directories (``rudder-fast status``, ``inspect`` and ``doctor``, and the sender at start).
+
+The default spool directory depends on the user (``/var/spool/rudder-fast`` for root, a directory under
+the home otherwise), so an app and a sender started by different users, or one with
+``RUDDER_FAST_SPOOL_DIR`` and one without, write and read different directories. Those places are
+known: this module lists them and probes each one (cheaply: a directory listing and a lock probe per
+segment), never modifying anything.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config, safefile
+from .layout import SpoolPaths
+from .quota import sender_running
+from .tail import list_segments, writer_alive
+
+# The per-user default, relative to a home directory (when XDG_STATE_HOME is not set).
+_USER_DEFAULT = Path(".local") / "state" / "rudder-fast" / "spool"
+
+
+def known_spool_dirs(environ: config.Environ | None = None) -> list[Path]:
+    """The directories an app or sender on this host would use without a ``spool_dir`` argument:
+    ``$RUDDER_FAST_SPOOL_DIR``, root's default, this user's default, and every other user's default
+    (their home directory's, as far as this user may look)."""
+    environ = os.environ if environ is None else environ
+    found: list[Path] = []
+    env = environ.get(config.ENV_SPOOL_DIR)
+    if env:
+        found.append(Path(env))
+    found.append(Path(config.SYSTEM_SPOOL_DIR))
+    found.append(config.default_spool_dir(environ))
+    try:
+        homes = sorted({entry.pw_dir for entry in pwd.getpwall() if entry.pw_dir.startswith("/")})
+    except OSError:
+        homes = []
+    found.extend(Path(home) / _USER_DEFAULT for home in homes if home != "/")
+    unique: list[Path] = []
+    for path in found:
+        if path not in unique:
+            unique.append(path)
+    return unique
+
+
+@dataclass(frozen=True)
+class SpoolActivity:
+    spool_dir: Path
+    live_producers: int  # segments whose writer holds its lock now
+    segments: int
+    sender_running: bool
+
+    @property
+    def unread(self) -> bool:
+        """Events are (or may soon be) waiting here and no sender reads them."""
+        return not self.sender_running and (self.live_producers > 0 or self.segments > 0)
+
+
+def probe(spool_dir: Path) -> SpoolActivity | None:
+    """What happens in ``spool_dir`` now; None if it is not a spool (or this user may not look)."""
+    paths = SpoolPaths(spool_dir)
+    if not paths.segments.is_dir():
+        return None
+    try:
+        segments = list_segments(paths.segments)
+    except OSError:
+        return None
+    live = 0
+    for path in segments:
+        try:
+            fd = safefile.open_regular(path, os.O_RDONLY, own=False)
+        except OSError:
+            continue
+        try:
+            live += writer_alive(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return SpoolActivity(spool_dir, live, len(segments), sender_running(paths.sender_lock))
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def other_spools(examined: Path, environ: config.Environ | None = None) -> list[SpoolActivity]:
+    """The known spools other than ``examined`` where events wait with no sender to read them."""
+    found = []
+    for path in known_spool_dirs(environ):
+        if _same_dir(path, examined):
+            continue
+        activity = probe(path)
+        if activity is not None and activity.unread:
+            found.append(activity)
+    return found
+
+
+def describe(activity: SpoolActivity) -> str:
+    """One line about a spool no sender reads."""
+    what = (
+        f"{activity.live_producers} live producer(s) write to {activity.spool_dir}"
+        if activity.live_producers
+        else f"{activity.segments} segment(s) wait in {activity.spool_dir}"
+    )
+    return f"{what}, which no sender reads: run the sender on that directory, or point the app here"
