@@ -38,17 +38,15 @@ import multiprocessing.synchronize
 import os
 import platform
 import queue
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import timeit
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -67,7 +65,11 @@ from rudder_fast.transport import gzip_bytes
 from rudder_fast.wire import WireMapper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the helpers shared with the tests
 from _common import EVENT, FAST, PROPERTIES, SDK, WRITE_KEY  # a sibling module: bench/ is not a package
+
+from tests.support.devserver import DevServer
+from tests.support.processes import HOST, console_script
 
 USER_COUNT: Final = 1_000  # each producer cycles through this many user ids
 
@@ -79,9 +81,6 @@ PRODUCER_COUNTS: Final = (1, 4)
 STATS_POLL_S: Final = 0.01
 WAIT_POLL_S: Final = 0.002
 RSS_SAMPLE_S: Final = 0.02
-
-
-BIN_DIR: Final = Path(sys.executable).parent  # the venv's bin/, with the console scripts
 
 
 @dataclass(frozen=True)
@@ -118,52 +117,22 @@ FULL: Final = Plan(
 )
 
 
-def console_script(name: str) -> str:
-    path = BIN_DIR / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found next to {sys.executable} nor on PATH: install the project")
-    return found
-
-
 # -- subprocesses: the devserver and the sender ----------------------------------------------------
 
 
-class DevServer:
-    """``rudder-fast devserver --port 0 --quiet`` in a subprocess (a context manager)."""
+class DataPlaneMeter:
+    """A devserver's event count and CPU time, cheap enough to poll every 10 ms: ``GET /_stats`` over
+    one keep-alive connection (reopened once if the server closed it), CPU from psutil."""
 
-    def __init__(self, log: IO[bytes], startup_timeout_s: float = 20.0) -> None:
+    def __init__(self, dev: DevServer) -> None:
+        self.dev = dev
         self._conn: http.client.HTTPConnection | None = None
-        self.proc = subprocess.Popen(
-            [console_script("rudder-fast"), "devserver", "--port", "0", "--quiet"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        assert self.proc.stdout is not None
-        timer = threading.Timer(startup_timeout_s, self.proc.kill)
-        timer.start()
-        try:
-            line = self.proc.stdout.readline().decode("utf-8", "replace")
-        finally:
-            timer.cancel()
-            timer.join()  # no thread left behind for the producers' fork() to copy
-        m = re.match(r"listening on (http://[^\s/]+):(\d+)", line)
-        if not m:
-            self.close()
-            raise RuntimeError(f"devserver did not start (first line {line!r})")
-        self.host = m.group(1).removeprefix("http://")
-        self.port = int(m.group(2))
-        self.url = f"http://{self.host}:{self.port}"
-        self._ps = psutil.Process(self.proc.pid)
+        self._ps = psutil.Process(dev.proc.pid)
 
     def stats(self) -> dict[str, Any]:
-        """``GET /_stats`` on a keep-alive connection (reopened once if the server closed it)."""
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+                self._conn = http.client.HTTPConnection(HOST, self.dev.port, timeout=10)
             try:
                 self._conn.request("GET", "/_stats")
                 resp = self._conn.getresponse()
@@ -187,23 +156,18 @@ class DevServer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
-    def __enter__(self) -> DevServer:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+@contextlib.contextmanager
+def data_plane(log: IO[bytes]) -> Iterator[DataPlaneMeter]:
+    """A fresh ``rudder-fast devserver`` (no ``--out``: it only decompresses, parses, validates and
+    counts), stopped on exit."""
+    with DevServer.start(out=None, stderr=log) as dev:
+        meter = DataPlaneMeter(dev)
+        try:
+            yield meter
+        finally:
+            meter.close()
 
 
 @dataclass
@@ -235,7 +199,7 @@ def peak_rss_kb(pid: int) -> int:
         return 0
 
 
-class Sender:
+class MeasuredSender:
     """``rudder-fast-sender`` as a subprocess: its peak RSS sampled while it runs, its CPU time from
     ``os.wait4`` (that child's own rusage)."""
 
@@ -306,7 +270,7 @@ class Sender:
                 raise RuntimeError(f"the sender did not start (exit {self.proc.poll()})")
             time.sleep(WAIT_POLL_S)
 
-    def __enter__(self) -> Sender:
+    def __enter__(self) -> MeasuredSender:
         return self
 
     def __exit__(
@@ -609,9 +573,9 @@ class DrainRun:
 
 def run_drain(spool: Path, backlog: int, log: IO[bytes]) -> DrainRun:
     """``rudder-fast-sender --drain`` on ``spool``, against a fresh devserver."""
-    with DevServer(log) as dev:
+    with data_plane(log) as dev:
         cpu0 = dev.cpu_s()
-        with Sender(spool, dev.url, drain=True, log=log) as sender:
+        with MeasuredSender(spool, dev.dev.url, drain=True, log=log) as sender:
             run = sender.wait(timeout_s=max(15.0, backlog / 20_000))
         stats = dev.stats()
         cpu = dev.cpu_s() - cpu0
@@ -764,15 +728,15 @@ def run_e2e(kind: str, producers: int, per_producer: int, base: Path, log: IO[by
     timeout_s = max(30.0, total / 2_000)
     spool = Path(tempfile.mkdtemp(prefix="e2e-", dir=base)) / "spool"
     try:
-        with DevServer(log) as dev, contextlib.ExitStack() as stack:
-            sender: Sender | None = None
+        with data_plane(log) as dev, contextlib.ExitStack() as stack:
+            sender: MeasuredSender | None = None
             target: Callable[..., None]
             if kind == FAST:
-                sender = stack.enter_context(Sender(spool, dev.url, drain=False, log=log))
+                sender = stack.enter_context(MeasuredSender(spool, dev.dev.url, drain=False, log=log))
                 sender.wait_started()
                 target, first_args = fast_producer, (str(spool),)
             else:
-                target, first_args = sdk_producer, (dev.url,)
+                target, first_args = sdk_producer, (dev.dev.url,)
             group = stack.enter_context(
                 Producers(target, first_args, [per_producer] * producers, barrier=True)
             )

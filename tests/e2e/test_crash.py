@@ -16,10 +16,12 @@ from pathlib import Path
 
 import orjson
 
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env, tail
-from tests.e2e.faultkit import ProducerChild
-from tests.e2e.test_delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event
-from tests.support import wait_for
+from tests.support.delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event
+from tests.support.devserver import DevServer
+from tests.support.processes import tail
+from tests.support.producers import ProducerChild, fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.waiting import wait_for
 
 CONCURRENCY = 4
 MAX_BATCH_EVENTS = 1_000

@@ -60,8 +60,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, sender_env
-from tests.e2e.deploykit import (
+from tests.support.delivery import delivered_once
+from tests.support.deploy import (
     DELIVERY_TIMEOUT_S,
     DEPLOY,
     IMAGE_UID,
@@ -70,19 +70,19 @@ from tests.e2e.deploykit import (
     RECIPE_USER,
     ROOT,
     STOP_TIMEOUT_S,
-    delivered_once,
     host_paths,
     http_in_netns,
     netns_argv,
-    process_group,
     readme_recipe,
     require_netns,
-    wait_exit,
     wait_listening,
     wait_no_segments,
     wait_received,
 )
-from tests.support import segment_files
+from tests.support.devserver import DevServer
+from tests.support.processes import process_group, wait_exit
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import segment_files
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
@@ -401,7 +401,7 @@ def test_systemd_app_unit_as_non_root_user_gets_its_first_event_in_after_tmpfile
     tmpfiles = shutil.which("systemd-tmpfiles")
     if tmpfiles is None:
         pytest.skip("systemd-tmpfiles is not installed (apt-get install systemd)")
-    from tests.e2e.test_deploy_recipes import APP_UNIT, TMPFILES, command_argv, parse_unit
+    from tests.support.deploy import APP_UNIT, TMPFILES, command_argv, parse_unit
 
     uid = numeric_user(image)
     # The host: a root file system whose /var/spool belongs to root, and whose user "app" is uid 10001.
@@ -470,7 +470,7 @@ def test_k8s_sidecar_pod_from_the_image_shares_an_emptydir_spool_and_stops_clean
 ) -> None:
     """sidecar.yaml's pod, emulated: its containers' settings, the image's files, a kubelet-like emptyDir."""
     require_netns()
-    from tests.e2e.test_deploy_k8s import SENDER, by_name, documents, env_of, mount_of, pod_spec
+    from tests.support.deploy import SENDER, by_name, documents, env_of, mount_of, pod_spec
 
     (doc,) = documents(DEPLOY / "k8s" / "sidecar.yaml")
     spec = pod_spec(doc)

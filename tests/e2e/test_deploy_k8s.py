@@ -27,55 +27,38 @@ import copy
 import re
 import shlex
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, sender_env
-from tests.e2e.deploykit import DEPLOY, IMAGE_UID, K8S, RECIPE_SPOOL, readme_recipe
-from tests.support import BIN
+from tests.support.deploy import (
+    DEPLOY,
+    IMAGE_UID,
+    K8S,
+    RECIPE_SPOOL,
+    SENDER,
+    by_name,
+    containers,
+    documents,
+    env_of,
+    mount_of,
+    pod_spec,
+    readme_recipe,
+)
+from tests.support.devserver import DevServer
+from tests.support.processes import BIN
+from tests.support.sender import Senders, sender_env
 
 SIDECAR = K8S / "sidecar.yaml"
 DAEMONSET = K8S / "daemonset.yaml"
 MANIFESTS = (SIDECAR, DAEMONSET)
-SENDER = "rudder-fast-sender"
 # The sender's own time to finish or abandon the requests in flight after SIGTERM (README: "The sender").
 SENDER_STOP_S = 5
 # The first Kubernetes release with native sidecars on by default.
 OLDEST = "1.29.0"
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (the `test` extra)")
-
-
-def documents(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
-    return spec
-
-
-def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield from spec.get("initContainers", [])
-    yield from spec["containers"]
-
-
-def env_of(container: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
-def by_name(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    (item,) = [i for i in items if i["name"] == name]
-    return item
-
-
-def mount_of(container: dict[str, Any], volume: str) -> str:
-    (mount,) = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume]
-    assert isinstance(mount, str)
-    return mount
 
 
 def uid_of(spec: dict[str, Any], container: dict[str, Any]) -> int:

@@ -67,8 +67,9 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env
-from tests.e2e.deploykit import (
+from tests.support.delivery import assert_spool_empty, delivered_once
+from tests.support.deploy import (
+    APP_UNIT,
     DELIVERY_TIMEOUT_S,
     DEPLOY,
     K8S,
@@ -77,26 +78,27 @@ from tests.e2e.deploykit import (
     RECIPE_USER,
     ROOT,
     STOP_TIMEOUT_S,
-    clean_env,
+    TMPFILES,
+    UNIT,
+    command_argv,
     copy_of_checkout,
-    delivered_once,
     deploy_section,
     host_paths,
     http_in_netns,
     netns_argv,
-    process_group,
+    parse_unit,
     readme_recipe,
     require_netns,
-    require_script,
-    wait_exit,
     wait_listening,
     wait_received,
 )
-from tests.support import BIN, inspect_spool, segment_files, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import BIN, clean_env, process_group, require_script, wait_exit
+from tests.support.producers import fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import inspect_spool, segment_files
+from tests.support.waiting import wait_for
 
-UNIT = DEPLOY / "rudder-fast-sender.service"
-APP_UNIT = DEPLOY / "app.service"
-TMPFILES = DEPLOY / "rudder-fast-tmpfiles.conf"
 SUPERVISOR_CONF = DEPLOY / "supervisor.conf"
 COMPOSE = DEPLOY / "compose.yaml"
 GUNICORN_CONF = DEPLOY / "gunicorn.conf.py"
@@ -105,35 +107,11 @@ GUNICORN_CONF = DEPLOY / "gunicorn.conf.py"
 EXIT_USAGE, EXIT_LOCKED = 2, 3
 
 
-def assert_spool_empty(spool: Path) -> None:
-    pending, summary = inspect_spool(spool)
-    assert pending == [], f"{len(pending)} events still pending: {summary}"
-    assert segment_files(spool) == [], segment_files(spool)
-
-
 def pythonpath(*dirs: Path) -> str:
     return os.pathsep.join(str(d) for d in dirs)
 
 
 # -- systemd ----------------------------------------------------------------------------------------------
-
-
-def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
-    """A unit file as {section: {key: [values in order]}} (comments and blank lines skipped)."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        assert current is not None, f"directive outside a section: {line!r}"
-        key, sep, value = line.partition("=")
-        assert sep, f"not a directive: {line!r}"
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
 
 
 def parse_assignments(words: Sequence[str]) -> dict[str, str]:
@@ -149,15 +127,6 @@ def parse_env_file(text: str) -> dict[str, str]:
     """systemd's EnvironmentFile= format (the subset the recipe documents): KEY=VALUE lines."""
     lines = [ln.strip() for ln in text.splitlines()]
     return parse_assignments([w for ln in lines if ln and ln[0] not in "#;" for w in shlex.split(ln)])
-
-
-def command_argv(value: str, spool: Path) -> list[str]:
-    """An Exec*= line as argv: special prefixes (+ - @ : !) dropped, host paths and the user mapped."""
-    argv = shlex.split(host_paths(value.lstrip("+-@:!"), spool))
-    for i, word in enumerate(argv[:-1]):
-        if word in ("-o", "-g") and argv[i + 1] == RECIPE_USER:
-            argv[i + 1] = str(os.getuid() if word == "-o" else os.getgid())
-    return argv
 
 
 def seconds(value: str) -> float:

@@ -29,9 +29,11 @@ import pytest
 
 from rudder_fast import Emitter
 from rudder_fast.layout import ensure_spool
-from tests.e2e.conftest import DevServer, Senders, sender_env, stop_process
-from tests.e2e.faultkit import closed_port, wait_sender_ready
-from tests.support import console_script, inspect_spool, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import closed_port, console_script, stop_process
+from tests.support.sender import Senders, sender_env, wait_sender_ready
+from tests.support.spool import inspect_spool
+from tests.support.waiting import wait_for
 
 FIRST_CALL_DEADLINE_S = 15.0  # a producer's first call: it used to block for ever on a FIFO
 REFUSAL_DEADLINE_S = 30.0  # the sender's start-up refusal (it used to hang, or exit 1 with a traceback)

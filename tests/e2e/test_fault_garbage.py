@@ -17,23 +17,15 @@ from pathlib import Path
 import pytest
 
 from rudder_fast.framing import FRAME_EVENT, HEADER_SIZE, SYNC_BYTES, encode_frame
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env, stop_process, tail
-from tests.e2e.faultkit import (
-    ProducerChild,
-    assert_delivered_exactly,
-    assert_wire_event,
-    dump_segment,
-    spool_files,
-    status_json,
-)
-from tests.support import segment_files, wait_for
+from tests.support.delivery import assert_delivered_exactly, assert_wire_event
+from tests.support.devserver import DevServer
+from tests.support.processes import stop_process
+from tests.support.producers import ProducerChild, fill_spool
+from tests.support.sender import Senders, drain, sender_env
+from tests.support.spool import dump_segment, segment_files, spool_files, status_json
+from tests.support.waiting import wait_for
 
 PAGE = 4096
-
-
-def drain(senders: Senders, spool_dir: Path, server: DevServer) -> None:
-    proc = senders.run(["--drain", "--drain-timeout", "60"], sender_env(spool_dir, server.url), timeout=90)
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{tail(proc.stderr)}"
 
 
 def check_received(server: DevServer, expected: list[str]) -> None:

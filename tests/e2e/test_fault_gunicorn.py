@@ -28,24 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders
-from tests.e2e.faultkit2 import (
-    APPS_DIR,
-    BIN,
-    REPO_ROOT,
-    OutTail,
-    ProcGroup,
-    Reply,
-    drain,
-    free_port,
-    http_load,
-    kit_command,
-    producer_env,
-    read_line,
-    segment_pids,
-    wait_http,
-)
-from tests.support import segment_files
+from tests.support.devserver import DevServer, OutTail
+from tests.support.http_load import Reply, http_load, wait_http
+from tests.support.processes import BIN, REPO_ROOT, ProcGroup, free_port, read_line
+from tests.support.producers import APPS_DIR, producer_env
+from tests.support.programs import program_command
+from tests.support.sender import Senders, drain
+from tests.support.spool import segment_files, segment_pids
 
 REQUESTS = 2_000
 START_TIMEOUT_S = 30.0
@@ -138,7 +127,7 @@ def test_gunicorn_preload_delivers_every_event_once(
         assert not procs.leftovers("gunicorn"), "gunicorn workers outlived the master"
 
     writers = set(segment_pids(spool_dir).values())
-    drain(senders, spool_dir, devserver)
+    drain(senders, spool_dir, devserver, timeout=90)
     per_pid = check_delivery(OutTail(devserver.out), replies, preload_id, master_pid)
     print(f"\n{REQUESTS} requests in {elapsed:.1f} s; events per worker pid: {dict(per_pid)}")
     assert len(per_pid) >= 2, f"only one worker produced events: {dict(per_pid)}"
@@ -202,7 +191,7 @@ def test_uwsgi_without_fork_hooks_delivers_both_workers(
         assert not procs.leftovers("uwsgi"), "uWSGI workers outlived the master"
 
     writers = set(segment_pids(spool_dir).values())
-    drain(senders, spool_dir, devserver)
+    drain(senders, spool_dir, devserver, timeout=90)
     per_pid = check_delivery(OutTail(devserver.out), replies, preload_id, master_pid)
     print(f"\nuWSGI events per worker pid: {dict(per_pid)}")
     assert len(per_pid) == 2, f"expected events from both uWSGI workers: {dict(per_pid)}"
@@ -233,7 +222,7 @@ def test_c_level_fork_skipping_hooks_is_delivered(
     with ProcGroup(tmp_path) as procs:
         proc = procs.start(
             "cfork",
-            kit_command("cfork", report, n),
+            program_command("cfork", report, n),
             env=producer_env(spool_dir),
             cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
@@ -271,7 +260,7 @@ def test_c_level_fork_skipping_hooks_is_delivered(
     assert len(nonces) == 1 and len(parent_nonces) == 1 and nonces != parent_nonces
     assert {int(mid.rsplit("-", 1)[1]) for mid in child_ids} == set(range(n)), "the child's seq restarts at 0"
 
-    drain(senders, spool_dir, devserver)
+    drain(senders, spool_dir, devserver, timeout=90)
     out = OutTail(devserver.out)
     out.poll()
     assert out.ids == set(expected), (len(out.ids), len(expected))

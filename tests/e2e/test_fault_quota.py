@@ -21,26 +21,13 @@ from typing import Any
 import pytest
 
 from rudder_fast import Emitter, quota
-from tests.e2e.conftest import (
-    DevServer,
-    Senders,
-    fill_spool,
-    read_status,
-    sender_env,
-    stop_process,
-    tail,
-)
-from tests.e2e.faultkit import (
-    assert_delivered_exactly,
-    assert_wire_event,
-    closed_port,
-    dropped,
-    fork_wave,
-    status_json,
-    track,
-    wait_sender_ready,
-)
-from tests.support import inspect_spool, segment_files, wait_for
+from tests.support.delivery import assert_delivered_exactly, assert_wire_event
+from tests.support.devserver import DevServer
+from tests.support.processes import closed_port, stop_process
+from tests.support.producers import fill_spool, fork_wave, track
+from tests.support.sender import Senders, drain, sender_env, wait_sender_ready
+from tests.support.spool import dropped, inspect_spool, read_status, segment_files, status_json
+from tests.support.waiting import wait_for
 
 QUOTA = 256 * 1024
 PAD = "x" * 400  # ~560-byte frames: the quota is crossed after ~470 calls
@@ -114,11 +101,6 @@ def wait_status_drops(spool_dir: Path, reason: str, expected: int, timeout: floa
             f"status reports {last['counters']['dropped']}, expected {reason}={expected}"
         ) from None
     return last
-
-
-def drain(senders: Senders, spool_dir: Path, server: DevServer) -> None:
-    proc = senders.run(["--drain", "--drain-timeout", "60"], sender_env(spool_dir, server.url), timeout=90)
-    assert proc.returncode == 0, tail(proc.stderr)
 
 
 def test_drop_at_the_quota_counts_every_dropped_call_and_loses_no_accepted_event(

@@ -26,19 +26,13 @@ import time
 import zlib
 from pathlib import Path
 
-from tests.e2e.conftest import DevServer, Senders
-from tests.e2e.faultkit2 import (
-    REPO_ROOT,
-    OutTail,
-    ProcGroup,
-    drain,
-    kit_command,
-    producer_env,
-    read_id_report,
-    scan_spool,
-    status_json,
-)
-from tests.support import segment_files, wait_for
+from tests.support.devserver import DevServer, OutTail
+from tests.support.processes import REPO_ROOT, ProcGroup
+from tests.support.producers import producer_env, read_id_report
+from tests.support.programs import program_command
+from tests.support.sender import Senders, drain
+from tests.support.spool import scan_spool, segment_files, status_json
+from tests.support.waiting import wait_for
 
 PRODUCERS = 20
 KILL_WINDOW_S = 1.0
@@ -59,7 +53,7 @@ def test_sigkill_mid_write_loses_nothing_returned_and_delivers_nothing_torn(
         for k in range(PRODUCERS):
             procs.start(
                 f"torn-{k}",
-                kit_command("torn", reports / f"{k}.ids", k, seed + k, go),
+                program_command("torn", reports / f"{k}.ids", k, seed + k, go),
                 env=env,
                 cwd=REPO_ROOT,
             )

@@ -12,18 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import (
-    DevServer,
-    Senders,
-    fill_spool,
-    iso_ms,
-    read_rejected,
-    read_status,
-    sender_env,
-    tail,
-)
-from tests.e2e.test_delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event
-from tests.support import inspect_spool, wait_for
+from tests.support.delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event, iso_ms
+from tests.support.devserver import DevServer
+from tests.support.processes import tail
+from tests.support.producers import fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import inspect_spool, read_rejected, read_status
+from tests.support.waiting import wait_for
 
 
 def test_outage_503_then_connection_refused(devserver: DevServer, senders: Senders, spool_dir: Path) -> None:

@@ -10,30 +10,14 @@ from pathlib import Path
 
 import orjson
 
-from tests.e2e.conftest import DevServer, Senders, fill_spool, read_rejected, sender_env
-from tests.support import console_script, inspect_spool, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import console_script
+from tests.support.producers import fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import inspect_spool, read_rejected, status_json, status_text
+from tests.support.waiting import wait_for
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def status_json(spool_dir: Path) -> dict:
-    out = subprocess.run(
-        [console_script("rudder-fast"), "status", "--json", "--spool-dir", str(spool_dir)],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return orjson.loads(out)
-
-
-def status_text(spool_dir: Path) -> str:
-    return subprocess.run(
-        [console_script("rudder-fast"), "status", "--spool-dir", str(spool_dir)],
-        capture_output=True,
-        check=True,
-        timeout=60,
-        text=True,
-    ).stdout
 
 
 def test_status_before_and_after_delivery(tmp_path: Path, devserver: DevServer, senders: Senders) -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from rudder_fast import __version__
-from tests.e2e.deploykit import README, ROOT
-from tests.support import BIN
+from tests.support.deploy import README, ROOT
+from tests.support.processes import BIN
 
 PACKAGE = ROOT / "rudder_fast"
 LOCAL_BYPRODUCTS = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")

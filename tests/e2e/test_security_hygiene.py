@@ -16,8 +16,11 @@ import pytest
 
 from rudder_fast import Emitter
 from rudder_fast.layout import NETWORK_FILESYSTEMS, mount_type
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env
-from tests.support import console_script, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import console_script
+from tests.support.producers import fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.waiting import wait_for
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

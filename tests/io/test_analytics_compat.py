@@ -49,7 +49,9 @@ import rudder_fast.analytics_clean as compat_clean
 from rudder_fast import Emitter, InvalidEventError
 from rudder_fast.analytics import VERSION, Client, default_client
 from rudder_fast.errors import InvalidEventAssertionError
-from tests.sdk_migration import (
+from tests.support.processes import env_with
+from tests.support.producers import point_default_emitter
+from tests.support.sdk_migration import (
     GENERATED_MESSAGE_ID,
     IMPORT_LINES,
     OUR_LIBRARY,
@@ -57,7 +59,7 @@ from tests.sdk_migration import (
     assert_same_event,
     instant,
 )
-from tests.support import env_with, inspect_spool, point_default_emitter
+from tests.support.spool import inspect_spool
 
 EXAMPLES_DIR = Path(__file__).parent / "sdk_examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))

@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.support import env_with, inspect_spool
+from tests.support.processes import env_with
+from tests.support.spool import inspect_spool
 
 PROBE = textwrap.dedent(
     """

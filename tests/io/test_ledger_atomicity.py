@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from rudder_fast import ledger
-from tests.support import wait_for
+from tests.support.waiting import wait_for
 
 COMMITTER = textwrap.dedent(
     """

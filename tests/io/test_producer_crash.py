@@ -12,7 +12,6 @@ import collections
 import hashlib
 import os
 import random
-import re
 import select
 import signal
 import time
@@ -25,7 +24,8 @@ import pytest
 from rudder_fast import Emitter
 from rudder_fast.framing import Frame, Skip
 from rudder_fast.reading import read_whole
-from tests.support import inspect_spool, read_to_eof, reap, segment_files
+from tests.support.processes import read_to_eof, reap
+from tests.support.spool import inspect_spool, nonce_of, segment_files, seq_of, skipped_bytes
 
 CHILD_DEADLINE_S = 60.0
 
@@ -50,20 +50,6 @@ def start_child(body: Callable[[int], None]) -> tuple[int, int]:
 
 def report(w: int, message_id: str | None) -> None:
     os.write(w, f"{message_id}\n".encode())  # < PIPE_BUF: the line arrives whole or not at all
-
-
-def skipped_bytes(summary: str) -> int:
-    match = re.search(r"(\d+) bytes skipped as torn or corrupt", summary)
-    assert match, summary
-    return int(match.group(1))
-
-
-def nonce_of(message_id: str) -> str:
-    return message_id.rsplit("-", 1)[0]
-
-
-def seq_of(message_id: str) -> int:
-    return int(message_id.rsplit("-", 1)[1])
 
 
 # -- SIGKILL right after the last call returned ----------------------------------------------------

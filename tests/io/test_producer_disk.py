@@ -8,10 +8,8 @@ per process) that returns what its calls returned.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import resource
 import select
 import signal
@@ -27,7 +25,8 @@ import pytest
 from rudder_fast import Emitter, config
 from rudder_fast.framing import Frame
 from rudder_fast.reading import read_whole
-from tests.support import inspect_spool, segment_files, wait_for
+from tests.support.spool import dropped_by_producers, inspect_spool, segment_files, skipped_bytes
+from tests.support.waiting import wait_for
 
 CHILD_DEADLINE_S = 60.0
 
@@ -68,19 +67,6 @@ def run_in_child(body: Callable[[], Any], timeout: float = CHILD_DEADLINE_S) -> 
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the child failed (its traceback is in stderr)"
     return json.loads(b"".join(chunks))
-
-
-def skipped_bytes(summary: str) -> int:
-    match = re.search(r"(\d+) bytes skipped as torn or corrupt", summary)
-    assert match, summary
-    return int(match.group(1))
-
-
-def dropped_by_producers(summary: str) -> dict[str, int]:
-    match = re.search(r"dropped by producers: (.*)$", summary.strip(), re.M)
-    assert match, summary
-    text = match.group(1)
-    return {} if text == "none" else dict(ast.literal_eval(text))
 
 
 def assert_only_whole_frames(spool_dir: Path) -> None:

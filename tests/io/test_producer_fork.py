@@ -31,7 +31,8 @@ import pytest
 from rudder_fast import Emitter
 from rudder_fast.emitter import _DefaultEmitter
 from rudder_fast.tail import SegmentTail, writer_alive
-from tests.support import inspect_spool, read_to_eof, reap, segment_files
+from tests.support.processes import read_to_eof, reap
+from tests.support.spool import inspect_spool, nonce_of, segment_files
 
 CHILD_DEADLINE_S = 60.0
 
@@ -72,10 +73,6 @@ def finish_child(pid: int, r: int, timeout: float = CHILD_DEADLINE_S) -> tuple[l
 
 
 # -- checks ----------------------------------------------------------------------------------------
-
-
-def nonce_of(message_id: str) -> str:
-    return message_id.rsplit("-", 1)[0]
 
 
 def assert_exactly_once(spool_dir: Path, ids: list[str | None]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import pytest
 from rudder_fast import Emitter, InvalidEventError
 from rudder_fast.framing import Frame
 from rudder_fast.tail import SegmentTail, read_whole, writer_alive
-from tests.support import inspect_spool, segment_files
+from tests.support.spool import inspect_spool, segment_files
 
 
 def run_script(body: str, spool_dir: Path, timeout: float = 120) -> dict:

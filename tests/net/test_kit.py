@@ -21,7 +21,7 @@ from rudder_fast.devserver import DevServer, Faults
 from tests.net import control, netns
 from tests.net.conftest import REQUIRE_ENV, unavailable
 from tests.net.netns import APP_ADDR, DATAPLANE_HOST, DP_ADDR, Topology, stop, wait_line
-from tests.support import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.net
 
