@@ -129,7 +129,7 @@ def make_tracker(lib: str, target: str) -> Callable[[str, int], bool]:
 
         return track_fast
 
-    from rudderstack.analytics.client import Client  # type: ignore[import-untyped]
+    from rudderstack.analytics.client import Client
 
     client = Client(WRITE_KEY, host=target)  # the SDK's defaults
 
@@ -391,7 +391,7 @@ def holder_gone(fault: str, child: Child) -> bool:
 
 
 def await_delivery(
-    stage: Stage, fault: str, tag: str, runs: dict[str, LibRun], start: dict[str, float], limit_s: float
+    stage: Stage, *, fault: str, tag: str, runs: dict[str, LibRun], start: dict[str, float], limit_s: float
 ) -> None:
     """Poll the data planes until each library has delivered all it tracked, or can deliver no more."""
     pending = {lib for lib in LIBS if runs[lib].tracked}
@@ -416,6 +416,27 @@ def await_delivery(
         time.sleep(POLL_S)
 
 
+def fault_played(fault: str, child: Child, run: LibRun) -> float:
+    """Wait until the fault has happened to this producer (not the outage); when it did, which starts
+    the delivery clock."""
+    if fault == SIGKILL:
+        child.exited(10)
+        return child.killed_at or time.monotonic()
+    if fault == EXIT_NO_FLUSH:
+        code = child.exited(CHILD_TIMEOUT_S)
+        if code is None:
+            run.notes.append(f"did not exit within {CHILD_TIMEOUT_S:.0f} s (hung at exit)")
+        elif code != 0:
+            run.notes.append(f"exit code {code}")
+        return time.monotonic()
+    msg = child.wait_for("child_exited", CHILD_TIMEOUT_S)
+    if msg is None:
+        run.notes.append(f"forked child did not exit within {CHILD_TIMEOUT_S:.0f} s")
+    elif msg["code"] != 0:
+        run.notes.append(f"forked child exit code {msg['code']}")
+    return time.monotonic()
+
+
 def run_fault(fault: str, plan: Plan, index: int, base: Path, log: IO[bytes]) -> dict[str, LibRun]:
     tag = f"{fault}-{index}-{os.getpid()}-{time.monotonic_ns()}"
     work = Path(tempfile.mkdtemp(prefix=f"{fault}-", dir=base))
@@ -437,31 +458,23 @@ def run_fault(fault: str, plan: Plan, index: int, base: Path, log: IO[bytes]) ->
         else:
             limit_s = plan.settle_s
             for lib, child in stage.children.items():
-                run = runs[lib]
-                if not tracked_of(child, run):
-                    continue
-                if fault == SIGKILL:
-                    child.exited(10)
-                    start[lib] = child.killed_at or time.monotonic()
-                elif fault == EXIT_NO_FLUSH:
-                    code = child.exited(CHILD_TIMEOUT_S)
-                    if code is None:
-                        run.notes.append(f"did not exit within {CHILD_TIMEOUT_S:.0f} s (hung at exit)")
-                    elif code != 0:
-                        run.notes.append(f"exit code {code}")
-                    start[lib] = time.monotonic()
-                else:
-                    msg = child.wait_for("child_exited", CHILD_TIMEOUT_S)
-                    if msg is None:
-                        run.notes.append(f"forked child did not exit within {CHILD_TIMEOUT_S:.0f} s")
-                    elif msg["code"] != 0:
-                        run.notes.append(f"forked child exit code {msg['code']}")
-                    start[lib] = time.monotonic()
+                if tracked_of(child, runs[lib]):
+                    start[lib] = fault_played(fault, child, runs[lib])
         for lib in LIBS:
             start.setdefault(lib, time.monotonic())
-        await_delivery(stage, fault, tag, runs, start, limit_s)
+        await_delivery(stage, fault=fault, tag=tag, runs=runs, start=start, limit_s=limit_s)
     shutil.rmtree(work, ignore_errors=True)
     return runs
+
+
+def ports_become(stage: Stage, *, listening_now: bool, within_s: float) -> bool:
+    """Wait until every devserver's port is open (or every one closed); False at the deadline."""
+    deadline = time.monotonic() + within_s
+    while any(listening(s) != listening_now for s in stage.servers.values()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def play_outage(stage: Stage, plan: Plan, runs: dict[str, LibRun], start: dict[str, float]) -> float:
@@ -472,19 +485,14 @@ def play_outage(stage: Stage, plan: Plan, runs: dict[str, LibRun], start: dict[s
     for server in stage.servers.values():
         server.control({"down_for": plan.outage_s})  # its answer may be cut off
     down_at = time.monotonic()
-    deadline = down_at + 5
-    while any(listening(s) for s in stage.servers.values()):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the devservers did not close their port")
-        time.sleep(0.01)
+    if not ports_become(stage, listening_now=False, within_s=5):
+        raise RuntimeError("the devservers did not close their port")
     for child in stage.children.values():
         child.send("go")
     for lib, child in stage.children.items():
         tracked_of(child, runs[lib], plan.outage_s + CHILD_TIMEOUT_S)
     time.sleep(max(0.0, down_at + plan.outage_s - time.monotonic()))
-    deadline = time.monotonic() + 30
-    while not all(listening(s) for s in stage.servers.values()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    ports_become(stage, listening_now=True, within_s=30)
     up_at = time.monotonic()
     for lib in LIBS:
         start[lib] = up_at

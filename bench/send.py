@@ -322,7 +322,7 @@ def fast_producer(
         emitter.close()
         res.accepted = accepted
         res.done_ns = time.monotonic_ns()
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which prints it
         if barrier is not None:
             barrier.abort()
         res.error = f"{type(exc).__name__}: {exc}"
@@ -377,7 +377,7 @@ def sdk_producer(
         res.sdk_errors = len(errors)
         res.sdk_warnings = counter.count
         res.first_warning = counter.first
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which prints it
         if barrier is not None:
             barrier.abort()
         res.error = f"{type(exc).__name__}: {exc}"
@@ -491,7 +491,7 @@ class FloorRun:
         return self.events / self.seconds
 
 
-def run_floor(spool: Path, limits: BatchLimits) -> FloorRun:
+def run_floor(spool: Path, limits: BatchLimits) -> FloorRun:  # noqa: C901 - the sender's loop, inlined
     """Everything the sender does to a backlog except HTTP and bookkeeping, streamed as the sender does."""
     gc.collect()
     t0 = time.perf_counter()
@@ -602,7 +602,9 @@ def best_of(fn: Callable[[], object], passes: int) -> float:
     return min(timeit.repeat(fn, number=1, repeat=passes))
 
 
-def run_breakdown(spool: Path, limits: BatchLimits, passes: int) -> tuple[list[Stage], int, float]:
+def run_breakdown(  # noqa: C901, PLR0915 - the floor's loop, stage by stage
+    spool: Path, limits: BatchLimits, passes: int
+) -> tuple[list[Stage], int, float]:
     """Each stage of the floor timed on its own over one segment: (stages, events, devserver ns/event).
 
     Stage by stage over lists (GC off, as the streaming loop frees everything at once and seldom lets
@@ -722,6 +724,30 @@ class E2ERun:
         return self.delivered / self.delivered_s if self.delivered_s else 0.0
 
 
+def wait_delivered(
+    dev: DataPlaneMeter, sender: MeasuredSender | None, group: Producers, out: E2ERun, timeout_s: float
+) -> tuple[int, int]:
+    """Poll until the data plane has every event the producers accepted (the SDK: until its producers
+    flushed and shut down); (when that was seen, in CLOCK_MONOTONIC ns; the events delivered)."""
+    total = out.producers * out.per_producer
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now_ns = time.monotonic_ns()
+        delivered = dev.events()
+        if sender is not None:
+            sender.sample()
+        reported = group.poll()
+        expected = sum(r.accepted for r in group.got) if reported else total
+        if delivered >= expected and (out.kind == FAST or delivered >= total):
+            return now_ns, delivered
+        if reported and out.kind == SDK:  # flushed and shut down: nothing more will come
+            return now_ns, dev.events()
+        if time.monotonic() > deadline:
+            out.errors.append(f"gave up waiting after {timeout_s:.0f} s")
+            return now_ns, delivered
+        time.sleep(STATS_POLL_S)
+
+
 def run_e2e(kind: str, producers: int, per_producer: int, base: Path, log: IO[bytes]) -> E2ERun:
     out = E2ERun(kind, producers, per_producer)
     total = producers * per_producer
@@ -741,27 +767,7 @@ def run_e2e(kind: str, producers: int, per_producer: int, base: Path, log: IO[by
                 Producers(target, first_args, [per_producer] * producers, barrier=True)
             )
             t0 = group.go()
-            deadline = time.monotonic() + timeout_s
-            end_ns = 0
-            while True:
-                now_ns = time.monotonic_ns()
-                delivered = dev.events()
-                if sender is not None:
-                    sender.sample()
-                reported = group.poll()
-                expected = sum(r.accepted for r in group.got) if reported else total
-                if delivered >= expected and (kind == FAST or delivered >= total):
-                    end_ns = now_ns
-                    break
-                if reported and kind == SDK:  # flushed and shut down: nothing more will come
-                    end_ns = now_ns
-                    delivered = dev.events()
-                    break
-                if time.monotonic() > deadline:
-                    out.errors.append(f"gave up waiting after {timeout_s:.0f} s")
-                    end_ns = now_ns
-                    break
-                time.sleep(STATS_POLL_S)
+            end_ns, delivered = wait_delivered(dev, sender, group, out, timeout_s)
             group.wait_all(timeout_s=60)
             if sender is not None:
                 out.sender = sender.stop()
@@ -1010,6 +1016,46 @@ def e2e_json(run: E2ERun) -> dict[str, Any]:
     }
 
 
+def run_e2e_part(plan: Plan, base: Path, log: IO[bytes], checks: list[str]) -> list[E2ERun]:
+    """Part 3: end to end, 1 and 4 producers; the rudder_fast runs (cheap) before and after the SDK's."""
+    e2e: list[E2ERun] = []
+    for n in PRODUCER_COUNTS:
+        for kind in [FAST, SDK] + [FAST] * (plan.e2e_fast_repeats - 1):
+            e2e.append(run_e2e(kind, n, plan.e2e_events, base, log))
+    for run in e2e:
+        check_e2e(run, checks)
+    return e2e
+
+
+def run_memory_part(
+    plan: Plan, base: Path, log: IO[bytes], fill_procs: int, checks: list[str]
+) -> list[DrainRun]:
+    """Part 4: the sender draining a small and a large backlog."""
+    mem: list[DrainRun] = []
+    for events in (plan.mem_small, plan.mem_large):
+        spool = base / f"mem-{events}"
+        mem_fill = fill_spool(spool, events, fill_procs)
+        checks += [f"  fill {events:,}: {err}" for err in mem_fill.errors]
+        mem.append(run_drain(spool, mem_fill.accepted, log))
+        check_drain(f"memory drain of {events:,}", mem[-1], checks)
+        shutil.rmtree(spool, ignore_errors=True)
+    return mem
+
+
+def print_checks(checks: list[str], base: Path, log: IO[bytes]) -> None:
+    print()
+    print("Checks")
+    for line in checks:
+        print(line)
+    if any("MISMATCH" in c for c in checks):
+        log.flush()
+        tail = (base / "subprocesses.log").read_bytes()[-3000:].decode("utf-8", "replace")
+        print("  what the devservers and senders logged last:")
+        for line in tail.splitlines()[-15:]:
+            print(f"    {line}")
+    print()
+
+
 def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
     """Runs and prints every part; returns the figures (what ``--json`` writes)."""
     started = time.perf_counter()
@@ -1060,36 +1106,13 @@ def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
     shutil.rmtree(master, ignore_errors=True)
 
     # Part 3: end to end; the rudder_fast runs (cheap) before and after the SDK's.
-    e2e: list[E2ERun] = []
-    for n in PRODUCER_COUNTS:
-        for kind in [FAST, SDK] + [FAST] * (plan.e2e_fast_repeats - 1):
-            e2e.append(run_e2e(kind, n, plan.e2e_events, base, log))
+    e2e = run_e2e_part(plan, base, log, checks)
     met_sdk = print_e2e(e2e, plan)
-    for run in e2e:
-        check_e2e(run, checks)
 
     # Part 4: sender memory by backlog size.
-    mem: list[DrainRun] = [empty]
-    for events in (plan.mem_small, plan.mem_large):
-        spool = base / f"mem-{events}"
-        mem_fill = fill_spool(spool, events, fill_procs)
-        checks += [f"  fill {events:,}: {err}" for err in mem_fill.errors]
-        mem.append(run_drain(spool, mem_fill.accepted, log))
-        check_drain(f"memory drain of {events:,}", mem[-1], checks)
-        shutil.rmtree(spool, ignore_errors=True)
+    mem = [empty, *run_memory_part(plan, base, log, fill_procs, checks)]
     met_mem = print_memory(mem)
-
-    print()
-    print("Checks")
-    for line in checks:
-        print(line)
-    if any("MISMATCH" in c for c in checks):
-        log.flush()
-        tail = (base / "subprocesses.log").read_bytes()[-3000:].decode("utf-8", "replace")
-        print("  what the devservers and senders logged last:")
-        for line in tail.splitlines()[-15:]:
-            print(f"    {line}")
-    print()
+    print_checks(checks, base, log)
     print(
         f"Summary: drain {verdict(met_drain)}, vs rudder-sdk-python {verdict(met_sdk)}, sender memory flat "
         f"{verdict(met_mem)}; load average {load()}; took {time.perf_counter() - started:.1f} s"

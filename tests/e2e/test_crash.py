@@ -20,7 +20,7 @@ from tests.support.delivery import assert_exactly_once, assert_spool_empty, asse
 from tests.support.devserver import DevServer
 from tests.support.processes import tail
 from tests.support.producers import ProducerChild, fill_spool
-from tests.support.sender import Senders, sender_env
+from tests.support.sender import RunningSender, Senders, sender_env
 from tests.support.waiting import wait_for
 
 CONCURRENCY = 4
@@ -52,13 +52,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
         sender = senders.start(args, env)
         # A random moment after this sender delivered something new (duplicates count too).
         more = rng.randint(1, 4_000)
-        wait_for(
-            lambda before=before, more=more, sender=sender: (
-                devserver.stats()["events"] >= before + more or sender.proc.poll() is not None
-            ),
-            timeout=60,
-            interval=0.005,
-        )
+
+        def delivered_more(before: int = before, more: int = more, sender: RunningSender = sender) -> bool:
+            return devserver.stats()["events"] >= before + more or sender.proc.poll() is not None
+
+        wait_for(delivered_more, timeout=60, interval=0.005)
         assert sender.proc.poll() is None, f"sender exited early:\n{tail(sender.stderr())}"
         sender.proc.send_signal(signal.SIGKILL)
         assert sender.wait(timeout=10) == -signal.SIGKILL

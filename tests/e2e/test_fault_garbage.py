@@ -118,7 +118,8 @@ def test_foreign_files_in_the_segments_directory(
     assert not empty_seg.exists(), "the empty .seg file was left behind"
     assert segment_files(spool_dir) == []
     assert other.read_bytes() == other_bytes, "a file the sender does not own was touched"
-    assert doc["backlog"]["events"] == 0 and doc["backlog"]["segments"] == 0, doc["backlog"]
+    assert doc["backlog"]["events"] == 0, doc["backlog"]
+    assert doc["backlog"]["segments"] == 0, doc["backlog"]
 
 
 def test_a_zero_filled_page_in_the_middle_of_a_finished_segment(
@@ -129,9 +130,11 @@ def test_a_zero_filled_page_in_the_middle_of_a_finished_segment(
     produced = fill_spool(spool_dir, 2, 400, payload=300)  # ~40 pages each; both exit
     victim = max(segment_files(spool_dir), key=lambda p: p.stat().st_size)
     before = dump_segment(victim)
-    assert before.skips == [] and len(before.events) == 400
+    assert before.skips == []
+    assert len(before.events) == 400
     offset = before.size // 2 // PAGE * PAGE
-    assert offset > HEADER_SIZE and offset + PAGE < before.size
+    assert offset > HEADER_SIZE
+    assert offset + PAGE < before.size
     with open(victim, "r+b") as f:
         f.seek(offset)
         f.write(b"\0" * PAGE)

@@ -175,7 +175,8 @@ def test_block_waits_for_room_and_resumes_when_the_data_plane_comes_back(
         assert short.stats()["dropped"] == {"quota": nones}
 
         control = quota.read_control(spool_dir / "control")
-        assert control is not None and control.flags & quota.OVER_QUOTA, control
+        assert control is not None, control
+        assert control.flags & quota.OVER_QUOTA, control
 
         # A call blocks; meanwhile the data plane comes back on the port the sender keeps retrying.
         outcome: dict[str, object] = {}
@@ -183,7 +184,7 @@ def test_block_waits_for_room_and_resumes_when_the_data_plane_comes_back(
         def blocked_call() -> None:
             try:
                 outcome["id"] = track(patient, "patient", 0, PAD)
-            except BaseException as exc:  # reported by the assertion below
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
                 outcome["error"] = exc
             outcome["returned_at"] = time.monotonic()
 
@@ -200,7 +201,8 @@ def test_block_waits_for_room_and_resumes_when_the_data_plane_comes_back(
         mid = outcome["id"]
         assert isinstance(mid, str), f"the blocked call was dropped although room came back: {outcome}"
         returned_at = outcome["returned_at"]
-        assert isinstance(returned_at, float) and returned_at >= restored_at
+        assert isinstance(returned_at, float)
+        assert returned_at >= restored_at
         print(
             f"blocked call returned {returned_at - restored_at:.2f} s after the data plane came back "
             f"({returned_at - started_at:.2f} s in all)"

@@ -83,7 +83,7 @@ def test_soak_flapping_data_plane_loses_nothing_and_memory_stays_flat(
         expected_min = PRODUCERS * RATE_PER_PRODUCER * SOAK_SECONDS * 0.5
         assert len(accepted) >= expected_min, (len(accepted), expected_min)
 
-        out = OutTail(devserver.out)
+        out = OutTail(devserver.out_path)
 
         def all_delivered() -> bool:
             out.poll()

@@ -58,7 +58,8 @@ def test_outage_503_then_connection_refused(devserver: DevServer, senders: Sende
         assert sent - original >= 1_500, event
         assert original <= produced_at_ms
     status = read_status(spool_dir)
-    assert status is not None and status["counters"]["retried"] >= 1, status
+    assert status is not None, status
+    assert status["counters"]["retried"] >= 1, status
     assert_spool_empty(spool_dir)
 
 
@@ -74,7 +75,8 @@ def test_lowered_size_limit_splits_batches(devserver: DevServer, senders: Sender
     stats = devserver.stats()
     print(f"size limit {max_body}: {stats}")
     assert set(stats["by_status"]) == {"200", "413"}, stats
-    assert stats["by_status"]["413"] >= 1 and stats["by_status"]["200"] >= 1, stats
+    assert stats["by_status"]["413"] >= 1, stats
+    assert stats["by_status"]["200"] >= 1, stats
     # Every accepted request fit the lowered limit: at ~200 bytes an event, no request holds more
     # than max_body / 100 events, so 4,000 events need many requests.
     assert stats["by_status"]["200"] >= 4_000 * 100 // max_body, stats
@@ -111,18 +113,21 @@ def test_poisoned_events_are_quarantined_and_the_rest_delivered(
     assert all(n == 1 for n in rejected_ids.values()), rejected_ids.most_common(3)
     for line in rejected:
         assert line["status"] == 400, line
-        assert isinstance(line["response"], str) and line["response"], line
+        assert isinstance(line["response"], str), line
+        assert line["response"], line
         assert line["event"]["userId"] == "poison", line
 
     received = devserver.received()
     counts = collections.Counter(e["messageId"] for e in received)
     assert set(counts) == produced.id_set - poisoned
-    assert max(counts.values()) == 1 and len(received) == len(produced.ids) - len(poisoned)
+    assert max(counts.values()) == 1
+    assert len(received) == len(produced.ids) - len(poisoned)
     stats = devserver.stats()
     print(f"{len(poisoned)} poisoned events: {stats}")
     assert set(stats["by_status"]) == {"200", "400"}, stats
     status = read_status(spool_dir)
-    assert status is not None and status["counters"]["rejected"] == len(poisoned), status
+    assert status is not None, status
+    assert status["counters"]["rejected"] == len(poisoned), status
     assert_spool_empty(spool_dir)
 
 
@@ -153,7 +158,8 @@ def test_wrong_write_key_halts_keeps_everything_and_never_leaks_the_key(
     assert "401" in proc.stderr or "write key" in proc.stderr, tail(proc.stderr)
 
     stats = devserver.stats()
-    assert set(stats["by_status"]) == {"401"} and stats["events"] == 0, stats
+    assert set(stats["by_status"]) == {"401"}, stats
+    assert stats["events"] == 0, stats
     assert devserver.received() == []
     pending, _ = inspect_spool(spool_dir)
     assert {e["messageId"] for e in pending} == produced.id_set
@@ -174,7 +180,7 @@ def test_wrong_write_key_halts_keeps_everything_and_never_leaks_the_key(
 
 def _log_lines(text: str) -> collections.Counter[str]:
     """Log lines per level (the sender's format: ``... rudder-fast-sender[pid] LEVEL message``)."""
-    levels = collections.Counter()
+    levels: collections.Counter[str] = collections.Counter()
     for line in text.splitlines():
         for level in ("DEBUG", "INFO", "WARNING", "ERROR"):
             if f"] {level} " in line:

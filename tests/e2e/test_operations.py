@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -26,9 +27,11 @@ def test_status_before_and_after_delivery(tmp_path: Path, devserver: DevServer, 
     doc = status_json(spool)
     assert doc["backlog"]["events"] == 600
     assert doc["backlog"]["segments"] >= 2
-    assert doc["backlog"]["oldest_age_s"] is not None and doc["backlog"]["oldest_age_s"] >= 0
+    assert doc["backlog"]["oldest_age_s"] is not None
+    assert doc["backlog"]["oldest_age_s"] >= 0
     assert doc["sender"]["state"] == "not running"
-    assert doc["counters"]["sent"] == 0 and doc["counters"]["dropped"] == {"total": 0}
+    assert doc["counters"]["sent"] == 0
+    assert doc["counters"]["dropped"] == {"total": 0}
     assert "600 events" in status_text(spool)
     assert "not running" in status_text(spool)
 
@@ -46,7 +49,8 @@ def test_status_before_and_after_delivery(tmp_path: Path, devserver: DevServer, 
     assert {mid.split("-")[0] for mid in produced.ids} == set(per_producer)
     text = status_text(spool)
     assert re.search(r"sender\s+ok \(pid \d+\)", text), text
-    assert key not in text and key not in orjson.dumps(doc).decode()
+    assert key not in text
+    assert key not in orjson.dumps(doc).decode()
     sender.proc.terminate()
     assert sender.wait(15) == 0
     assert status_json(spool)["counters"]["sent"] == 600  # from the ledger once the sender is gone
@@ -65,7 +69,8 @@ def test_metrics_are_served_and_scraped(tmp_path: Path, devserver: DevServer, se
     def scrape() -> str:
         with _OPENER.open(url, timeout=5) as resp:
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            return resp.read().decode()
+            body: bytes = resp.read()
+            return body.decode()
 
     def scraped_all() -> str | None:
         body = scrape()
@@ -94,7 +99,9 @@ def test_inspect_lists_only_unacknowledged_events(
     assert not ({e["messageId"] for e in events} & first.id_set)
 
 
-def test_replay_brings_back_quarantined_events(tmp_path: Path, start_devserver, senders: Senders) -> None:
+def test_replay_brings_back_quarantined_events(
+    tmp_path: Path, start_devserver: Callable[..., DevServer], senders: Senders
+) -> None:
     spool = tmp_path / "spool"
     dev: DevServer = start_devserver(extra_args=["--poison-user-id", "user-0-5"])
     fill_spool(spool, 1, 20, identity=lambda p, j: (f"user-{p}-{j}", None))

@@ -45,9 +45,10 @@ def test_a_ledger_commit_killed_at_any_moment_leaves_a_whole_ledger(tmp_path: Pa
         )
         try:
             # Once this run has committed (the ledger is then rewritten back to back), at a random moment.
-            wait_for(
-                lambda last=last: (ledger.read(path) or ledger.LedgerState()).generation > last, timeout=30
-            )
+            def committed(last: int = last) -> bool:
+                return (ledger.read(path) or ledger.LedgerState()).generation > last
+
+            wait_for(committed, timeout=30)
             time.sleep(rng.uniform(0.0, 0.05))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

@@ -24,7 +24,7 @@ import pytest
 
 from rudder_fast import Emitter, config
 from rudder_fast.framing import Frame
-from rudder_fast.reading import read_whole
+from rudder_fast.tail import read_whole
 from tests.support.spool import dropped_by_producers, inspect_spool, segment_files, skipped_bytes
 from tests.support.waiting import wait_for
 
@@ -43,7 +43,7 @@ def run_in_child(body: Callable[[], Any], timeout: float = CHILD_DEADLINE_S) -> 
             while data:
                 data = data[os.write(w, data) :]
             code = 0
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a child reports any failure by its exit code
             traceback.print_exc()
         finally:
             os._exit(code)
@@ -73,10 +73,12 @@ def assert_only_whole_frames(spool_dir: Path) -> None:
     """Every segment decodes to whole frames only, and no half-made segment is left in tmp/."""
     for path in segment_files(spool_dir):
         tail, items = read_whole(path)
-        assert tail is not None and tail.header is not None, f"{path.name}: no valid header"
+        assert tail is not None, f"{path.name}: no valid header"
+        assert tail.header is not None, f"{path.name}: no valid header"
         tail.close()
         assert all(isinstance(i, Frame) for i in items), f"{path.name}: {items}"
-        assert tail.final and tail.read_pos == path.stat().st_size
+        assert tail.final
+        assert tail.read_pos == path.stat().st_size
     assert list((spool_dir / "tmp").iterdir()) == []
 
 

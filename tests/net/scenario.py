@@ -161,7 +161,8 @@ class NetRun:
     # -- the pipeline ----------------------------------------------------------------------------------
 
     def start(self) -> NetRun:
-        argv = [console_script("rudder-fast"), "devserver", "--host", "0.0.0.0", "--port", "0"]
+        # All interfaces of the dp namespace, which only the relay reaches.
+        argv = [console_script("rudder-fast"), "devserver", "--host", "0.0.0.0", "--port", "0"]  # noqa: S104
         argv += ["--out", str(self.out), "--write-key", WRITE_KEY, "--quiet"]
         devserver = self.topo.spawn("dp", argv, "devserver.log", stdout=subprocess.PIPE)
         line = wait_line(devserver, "listening on", START_TIMEOUT_S)

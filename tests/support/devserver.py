@@ -83,6 +83,12 @@ class DevServer:
         self.stop()
 
     @property
+    def out_path(self) -> Path:
+        """The ``--out`` file (this devserver must have been started with one)."""
+        assert self.out is not None, "this devserver was started without --out"
+        return self.out
+
+    @property
     def url(self) -> str:
         """The data plane's base URL (without ``/v1/batch``)."""
         return f"http://{HOST}:{self.port}"

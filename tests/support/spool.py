@@ -126,7 +126,8 @@ def segment_pids(spool_dir: Path) -> dict[str, int]:
     out = {}
     for path in segment_files(spool_dir):
         nonce, pid, index = path.name[: -len(".seg")].split("-")
-        assert len(nonce) == 16 and index.isdigit(), path.name
+        assert len(nonce) == 16, path.name
+        assert index.isdigit(), path.name
         out[path.name] = int(pid)
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from hypothesis import given
@@ -22,7 +24,9 @@ events = st.lists(
 
 
 @given(events)
-def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(evts: list[dict]) -> None:
+def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(
+    evts: list[dict[str, Any]],
+) -> None:
     stubs = [stub_of(orjson.dumps({"type": "track", **e})) for e in evts]
     body = build_body(stubs, SENT_AT)
     assert len(body) == body_size(sum(map(len, stubs)), len(stubs))
@@ -37,7 +41,7 @@ def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(evt
 
 
 def test_limits_never_exceed_the_server_limit() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max batch bytes must be between"):
         BatchLimits(max_bytes=SERVER_MAX_BODY + 1)
     assert BatchLimits().max_bytes < SERVER_MAX_BODY
 
@@ -46,4 +50,5 @@ def test_limits_never_exceed_the_server_limit() -> None:
 def test_halves_cover_the_batch_without_overlap(n: int) -> None:
     a, b = halves(n)
     assert list(a) + list(b) == list(range(n))
-    assert len(a) >= 1 and len(b) >= 1
+    assert len(a) >= 1
+    assert len(b) >= 1
