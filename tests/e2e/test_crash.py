@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.support.delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event
 from tests.support.devserver import DevServer
@@ -22,6 +23,9 @@ from tests.support.processes import tail
 from tests.support.producers import ProducerChild, fill_spool
 from tests.support.sender import RunningSender, Senders, sender_env
 from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: sender restarts, then a drain with a 150 s deadline.
+pytestmark = pytest.mark.timeout(300)
 
 CONCURRENCY = 4
 MAX_BATCH_EVENTS = 1_000

@@ -18,6 +18,9 @@ from tests.support.sender import Senders, sender_env
 from tests.support.spool import inspect_spool, read_rejected, read_status
 from tests.support.waiting import wait_for
 
+# Per-test timeout above the default: drains of 20,000 events with a 120 s deadline.
+pytestmark = pytest.mark.timeout(300)
+
 PRODUCERS = 4
 PER_PRODUCER = 5_000
 

@@ -84,6 +84,9 @@ from tests.support.processes import process_group, wait_exit
 from tests.support.sender import Senders, sender_env
 from tests.support.spool import segment_files
 
+# Per-test timeout above the default: the image's virtualenv is built with pip (600 s a step).
+pytestmark = pytest.mark.timeout(900)
+
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 COMPOSE = DEPLOY / "compose.yaml"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from rudder_fast import Emitter
 from tests.support.delivery import assert_delivered_exactly, assert_wire_event
 from tests.support.devserver import DevServer
@@ -19,6 +21,9 @@ from tests.support.producers import fill_spool, fork_wave, track
 from tests.support.sender import Senders, drain, sender_env, wait_sender_ready
 from tests.support.spool import segment_files, spool_files
 from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: a thousand producer processes, drains of up to 120 s.
+pytestmark = pytest.mark.timeout(300)
 
 WAVE = 20  # processes alive at once: enough churn, without drowning 2 cores in fork()s
 

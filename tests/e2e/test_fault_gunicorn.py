@@ -36,6 +36,9 @@ from tests.support.programs import program_command
 from tests.support.sender import Senders, drain
 from tests.support.spool import segment_files, segment_pids
 
+# Per-test timeout above the default: a 120 s HTTP load on the app server, then a drain.
+pytestmark = pytest.mark.timeout(360)
+
 REQUESTS = 2_000
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0

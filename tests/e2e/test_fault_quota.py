@@ -29,6 +29,9 @@ from tests.support.sender import Senders, drain, sender_env, wait_sender_ready
 from tests.support.spool import dropped, inspect_spool, read_status, segment_files, status_json
 from tests.support.waiting import wait_for
 
+# Per-test timeout above the default: waits of up to 60 s on the quota, then 90 s drains.
+pytestmark = pytest.mark.timeout(300)
+
 QUOTA = 256 * 1024
 PAD = "x" * 400  # ~560-byte frames: the quota is crossed after ~470 calls
 PACE_S = 0.001  # a steady producer (~1,000 calls/s) so that "how long after crossing" is measurable

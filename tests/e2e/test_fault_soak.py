@@ -36,6 +36,9 @@ from tests.support.sender import Senders, sender_env
 from tests.support.soak import Flapper, RssSampler
 
 SOAK_SECONDS = float(os.environ.get("RUDDER_FAST_SOAK_SECONDS") or 30)
+# Per-test timeout above the default: the soak runs SOAK_SECONDS, then drains and checks memory.
+pytestmark = pytest.mark.timeout(300 + 3 * SOAK_SECONDS)
+
 PRODUCERS = 3
 RATE_PER_PRODUCER = 250.0  # events a second
 DELIVERY_DEADLINE_S = 90.0

@@ -26,6 +26,8 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
+
 from tests.support.devserver import DevServer, OutTail
 from tests.support.processes import REPO_ROOT, ProcGroup
 from tests.support.producers import producer_env, read_id_report
@@ -33,6 +35,9 @@ from tests.support.programs import program_command
 from tests.support.sender import Senders, drain
 from tests.support.spool import scan_spool, segment_files, status_json
 from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: the drain after the kills has a 150 s deadline.
+pytestmark = pytest.mark.timeout(300)
 
 PRODUCERS = 20
 KILL_WINDOW_S = 1.0

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support.delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event, iso_ms
 from tests.support.devserver import DevServer
 from tests.support.processes import tail
@@ -19,6 +21,9 @@ from tests.support.producers import fill_spool
 from tests.support.sender import Senders, sender_env
 from tests.support.spool import inspect_spool, read_rejected, read_status
 from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: outages, then drains with 120 s deadlines.
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_outage_503_then_connection_refused(devserver: DevServer, senders: Senders, spool_dir: Path) -> None:

@@ -30,6 +30,9 @@ from rudder_fast import __version__
 from tests.support.deploy import README, ROOT
 from tests.support.processes import BIN
 
+# Per-test timeout above the default: the sdist and wheel are built in isolated environments.
+pytestmark = pytest.mark.timeout(900)
+
 PACKAGE = ROOT / "rudder_fast"
 LOCAL_BYPRODUCTS = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
 REQUIRED_CLASSIFIERS = {

@@ -40,6 +40,9 @@ from tests.support.sender import Senders, sender_env
 from tests.support.spool import read_status
 from tests.support.waiting import wait_for
 
+# Per-test timeout above the default: a script under both libraries (RUN_TIMEOUT_S each), a drain.
+pytestmark = pytest.mark.timeout(420)
+
 EXAMPLES_DIR = Path(__file__).parents[1] / "io" / "sdk_examples"
 APPS_DIR = Path(__file__).parent / "sdk_apps"
 WRITE_KEY = "migration-write-key-4e1b"

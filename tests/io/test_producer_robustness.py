@@ -21,6 +21,9 @@ from rudder_fast.framing import Frame
 from rudder_fast.tail import SegmentTail, read_whole, writer_alive
 from tests.support.spool import inspect_spool, segment_files
 
+# Per-test timeout above the default: child interpreters with deadlines of up to 180 s.
+pytestmark = pytest.mark.timeout(300)
+
 
 def run_script(body: str, spool_dir: Path, timeout: float = 120) -> dict[str, Any]:
     """Run ``body`` in a fresh interpreter (signal timers stay out of the test runner); its last stdout
