@@ -1,6 +1,6 @@
 """A real full disk: the spool on a 2 MiB tmpfs, filled by a real producer process.
 
-What must hold (DESIGN.md, "Short write / ENOSPC"): the app never sees an exception, a call that could
+What must hold (docs/design.md, "Failures never raise"): the app never sees an exception, a call that could
 not be written returns None and is counted as ``disk_error``, a short write is rolled back so every
 segment still decodes frame by frame with nothing skipped, and once space comes back the same process
 writes again and everything it was told was accepted is delivered exactly once, with the drop count

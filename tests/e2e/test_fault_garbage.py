@@ -1,5 +1,5 @@
 """Garbage in the spool: the sender neither crashes nor sends garbage, delivers every event the
-corruption did not destroy, and counts exactly the bytes it skipped (DESIGN.md invariant 2).
+corruption did not destroy, and counts exactly the bytes it skipped (docs/design.md, invariant 2).
 
 Each scenario starts from a spool with history (part or all of it already delivered, so the ledger has
 offsets and counters), then damages it the way disks, operators and stray tools do: random bytes

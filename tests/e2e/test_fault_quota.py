@@ -318,7 +318,7 @@ def test_without_a_sender_producers_measure_the_quota_themselves(spool_dir: Path
 def test_without_a_sender_producers_write_again_once_the_spool_is_drained(
     devserver: DevServer, senders: Senders, spool_dir: Path
 ) -> None:
-    """INTERFACE.md: producers drop at the quota "and write again once usage falls below 90 % of it".
+    """The README (`--quota-bytes`): producers drop at the quota and resume below 90 % of it.
     Here the space comes back by a one-off ``--drain`` while the producer keeps calling."""
     limit = 64 * 1024
     emitter = Emitter(spool_dir, quota_bytes=limit)

@@ -1,7 +1,7 @@
 """The data plane misbehaving, switched at run time through the devserver's ``POST /_control``:
 server errors, a closed port, a lowered size limit, a poisoned event, a wrong write key.
 
-Each test checks what WIRE.md asks of a well-behaved sender, on what crossed the wire.
+Each test checks what docs/wire.md asks of a well-behaved sender, on what crossed the wire.
 """
 
 from __future__ import annotations

@@ -346,7 +346,7 @@ def test_two_emitters_have_distinct_nonces(tmp_path: Path) -> None:
 
 
 def test_accepted_calls_read_back_as_wire_events(spool_dir: Path) -> None:
-    """Every kind, through the real spool and back: the event of WIRE.md's table."""
+    """Every kind, through the real spool and back: the event of docs/wire.md's table."""
     em = Emitter(spool_dir)
     ts = dt.datetime(2024, 3, 4, 5, 6, 7, 891234, tzinfo=dt.timezone(dt.timedelta(hours=1)))
     em.track(

@@ -1,4 +1,4 @@
-"""Record -> wire event (``rudder_fast.wire``), checked against WIRE.md's event table. Pure.
+"""Record -> wire event (``rudder_fast.wire``), checked against docs/wire.md's event table. Pure.
 
 Records are built by hand following the layout at the top of ``rudder_fast/events.py``::
 
