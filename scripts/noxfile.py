@@ -4,7 +4,8 @@
 
 - ``suite``: the whole suite on the interpreter running nox (``.venv``'s, Python 3.11 on the build
   machine; ``./scripts/bootstrap test`` made it, with the Debian packages some tests need), under
-  branch coverage: a report for the package, and a floor for the pure modules (pyproject.toml's
+  branch coverage;
+- ``coverage``: its report for the package, and a floor for the pure modules (pyproject.toml's
   ``[tool.rudder-fast]``);
 - ``tests-3.X`` for each other version: what is version-sensitive (``tests/unit``, ``tests/io``) and
   the end-to-end tests that run the console scripts (:data:`E2E_SELECTION`), in an environment of
@@ -51,7 +52,7 @@ PYTEST = ["-m", "pytest", "-q", "-p", "no:cacheprovider"]
 nox.options.default_venv_backend = "uv"
 nox.options.envdir = str(ROOT / ".nox")
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["suite", *(f"tests-{v}" for v in VERSIONS if v != DEFAULT_VERSION)]
+nox.options.sessions = ["suite", "coverage", *(f"tests-{v}" for v in VERSIONS if v != DEFAULT_VERSION)]
 
 
 def _version_of(python: str) -> str | None:
@@ -103,15 +104,22 @@ def _run_timed(session: nox.Session, what: str, *args: str) -> None:
 
 @nox.session(venv_backend="none")
 def suite(session: nox.Session) -> None:
-    """The whole suite on nox's own interpreter (.venv), with branch coverage and the pure floor."""
+    """The whole suite on nox's own interpreter (.venv), under branch coverage."""
+    session.chdir(ROOT)
+    python = sys.executable
+    session.run(python, "-m", "coverage", "erase")
+    command = [python, "-m", "coverage", "run", *PYTEST, *session.posargs]
+    _run_timed(session, f"suite on {DEFAULT_VERSION}", *command)
+
+
+@nox.session(venv_backend="none")
+def coverage(session: nox.Session) -> None:
+    """The suite's branch coverage of the package, and the floor of the pure modules (run after suite,
+    even when a test failed: the data is complete)."""
     session.chdir(ROOT)
     tool = PYPROJECT["tool"]["rudder-fast"]
     pure = ",".join(f"rudder_fast/{name}.py" for name in tool["pure-modules"])
     python = sys.executable
-    session.run(python, "-m", "coverage", "erase")
-    _run_timed(
-        session, f"suite on {DEFAULT_VERSION}", python, "-m", "coverage", "run", *PYTEST, *session.posargs
-    )
     session.run(python, "-m", "coverage", "report")
     session.log(f"branch coverage of the pure modules (floor {tool['pure-coverage-floor']} %):")
     session.run(
