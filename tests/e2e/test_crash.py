@@ -78,8 +78,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
     assert not missing, f"{len(missing)} events lost after {kills} kills, e.g. {sorted(missing)[:5]}"
     assert counts.keys() == produced.id_set
     duplicates = len(received) - total
-    # The README ("Guarantees"): a crash resends at most the batches in flight plus one, and no batch holds more
-    # than --max-batch-events. (A batch of max-batch-bytes holds fewer: at most this many of the
+    # The README ("Guarantees"): a crash resends at most the batches in flight plus one, and no batch
+    # holds more than --max-batch-events. (A batch of max-batch-bytes holds fewer: at most this many of the
     # smallest event seen on the wire; printed for information, asserted by the test below.)
     bound = kills * (CONCURRENCY + 1) * MAX_BATCH_EVENTS
     smallest = min(len(orjson.dumps({k: v for k, v in e.items() if k != "receivedAt"})) for e in received)
@@ -133,7 +133,8 @@ def test_duplicates_after_a_kill_are_at_most_the_batches_in_flight_plus_one(
 ) -> None:
     """The first batch holds a refused event, so its worker bisects it for a while (every answer takes
     150 ms) while the other workers deliver the batches after it. A SIGKILL then must resend no more
-    than the batches in flight plus one (the README's "Guarantees"): what was acknowledged is in the ledger."""
+    than the batches in flight plus one (the README's "Guarantees"): what was acknowledged is in the
+    ledger."""
     batch_events = 100
     produced = fill_spool(
         spool_dir, 1, 5_000, identity=lambda p, j: ("poison", None) if j == 37 else (f"user-{j}", None)

@@ -2,10 +2,11 @@
 
 The recipes are read from where users read them: the files in ``scripts/deploy/`` and the fenced code
 blocks of README.md's "Deploy" section, each of which follows a ``<!-- recipe: NAME -->`` marker. Only
-host paths are ever rewritten (:func:`host_paths`). Processes run as leaders of their own process group
-(:func:`tests.support.processes.process_group`), and servers that must listen where a recipe says (``0.0.0.0:8000``,
-``127.0.0.1:8000``) run in a network namespace of their own (:func:`netns_argv`): nothing else on the
-machine can collide with them or reach them, and the namespace disappears with its last process.
+host paths are ever rewritten (:func:`host_paths`). Processes run as leaders of their own process
+group (:func:`tests.support.processes.process_group`), and servers that must listen where a recipe says
+(``0.0.0.0:8000``, ``127.0.0.1:8000``) run in a network namespace of their own (:func:`netns_argv`):
+nothing else on the machine can collide with them or reach them, and the namespace disappears with its
+last process.
 Also here: the systemd unit and Kubernetes manifest readers the recipe and image tests share.
 """
 
