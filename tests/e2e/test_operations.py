@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -66,14 +67,24 @@ def test_metrics_are_served_and_scraped(tmp_path: Path, devserver: DevServer, se
     )
     url = wait_for(lambda: re.search(r"metrics at (http://\S+)", sender.stderr()), timeout=30).group(1)
 
-    def scrape() -> str:
-        with _OPENER.open(url, timeout=5) as resp:
-            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            body: bytes = resp.read()
-            return body.decode()
+    def scrape() -> tuple[int, str]:
+        try:
+            with _OPENER.open(url, timeout=5) as resp:
+                assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                body: bytes = resp.read()
+                return resp.status, body.decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
 
     def scraped_all() -> str | None:
-        body = scrape()
+        status, body = scrape()
+        if status == 503:
+            # The port is announced before the first snapshot is published: until then a scrape fails
+            # (a failed scrape, never counters at zero that would read as a reset).
+            assert body.startswith("metrics not ready"), body
+            return None
+        assert status == 200, (status, body)
         return body if "rudder_fast_events_sent_total 250" in body else None
 
     body = wait_for(scraped_all, timeout=60)
