@@ -145,7 +145,7 @@ class SinkServer:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stats(self) -> dict[str, int]:
-        with urllib.request.urlopen(self.url + STATS_PATH, timeout=5) as resp:
+        with urllib.request.urlopen(self.url + STATS_PATH, timeout=5) as resp:  # noqa: S310 - http://127.0.0.1
             data: dict[str, int] = json.loads(resp.read())
         return data
 

@@ -31,6 +31,7 @@ import multiprocessing.queues
 import multiprocessing.synchronize
 import os
 import platform
+import queue
 import shutil
 import sys
 import tempfile
@@ -308,6 +309,7 @@ class WorkerResult:
 def mp_worker(
     index: int,
     emitter: Emitter,
+    *,
     floor_dir: Path,
     plan: Plan,
     barrier: multiprocessing.synchronize.Barrier,
@@ -333,7 +335,7 @@ def mp_worker(
         emitter.close()
         summaries = {name: Summary.of(s) for name, s in samples.items()}
         results.put(WorkerResult(index, summaries, spans))
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which prints it
         barrier.abort()
         results.put(WorkerResult(index, summaries, spans, error=f"{type(exc).__name__}: {exc}"))
 
@@ -348,25 +350,40 @@ class MultiRow:
     errors: list[str] = field(default_factory=list)
 
 
+def collect_results(
+    procs: Sequence[multiprocessing.process.BaseProcess],
+    results: multiprocessing.queues.Queue[WorkerResult],
+    *,
+    deadline: float,
+) -> list[WorkerResult]:
+    """The workers' results, until each has reported, all have exited, or the deadline."""
+    got: list[WorkerResult] = []
+    while len(got) < len(procs) and time.monotonic() < deadline:
+        try:
+            got.append(results.get(timeout=1))
+        except queue.Empty:  # check whether the workers are still alive
+            if all(p.exitcode is not None for p in procs) and results.empty():
+                break
+    return got
+
+
 def run_multi(plan: Plan, emitter: Emitter, floor_dir: Path, processes: int) -> MultiRow:
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(processes)
     results: multiprocessing.queues.Queue[WorkerResult] = ctx.Queue()
     procs = [
-        ctx.Process(target=mp_worker, args=(i, emitter, floor_dir, plan, barrier, results), daemon=True)
+        ctx.Process(
+            target=mp_worker,
+            args=(i, emitter),
+            kwargs={"floor_dir": floor_dir, "plan": plan, "barrier": barrier, "results": results},
+            daemon=True,
+        )
         for i in range(processes)
     ]
     for p in procs:
         p.start()
-    got: list[WorkerResult] = []
+    got = collect_results(procs, results, deadline=time.monotonic() + 300)
     errors: list[str] = []
-    deadline = time.monotonic() + 300
-    while len(got) < processes and time.monotonic() < deadline:
-        try:
-            got.append(results.get(timeout=1))
-        except Exception:  # queue.Empty: check whether the workers are still alive
-            if all(p.exitcode is not None for p in procs) and results.empty():
-                break
     for p in procs:
         p.join(timeout=30)
         if p.exitcode not in (0, None):
@@ -418,9 +435,11 @@ def run_breakdown(plan: Plan, spool_dir: Path, scratch: Path) -> tuple[list[tupl
 
     emitter = Emitter(spool_dir)
     bare = Emitter(spool_dir)
-    bare._writer = _NullWriter()  # type: ignore[assignment]
-    bare._append = bare._writer.append
+    null_writer = _NullWriter()
+    bare._writer = null_writer  # type: ignore[assignment]
+    bare._append = null_writer.append
     writer = emitter._writer
+    assert writer is not None
     props_json = orjson.dumps(PROPERTIES, option=_JSON_OPTIONS)
     record = [KIND_TRACK, time.time_ns(), USER_ID, None, None, None, None, None, EVENT, props_json]
     plain = [KIND_TRACK, time.time_ns(), USER_ID, None, None, None, None, None, EVENT, PROPERTIES]

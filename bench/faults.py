@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import os
 import platform
 import queue
-import re
-import select
 import shutil
 import signal
 import socket
@@ -54,7 +51,11 @@ from typing import IO, Any, Final
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the helpers shared with the tests
 from _common import EVENT, FAST, PROPERTIES, SDK, WRITE_KEY  # a sibling module: bench/ is not a package
+
+from tests.support.devserver import DevServer
+from tests.support.processes import HOST, console_script
 
 LIBS: Final = (FAST, SDK)
 
@@ -64,7 +65,6 @@ FORK_OS_EXIT: Final = "fork_os_exit"
 EXIT_NO_FLUSH: Final = "exit_no_flush"
 OUTAGE: Final = "outage"
 
-BIN_DIR: Final = Path(sys.executable).parent  # the venv's bin/, with the console scripts
 POLL_S: Final = 0.05
 CHILD_TIMEOUT_S: Final = 60.0  # a producer that says nothing for this long is hung: killed, noted
 SDK_GRACE_S: Final = 1.0  # after the SDK's holder process is gone, for a last answer in flight
@@ -108,16 +108,6 @@ FAULTS: Final = (
 )
 
 
-def console_script(name: str) -> str:
-    path = BIN_DIR / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found next to {sys.executable} nor on PATH: install the project")
-    return found
-
-
 # -- the producer, in its own process (``faults.py --child SPEC``) ---------------------------------
 
 
@@ -139,7 +129,7 @@ def make_tracker(lib: str, target: str) -> Callable[[str, int], bool]:
 
         return track_fast
 
-    from rudderstack.analytics.client import Client  # type: ignore[import-untyped]
+    from rudderstack.analytics.client import Client
 
     client = Client(WRITE_KEY, host=target)  # the SDK's defaults
 
@@ -277,81 +267,37 @@ class Child:
                     stream.close()
 
 
-class DevServer:
-    """``rudder-fast devserver --port 0 --out FILE --quiet`` in a subprocess."""
+def listening(server: DevServer) -> bool:
+    """Whether the devserver's port accepts connections (it is closed during ``down_for``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        return s.connect_ex((HOST, server.port)) == 0
 
-    def __init__(self, out: Path, log: IO[bytes]) -> None:
-        self.out = out
-        self.proc = subprocess.Popen(
-            [console_script("rudder-fast"), "devserver", "--port", "0", "--out", str(out), "--quiet"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 20)
-        line = self.proc.stdout.readline().decode("utf-8", "replace") if ready else ""
-        m = re.match(r"listening on http://([^\s/:]+):(\d+)", line)
-        if not m:
-            self.close()
-            raise RuntimeError(f"devserver did not start (first line {line!r})")
-        self.host, self.port = m.group(1), int(m.group(2))
-        self.url = f"http://{self.host}:{self.port}"
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any] | None:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+def delivered_of(server: DevServer, tag: str) -> tuple[int, int]:
+    """(distinct events of run ``tag`` in the devserver's --out file, copies beyond the first)."""
+    assert server.out is not None
+    try:
+        data = server.out.read_bytes()
+    except FileNotFoundError:
+        return 0, 0
+    seen: set[int] = set()
+    copies = 0
+    needle = tag.encode()
+    for line in data.split(b"\n")[:-1]:  # complete lines only
+        if needle not in line:
+            continue
         try:
-            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
-            data = conn.getresponse().read()
-            return orjson.loads(data) if path == "/_stats" else {}
-        except (OSError, http.client.HTTPException):
-            return None
-        finally:
-            conn.close()
-
-    def go_down(self, seconds: float) -> None:
-        """``POST /_control {"down_for": seconds}``; its answer may be cut off as the port closes."""
-        self.request("POST", "/_control", orjson.dumps({"down_for": seconds}))
-
-    def listening(self) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.settimeout(1)
-            return s.connect_ex((self.host, self.port)) == 0
-
-    def delivered(self, tag: str) -> tuple[int, int]:
-        """(distinct events of run ``tag`` in the --out file, copies beyond the first)."""
-        try:
-            data = self.out.read_bytes()
-        except FileNotFoundError:
-            return 0, 0
-        seen: set[int] = set()
-        copies = 0
-        needle = tag.encode()
-        for line in data.split(b"\n")[:-1]:  # complete lines only
-            if needle not in line:
-                continue
-            try:
-                props = orjson.loads(line).get("properties") or {}
-            except orjson.JSONDecodeError:
-                continue
-            if props.get("bench_tag") == tag:
-                copies += 1
-                seen.add(int(props["i"]))
-        return len(seen), copies - len(seen)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+            props = orjson.loads(line).get("properties") or {}
+        except orjson.JSONDecodeError:
+            continue
+        if props.get("bench_tag") == tag:
+            copies += 1
+            seen.add(int(props["i"]))
+    return len(seen), copies - len(seen)
 
 
-class Sender:
+class SenderDaemon:
     """``rudder-fast-sender`` (not ``--drain``: the daemon, running throughout) on one spool."""
 
     def __init__(self, spool: Path, url: str, log: IO[bytes]) -> None:
@@ -410,7 +356,7 @@ class Stage:
     log: IO[bytes]
     servers: dict[str, DevServer] = field(default_factory=dict)
     children: dict[str, Child] = field(default_factory=dict)
-    sender: Sender | None = None
+    sender: SenderDaemon | None = None
 
     def __enter__(self) -> Stage:
         return self
@@ -423,7 +369,7 @@ class Stage:
         if self.sender is not None:
             self.sender.close()
         for server in self.servers.values():
-            server.close()
+            server.stop()
 
 
 def tracked_of(child: Child, out: LibRun, timeout_s: float = CHILD_TIMEOUT_S) -> bool:
@@ -445,7 +391,7 @@ def holder_gone(fault: str, child: Child) -> bool:
 
 
 def await_delivery(
-    stage: Stage, fault: str, tag: str, runs: dict[str, LibRun], start: dict[str, float], limit_s: float
+    stage: Stage, *, fault: str, tag: str, runs: dict[str, LibRun], start: dict[str, float], limit_s: float
 ) -> None:
     """Poll the data planes until each library has delivered all it tracked, or can deliver no more."""
     pending = {lib for lib in LIBS if runs[lib].tracked}
@@ -454,7 +400,7 @@ def await_delivery(
         now = time.monotonic()
         for lib in sorted(pending):
             run = runs[lib]
-            run.delivered, run.duplicates = stage.servers[lib].delivered(tag)
+            run.delivered, run.duplicates = delivered_of(stage.servers[lib], tag)
             if run.delivered >= run.tracked:
                 run.complete_s = now - start[lib]
                 pending.discard(lib)
@@ -470,15 +416,36 @@ def await_delivery(
         time.sleep(POLL_S)
 
 
+def fault_played(fault: str, child: Child, run: LibRun) -> float:
+    """Wait until the fault has happened to this producer (not the outage); when it did, which starts
+    the delivery clock."""
+    if fault == SIGKILL:
+        child.exited(10)
+        return child.killed_at or time.monotonic()
+    if fault == EXIT_NO_FLUSH:
+        code = child.exited(CHILD_TIMEOUT_S)
+        if code is None:
+            run.notes.append(f"did not exit within {CHILD_TIMEOUT_S:.0f} s (hung at exit)")
+        elif code != 0:
+            run.notes.append(f"exit code {code}")
+        return time.monotonic()
+    msg = child.wait_for("child_exited", CHILD_TIMEOUT_S)
+    if msg is None:
+        run.notes.append(f"forked child did not exit within {CHILD_TIMEOUT_S:.0f} s")
+    elif msg["code"] != 0:
+        run.notes.append(f"forked child exit code {msg['code']}")
+    return time.monotonic()
+
+
 def run_fault(fault: str, plan: Plan, index: int, base: Path, log: IO[bytes]) -> dict[str, LibRun]:
     tag = f"{fault}-{index}-{os.getpid()}-{time.monotonic_ns()}"
     work = Path(tempfile.mkdtemp(prefix=f"{fault}-", dir=base))
     runs = {lib: LibRun() for lib in LIBS}
     with Stage(work, log) as stage:
         for lib in LIBS:
-            stage.servers[lib] = DevServer(work / f"{lib}.jsonl", log)
+            stage.servers[lib] = DevServer.start(out=work / f"{lib}.jsonl", stderr=log)
         spool = work / "spool"
-        stage.sender = Sender(spool, stage.servers[FAST].url, log)
+        stage.sender = SenderDaemon(spool, stage.servers[FAST].url, log)
         targets = {FAST: str(spool), SDK: stage.servers[SDK].url}
         spread_s = plan.outage_s / 2
         for lib in LIBS:
@@ -491,31 +458,23 @@ def run_fault(fault: str, plan: Plan, index: int, base: Path, log: IO[bytes]) ->
         else:
             limit_s = plan.settle_s
             for lib, child in stage.children.items():
-                run = runs[lib]
-                if not tracked_of(child, run):
-                    continue
-                if fault == SIGKILL:
-                    child.exited(10)
-                    start[lib] = child.killed_at or time.monotonic()
-                elif fault == EXIT_NO_FLUSH:
-                    code = child.exited(CHILD_TIMEOUT_S)
-                    if code is None:
-                        run.notes.append(f"did not exit within {CHILD_TIMEOUT_S:.0f} s (hung at exit)")
-                    elif code != 0:
-                        run.notes.append(f"exit code {code}")
-                    start[lib] = time.monotonic()
-                else:
-                    msg = child.wait_for("child_exited", CHILD_TIMEOUT_S)
-                    if msg is None:
-                        run.notes.append(f"forked child did not exit within {CHILD_TIMEOUT_S:.0f} s")
-                    elif msg["code"] != 0:
-                        run.notes.append(f"forked child exit code {msg['code']}")
-                    start[lib] = time.monotonic()
+                if tracked_of(child, runs[lib]):
+                    start[lib] = fault_played(fault, child, runs[lib])
         for lib in LIBS:
             start.setdefault(lib, time.monotonic())
-        await_delivery(stage, fault, tag, runs, start, limit_s)
+        await_delivery(stage, fault=fault, tag=tag, runs=runs, start=start, limit_s=limit_s)
     shutil.rmtree(work, ignore_errors=True)
     return runs
+
+
+def ports_become(stage: Stage, *, listening_now: bool, within_s: float) -> bool:
+    """Wait until every devserver's port is open (or every one closed); False at the deadline."""
+    deadline = time.monotonic() + within_s
+    while any(listening(s) != listening_now for s in stage.servers.values()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def play_outage(stage: Stage, plan: Plan, runs: dict[str, LibRun], start: dict[str, float]) -> float:
@@ -524,25 +483,20 @@ def play_outage(stage: Stage, plan: Plan, runs: dict[str, LibRun], start: dict[s
         if child.wait_for("ready") is None:
             runs[lib].notes.append("the producer did not start")
     for server in stage.servers.values():
-        server.go_down(plan.outage_s)
+        server.control({"down_for": plan.outage_s})  # its answer may be cut off
     down_at = time.monotonic()
-    deadline = down_at + 5
-    while any(s.listening() for s in stage.servers.values()):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the devservers did not close their port")
-        time.sleep(0.01)
+    if not ports_become(stage, listening_now=False, within_s=5):
+        raise RuntimeError("the devservers did not close their port")
     for child in stage.children.values():
         child.send("go")
     for lib, child in stage.children.items():
         tracked_of(child, runs[lib], plan.outage_s + CHILD_TIMEOUT_S)
     time.sleep(max(0.0, down_at + plan.outage_s - time.monotonic()))
-    deadline = time.monotonic() + 30
-    while not all(s.listening() for s in stage.servers.values()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    ports_become(stage, listening_now=True, within_s=30)
     up_at = time.monotonic()
     for lib in LIBS:
         start[lib] = up_at
-        delivered, _ = stage.servers[lib].delivered(str(stage.children[lib].spec["tag"]))
+        delivered, _ = delivered_of(stage.servers[lib], str(stage.children[lib].spec["tag"]))
         if delivered:
             runs[lib].notes.append(f"{delivered} delivered while the data plane was down?")
     return plan.window_s

@@ -38,17 +38,15 @@ import multiprocessing.synchronize
 import os
 import platform
 import queue
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import timeit
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -67,7 +65,11 @@ from rudder_fast.transport import gzip_bytes
 from rudder_fast.wire import WireMapper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the helpers shared with the tests
 from _common import EVENT, FAST, PROPERTIES, SDK, WRITE_KEY  # a sibling module: bench/ is not a package
+
+from tests.support.devserver import DevServer
+from tests.support.processes import HOST, console_script
 
 USER_COUNT: Final = 1_000  # each producer cycles through this many user ids
 
@@ -79,9 +81,6 @@ PRODUCER_COUNTS: Final = (1, 4)
 STATS_POLL_S: Final = 0.01
 WAIT_POLL_S: Final = 0.002
 RSS_SAMPLE_S: Final = 0.02
-
-
-BIN_DIR: Final = Path(sys.executable).parent  # the venv's bin/, with the console scripts
 
 
 @dataclass(frozen=True)
@@ -118,52 +117,22 @@ FULL: Final = Plan(
 )
 
 
-def console_script(name: str) -> str:
-    path = BIN_DIR / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found next to {sys.executable} nor on PATH: install the project")
-    return found
-
-
 # -- subprocesses: the devserver and the sender ----------------------------------------------------
 
 
-class DevServer:
-    """``rudder-fast devserver --port 0 --quiet`` in a subprocess (a context manager)."""
+class DataPlaneMeter:
+    """A devserver's event count and CPU time, cheap enough to poll every 10 ms: ``GET /_stats`` over
+    one keep-alive connection (reopened once if the server closed it), CPU from psutil."""
 
-    def __init__(self, log: IO[bytes], startup_timeout_s: float = 20.0) -> None:
+    def __init__(self, dev: DevServer) -> None:
+        self.dev = dev
         self._conn: http.client.HTTPConnection | None = None
-        self.proc = subprocess.Popen(
-            [console_script("rudder-fast"), "devserver", "--port", "0", "--quiet"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-        assert self.proc.stdout is not None
-        timer = threading.Timer(startup_timeout_s, self.proc.kill)
-        timer.start()
-        try:
-            line = self.proc.stdout.readline().decode("utf-8", "replace")
-        finally:
-            timer.cancel()
-            timer.join()  # no thread left behind for the producers' fork() to copy
-        m = re.match(r"listening on (http://[^\s/]+):(\d+)", line)
-        if not m:
-            self.close()
-            raise RuntimeError(f"devserver did not start (first line {line!r})")
-        self.host = m.group(1).removeprefix("http://")
-        self.port = int(m.group(2))
-        self.url = f"http://{self.host}:{self.port}"
-        self._ps = psutil.Process(self.proc.pid)
+        self._ps = psutil.Process(dev.proc.pid)
 
     def stats(self) -> dict[str, Any]:
-        """``GET /_stats`` on a keep-alive connection (reopened once if the server closed it)."""
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+                self._conn = http.client.HTTPConnection(HOST, self.dev.port, timeout=10)
             try:
                 self._conn.request("GET", "/_stats")
                 resp = self._conn.getresponse()
@@ -187,23 +156,18 @@ class DevServer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
-    def __enter__(self) -> DevServer:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+@contextlib.contextmanager
+def data_plane(log: IO[bytes]) -> Iterator[DataPlaneMeter]:
+    """A fresh ``rudder-fast devserver`` (no ``--out``: it only decompresses, parses, validates and
+    counts), stopped on exit."""
+    with DevServer.start(out=None, stderr=log) as dev:
+        meter = DataPlaneMeter(dev)
+        try:
+            yield meter
+        finally:
+            meter.close()
 
 
 @dataclass
@@ -235,7 +199,7 @@ def peak_rss_kb(pid: int) -> int:
         return 0
 
 
-class Sender:
+class MeasuredSender:
     """``rudder-fast-sender`` as a subprocess: its peak RSS sampled while it runs, its CPU time from
     ``os.wait4`` (that child's own rusage)."""
 
@@ -306,7 +270,7 @@ class Sender:
                 raise RuntimeError(f"the sender did not start (exit {self.proc.poll()})")
             time.sleep(WAIT_POLL_S)
 
-    def __enter__(self) -> Sender:
+    def __enter__(self) -> MeasuredSender:
         return self
 
     def __exit__(
@@ -358,7 +322,7 @@ def fast_producer(
         emitter.close()
         res.accepted = accepted
         res.done_ns = time.monotonic_ns()
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which prints it
         if barrier is not None:
             barrier.abort()
         res.error = f"{type(exc).__name__}: {exc}"
@@ -413,7 +377,7 @@ def sdk_producer(
         res.sdk_errors = len(errors)
         res.sdk_warnings = counter.count
         res.first_warning = counter.first
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which prints it
         if barrier is not None:
             barrier.abort()
         res.error = f"{type(exc).__name__}: {exc}"
@@ -533,7 +497,7 @@ class BatchLimits:
     max_events: int
 
 
-def run_floor(spool: Path, limits: BatchLimits) -> FloorRun:
+def run_floor(spool: Path, limits: BatchLimits) -> FloorRun:  # noqa: C901 - the sender's loop, inlined
     """Everything the sender does to a backlog except HTTP and bookkeeping, streamed as the sender does."""
     gc.collect()
     t0 = time.perf_counter()
@@ -615,9 +579,9 @@ class DrainRun:
 
 def run_drain(spool: Path, backlog: int, log: IO[bytes]) -> DrainRun:
     """``rudder-fast-sender --drain`` on ``spool``, against a fresh devserver."""
-    with DevServer(log) as dev:
+    with data_plane(log) as dev:
         cpu0 = dev.cpu_s()
-        with Sender(spool, dev.url, drain=True, log=log) as sender:
+        with MeasuredSender(spool, dev.dev.url, drain=True, log=log) as sender:
             run = sender.wait(timeout_s=max(15.0, backlog / 20_000))
         stats = dev.stats()
         cpu = dev.cpu_s() - cpu0
@@ -644,7 +608,9 @@ def best_of(fn: Callable[[], object], passes: int) -> float:
     return min(timeit.repeat(fn, number=1, repeat=passes))
 
 
-def run_breakdown(spool: Path, limits: BatchLimits, passes: int) -> tuple[list[Stage], int, float]:
+def run_breakdown(  # noqa: C901, PLR0915 - the floor's loop, stage by stage
+    spool: Path, limits: BatchLimits, passes: int
+) -> tuple[list[Stage], int, float]:
     """Each stage of the floor timed on its own over one segment: (stages, events, devserver ns/event).
 
     Stage by stage over lists (GC off, as the streaming loop frees everything at once and seldom lets
@@ -764,46 +730,50 @@ class E2ERun:
         return self.delivered / self.delivered_s if self.delivered_s else 0.0
 
 
+def wait_delivered(
+    dev: DataPlaneMeter, sender: MeasuredSender | None, group: Producers, out: E2ERun, timeout_s: float
+) -> tuple[int, int]:
+    """Poll until the data plane has every event the producers accepted (the SDK: until its producers
+    flushed and shut down); (when that was seen, in CLOCK_MONOTONIC ns; the events delivered)."""
+    total = out.producers * out.per_producer
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now_ns = time.monotonic_ns()
+        delivered = dev.events()
+        if sender is not None:
+            sender.sample()
+        reported = group.poll()
+        expected = sum(r.accepted for r in group.got) if reported else total
+        if delivered >= expected and (out.kind == FAST or delivered >= total):
+            return now_ns, delivered
+        if reported and out.kind == SDK:  # flushed and shut down: nothing more will come
+            return now_ns, dev.events()
+        if time.monotonic() > deadline:
+            out.errors.append(f"gave up waiting after {timeout_s:.0f} s")
+            return now_ns, delivered
+        time.sleep(STATS_POLL_S)
+
+
 def run_e2e(kind: str, producers: int, per_producer: int, base: Path, log: IO[bytes]) -> E2ERun:
     out = E2ERun(kind, producers, per_producer)
     total = producers * per_producer
     timeout_s = max(30.0, total / 2_000)
     spool = Path(tempfile.mkdtemp(prefix="e2e-", dir=base)) / "spool"
     try:
-        with DevServer(log) as dev, contextlib.ExitStack() as stack:
-            sender: Sender | None = None
+        with data_plane(log) as dev, contextlib.ExitStack() as stack:
+            sender: MeasuredSender | None = None
             target: Callable[..., None]
             if kind == FAST:
-                sender = stack.enter_context(Sender(spool, dev.url, drain=False, log=log))
+                sender = stack.enter_context(MeasuredSender(spool, dev.dev.url, drain=False, log=log))
                 sender.wait_started()
                 target, first_args = fast_producer, (str(spool),)
             else:
-                target, first_args = sdk_producer, (dev.url,)
+                target, first_args = sdk_producer, (dev.dev.url,)
             group = stack.enter_context(
                 Producers(target, first_args, [per_producer] * producers, barrier=True)
             )
             t0 = group.go()
-            deadline = time.monotonic() + timeout_s
-            end_ns = 0
-            while True:
-                now_ns = time.monotonic_ns()
-                delivered = dev.events()
-                if sender is not None:
-                    sender.sample()
-                reported = group.poll()
-                expected = sum(r.accepted for r in group.got) if reported else total
-                if delivered >= expected and (kind == FAST or delivered >= total):
-                    end_ns = now_ns
-                    break
-                if reported and kind == SDK:  # flushed and shut down: nothing more will come
-                    end_ns = now_ns
-                    delivered = dev.events()
-                    break
-                if time.monotonic() > deadline:
-                    out.errors.append(f"gave up waiting after {timeout_s:.0f} s")
-                    end_ns = now_ns
-                    break
-                time.sleep(STATS_POLL_S)
+            end_ns, delivered = wait_delivered(dev, sender, group, out, timeout_s)
             group.wait_all(timeout_s=60)
             if sender is not None:
                 out.sender = sender.stop()
@@ -1052,6 +1022,46 @@ def e2e_json(run: E2ERun) -> dict[str, Any]:
     }
 
 
+def run_e2e_part(plan: Plan, base: Path, log: IO[bytes], checks: list[str]) -> list[E2ERun]:
+    """Part 3: end to end, 1 and 4 producers; the rudder_fast runs (cheap) before and after the SDK's."""
+    e2e: list[E2ERun] = []
+    for n in PRODUCER_COUNTS:
+        for kind in [FAST, SDK] + [FAST] * (plan.e2e_fast_repeats - 1):
+            e2e.append(run_e2e(kind, n, plan.e2e_events, base, log))
+    for run in e2e:
+        check_e2e(run, checks)
+    return e2e
+
+
+def run_memory_part(
+    plan: Plan, base: Path, log: IO[bytes], fill_procs: int, checks: list[str]
+) -> list[DrainRun]:
+    """Part 4: the sender draining a small and a large backlog."""
+    mem: list[DrainRun] = []
+    for events in (plan.mem_small, plan.mem_large):
+        spool = base / f"mem-{events}"
+        mem_fill = fill_spool(spool, events, fill_procs)
+        checks += [f"  fill {events:,}: {err}" for err in mem_fill.errors]
+        mem.append(run_drain(spool, mem_fill.accepted, log))
+        check_drain(f"memory drain of {events:,}", mem[-1], checks)
+        shutil.rmtree(spool, ignore_errors=True)
+    return mem
+
+
+def print_checks(checks: list[str], base: Path, log: IO[bytes]) -> None:
+    print()
+    print("Checks")
+    for line in checks:
+        print(line)
+    if any("MISMATCH" in c for c in checks):
+        log.flush()
+        tail = (base / "subprocesses.log").read_bytes()[-3000:].decode("utf-8", "replace")
+        print("  what the devservers and senders logged last:")
+        for line in tail.splitlines()[-15:]:
+            print(f"    {line}")
+    print()
+
+
 def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
     """Runs and prints every part; returns the figures (what ``--json`` writes)."""
     started = time.perf_counter()
@@ -1102,36 +1112,13 @@ def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
     shutil.rmtree(master, ignore_errors=True)
 
     # Part 3: end to end; the rudder_fast runs (cheap) before and after the SDK's.
-    e2e: list[E2ERun] = []
-    for n in PRODUCER_COUNTS:
-        for kind in [FAST, SDK] + [FAST] * (plan.e2e_fast_repeats - 1):
-            e2e.append(run_e2e(kind, n, plan.e2e_events, base, log))
+    e2e = run_e2e_part(plan, base, log, checks)
     met_sdk = print_e2e(e2e, plan)
-    for run in e2e:
-        check_e2e(run, checks)
 
     # Part 4: sender memory by backlog size.
-    mem: list[DrainRun] = [empty]
-    for events in (plan.mem_small, plan.mem_large):
-        spool = base / f"mem-{events}"
-        mem_fill = fill_spool(spool, events, fill_procs)
-        checks += [f"  fill {events:,}: {err}" for err in mem_fill.errors]
-        mem.append(run_drain(spool, mem_fill.accepted, log))
-        check_drain(f"memory drain of {events:,}", mem[-1], checks)
-        shutil.rmtree(spool, ignore_errors=True)
+    mem = [empty, *run_memory_part(plan, base, log, fill_procs, checks)]
     met_mem = print_memory(mem)
-
-    print()
-    print("Checks")
-    for line in checks:
-        print(line)
-    if any("MISMATCH" in c for c in checks):
-        log.flush()
-        tail = (base / "subprocesses.log").read_bytes()[-3000:].decode("utf-8", "replace")
-        print("  what the devservers and senders logged last:")
-        for line in tail.splitlines()[-15:]:
-            print(f"    {line}")
-    print()
+    print_checks(checks, base, log)
     print(
         f"Summary: drain {verdict(met_drain)}, vs rudder-sdk-python {verdict(met_sdk)}, sender memory flat "
         f"{verdict(met_mem)}; load average {load()}; took {time.perf_counter() - started:.1f} s"

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# The fixtures every tier may use: real devservers and senders (tests/support/fixtures.py).
+pytest_plugins = ["tests.support.fixtures"]
+
 
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:

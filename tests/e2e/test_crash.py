@@ -15,11 +15,17 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env, tail
-from tests.e2e.faultkit import ProducerChild
-from tests.e2e.test_delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event
-from tests.support import wait_for
+from tests.support.delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event
+from tests.support.devserver import DevServer
+from tests.support.processes import tail
+from tests.support.producers import ProducerChild, fill_spool
+from tests.support.sender import RunningSender, Senders, sender_env
+from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: sender restarts, then a drain with a 150 s deadline.
+pytestmark = pytest.mark.timeout(300)
 
 CONCURRENCY = 4
 MAX_BATCH_EVENTS = 1_000
@@ -50,13 +56,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
         sender = senders.start(args, env)
         # A random moment after this sender delivered something new (duplicates count too).
         more = rng.randint(1, 4_000)
-        wait_for(
-            lambda before=before, more=more, sender=sender: (
-                devserver.stats()["events"] >= before + more or sender.proc.poll() is not None
-            ),
-            timeout=60,
-            interval=0.005,
-        )
+
+        def delivered_more(before: int = before, more: int = more, sender: RunningSender = sender) -> bool:
+            return devserver.stats()["events"] >= before + more or sender.proc.poll() is not None
+
+        wait_for(delivered_more, timeout=60, interval=0.005)
         assert sender.proc.poll() is None, f"sender exited early:\n{tail(sender.stderr())}"
         sender.proc.send_signal(signal.SIGKILL)
         assert sender.wait(timeout=10) == -signal.SIGKILL
@@ -74,8 +78,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_bounds_duplicates(
     assert not missing, f"{len(missing)} events lost after {kills} kills, e.g. {sorted(missing)[:5]}"
     assert counts.keys() == produced.id_set
     duplicates = len(received) - total
-    # INTERFACE.md: a crash resends at most the batches in flight plus one, and no batch holds more
-    # than --max-batch-events. (A batch of max-batch-bytes holds fewer: at most this many of the
+    # The README ("Guarantees"): a crash resends at most the batches in flight plus one, and no batch
+    # holds more than --max-batch-events. (A batch of max-batch-bytes holds fewer: at most this many of the
     # smallest event seen on the wire; printed for information, asserted by the test below.)
     bound = kills * (CONCURRENCY + 1) * MAX_BATCH_EVENTS
     smallest = min(len(orjson.dumps({k: v for k, v in e.items() if k != "receivedAt"})) for e in received)
@@ -129,7 +133,8 @@ def test_duplicates_after_a_kill_are_at_most_the_batches_in_flight_plus_one(
 ) -> None:
     """The first batch holds a refused event, so its worker bisects it for a while (every answer takes
     150 ms) while the other workers deliver the batches after it. A SIGKILL then must resend no more
-    than the batches in flight plus one (INTERFACE.md): what was acknowledged is in the ledger."""
+    than the batches in flight plus one (the README's "Guarantees"): what was acknowledged is in the
+    ledger."""
     batch_events = 100
     produced = fill_spool(
         spool_dir, 1, 5_000, identity=lambda p, j: ("poison", None) if j == 37 else (f"user-{j}", None)

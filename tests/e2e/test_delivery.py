@@ -6,67 +6,23 @@ the real ``rudder-fast inspect`` says is left, never on the sender's internals.
 
 from __future__ import annotations
 
-import collections
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import (
-    DevServer,
-    Produced,
-    Senders,
-    fill_spool,
-    iso_ms,
-    read_rejected,
-    read_status,
-    sender_env,
-    stop_process,
-    tail,
-)
-from tests.support import inspect_spool, segment_files, wait_for
+from tests.support.delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event, iso_ms
+from tests.support.devserver import DevServer
+from tests.support.processes import stop_process, tail
+from tests.support.producers import fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import inspect_spool, read_rejected, read_status
+from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: drains of 20,000 events with a 120 s deadline.
+pytestmark = pytest.mark.timeout(300)
 
 PRODUCERS = 4
 PER_PRODUCER = 5_000
-EVENT_TYPES = {"track", "identify", "page", "screen", "group", "alias"}
-
-
-def assert_valid_wire_event(event: dict[str, Any]) -> None:
-    """One received event against WIRE.md's field table."""
-    assert event.get("type") in EVENT_TYPES, event
-    assert isinstance(event.get("messageId"), str) and event["messageId"].strip(), event
-    user_id, anonymous_id = event.get("userId"), event.get("anonymousId")
-    assert (isinstance(user_id, str) and user_id.strip()) or (
-        isinstance(anonymous_id, str) and anonymous_id.strip()
-    ), event
-    assert event.get("channel") == "server", event
-    assert event["context"]["library"]["name"] == "rudder-fast", event
-    assert isinstance(event["context"]["library"].get("version"), str), event
-    assert isinstance(event.get("integrations"), dict), event
-    original = iso_ms(event["originalTimestamp"])
-    sent = iso_ms(event["sentAt"])
-    received = iso_ms(event["receivedAt"])
-    assert original <= sent <= received, event
-    assert event.get("event") == "E2E Event", event
-    assert isinstance(event.get("properties"), dict), event
-
-
-def assert_exactly_once(received: list[dict[str, Any]], produced: Produced) -> None:
-    counts = collections.Counter(e["messageId"] for e in received)
-    duplicates = {mid: n for mid, n in counts.items() if n > 1}
-    missing = produced.id_set - counts.keys()
-    unexpected = counts.keys() - produced.id_set
-    assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}"
-    assert not unexpected, f"{len(unexpected)} unknown messageIds, e.g. {sorted(unexpected)[:5]}"
-    assert not duplicates, f"{len(duplicates)} duplicated, e.g. {list(duplicates.items())[:5]}"
-    assert len(received) == len(produced.ids)
-
-
-def assert_spool_empty(spool_dir: Path) -> None:
-    pending, summary = inspect_spool(spool_dir)
-    assert pending == [], f"{len(pending)} events still pending: {summary}"
-    assert "0 events pending" in summary, summary
-    assert segment_files(spool_dir) == [], segment_files(spool_dir)
 
 
 @pytest.mark.parametrize(
@@ -110,14 +66,17 @@ def test_drain_delivers_every_event_exactly_once(
     assert stats["by_status"] == {"200": stats["requests"]}, stats
     assert stats["events"] == PRODUCERS * PER_PRODUCER, stats
     if gzip:
-        assert stats["gzip_requests"] > 0 and stats["plain_requests"] == 0, stats
+        assert stats["gzip_requests"] > 0, stats
+        assert stats["plain_requests"] == 0, stats
     else:
-        assert stats["plain_requests"] > 0 and stats["gzip_requests"] == 0, stats
+        assert stats["plain_requests"] > 0, stats
+        assert stats["gzip_requests"] == 0, stats
 
     assert_spool_empty(spool_dir)
     assert read_rejected(spool_dir) == []
     status = read_status(spool_dir)
-    assert status is not None and status["counters"]["sent"] == PRODUCERS * PER_PRODUCER, status
+    assert status is not None, status
+    assert status["counters"]["sent"] == PRODUCERS * PER_PRODUCER, status
 
 
 def test_second_sender_on_the_same_spool_exits_3(

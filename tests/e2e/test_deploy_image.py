@@ -53,15 +53,15 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, sender_env
-from tests.e2e.deploykit import (
+from tests.support.delivery import delivered_once
+from tests.support.deploy import (
     DELIVERY_TIMEOUT_S,
     DEPLOY,
     IMAGE_UID,
@@ -70,19 +70,22 @@ from tests.e2e.deploykit import (
     RECIPE_USER,
     ROOT,
     STOP_TIMEOUT_S,
-    delivered_once,
     host_paths,
     http_in_netns,
     netns_argv,
-    process_group,
     readme_recipe,
     require_netns,
-    wait_exit,
     wait_listening,
     wait_no_segments,
     wait_received,
 )
-from tests.support import segment_files
+from tests.support.devserver import DevServer
+from tests.support.processes import process_group, wait_exit
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import segment_files
+
+# Per-test timeout above the default: the image's virtualenv is built with pip (600 s a step).
+pytestmark = pytest.mark.timeout(900)
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
@@ -169,7 +172,9 @@ def run_step(image: Image, command: str, log: list[str]) -> None:
         # Not run: it would change this machine's users. The ids it gives are checked against USER.
         uids = re.findall(r"--uid (\d+)", command)
         gids = re.findall(r"--gid (\d+)", command)
-        assert uids and gids and len(set(gids)) == 1, command
+        assert uids, command
+        assert gids, command
+        assert len(set(gids)) == 1, command
         image.user_ids = (int(uids[0]), int(gids[0]))
         return
     env = {
@@ -190,6 +195,53 @@ def run_step(image: Image, command: str, log: list[str]) -> None:
     assert proc.returncode == 0, f"RUN {command}\n{proc.stdout}\n{proc.stderr}"
 
 
+@dataclass
+class _BuildContext:
+    log: list[str]
+    patterns: list[str]  # the .dockerignore's
+
+
+def _env_step(image: Image, value: str, _: _BuildContext) -> None:
+    for word in shlex.split(value):
+        key, sep, val = word.partition("=")
+        assert sep, f"ENV {word!r}: only the KEY=VALUE form is emulated"
+        image.env[key] = expand(val, {**BASE_ENV, **image.env})
+
+
+def _workdir_step(image: Image, value: str, _: _BuildContext) -> None:
+    image.workdir = value
+    image.path(value).mkdir(parents=True, exist_ok=True)
+
+
+def _volume_step(image: Image, value: str, _: _BuildContext) -> None:
+    image.volumes += json.loads(value) if value.startswith("[") else value.split()
+
+
+def _set(attribute: str, parse: Callable[[str], Any] = str) -> Callable[[Image, str, _BuildContext], None]:
+    def step(image: Image, value: str, _: _BuildContext) -> None:
+        setattr(image, attribute, parse(value))
+
+    return step
+
+
+def _expose_step(image: Image, value: str, _: _BuildContext) -> None:
+    image.expose += value.split()
+
+
+# How each Dockerfile instruction the recipe uses is emulated on the image's file tree.
+_STEPS: dict[str, Callable[[Image, str, _BuildContext], None]] = {
+    "FROM": _set("base"),
+    "ENV": _env_step,
+    "RUN": lambda image, value, ctx: run_step(image, value, ctx.log),
+    "COPY": lambda image, value, ctx: copy_step(image, shlex.split(value), ctx.patterns),
+    "WORKDIR": _workdir_step,
+    "USER": _set("user"),
+    "EXPOSE": _expose_step,
+    "VOLUME": _volume_step,
+    "CMD": _set("cmd", json.loads),
+}
+
+
 def build(root: Path) -> Image:
     from dockerfile_parse import DockerfileParser
 
@@ -207,30 +259,9 @@ def build(root: Path) -> Image:
         kind, value = step["instruction"], step["value"]
         if kind == "COMMENT":
             continue
-        if kind == "FROM":
-            image.base = value
-        elif kind == "ENV":
-            for word in shlex.split(value):
-                key, sep, val = word.partition("=")
-                assert sep, f"ENV {word!r}: only the KEY=VALUE form is emulated"
-                image.env[key] = expand(val, {**BASE_ENV, **image.env})
-        elif kind == "RUN":
-            run_step(image, value, log)
-        elif kind == "COPY":
-            copy_step(image, shlex.split(value), patterns)
-        elif kind == "WORKDIR":
-            image.workdir = value
-            image.path(value).mkdir(parents=True, exist_ok=True)
-        elif kind == "USER":
-            image.user = value
-        elif kind == "EXPOSE":
-            image.expose += value.split()
-        elif kind == "VOLUME":
-            image.volumes += json.loads(value) if value.startswith("[") else value.split()
-        elif kind == "CMD":
-            image.cmd = json.loads(value)
-        else:
-            raise AssertionError(f"{kind} is not emulated: extend the build in this test")
+        apply = _STEPS.get(kind)
+        assert apply is not None, f"{kind} is not emulated: extend the build in this test"
+        apply(image, value, _BuildContext(log, patterns))
     (root / "build.log").write_text("\n".join(log))
     return image
 
@@ -254,7 +285,8 @@ def image() -> Iterator[Image]:
 
 def numeric_user(image: Image) -> int:
     uid, _, gid = image.user.partition(":")
-    assert uid.isdigit() and gid.isdigit(), "a numeric USER: runAsNonRoot can check it"
+    assert uid.isdigit(), "a numeric USER: runAsNonRoot can check it"
+    assert gid.isdigit(), "a numeric USER: runAsNonRoot can check it"
     assert uid == gid
     return int(uid)
 
@@ -264,18 +296,22 @@ def numeric_user(image: Image) -> int:
 
 def test_image_runs_as_a_non_root_user_that_owns_the_spool(image: Image) -> None:
     match = re.fullmatch(r"python:3\.(\d+)-slim(-\w+)?", image.base)
-    assert match and 10 <= int(match[1]) <= 13, image.base
+    assert match, image.base
+    assert 10 <= int(match[1]) <= 13, image.base
     uid = numeric_user(image)
-    assert uid == IMAGE_UID != 0 and image.user_ids == (uid, uid), "USER is the user created"
-    assert image.env["RUDDER_FAST_SPOOL_DIR"] == RECIPE_SPOOL and RECIPE_SPOOL in image.volumes
+    assert uid == IMAGE_UID != 0, "USER is the user created"
+    assert image.user_ids == (uid, uid), "USER is the user created"
+    assert image.env["RUDDER_FAST_SPOOL_DIR"] == RECIPE_SPOOL
+    assert RECIPE_SPOOL in image.volumes
     st = image.path(RECIPE_SPOOL).stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, uid, 0o700)
     # The code is root's: the app's user can run it, not change it.
     for path in [image.path("/opt/app/venv"), *image.path("/opt/app/venv").rglob("*")]:
         st = path.lstat()
-        assert st.st_uid == 0 and not (st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode)), path
+        assert st.st_uid == 0, path
+        assert not (st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode)), path
     # The build's temporary copy of the sources is gone.
-    assert not image.path("/tmp/rudder-fast").exists()
+    assert not image.path("/tmp/rudder-fast").exists()  # noqa: S108 - a path inside the image
 
 
 def test_image_has_this_checkout_installed_and_its_command_is_the_readmes(image: Image) -> None:
@@ -315,7 +351,8 @@ def test_image_has_this_checkout_installed_and_its_command_is_the_readmes(image:
     assert sorted(p.name for p in app_dir.iterdir()) == ["flask_app.py", "gunicorn.conf.py"]
     # README's gunicorn command, run from the directory holding the two files (WORKDIR).
     assert image.cmd == shlex.split(readme_recipe("gunicorn-run").splitlines()[-1])
-    assert image.env["APP_BIND"] == "0.0.0.0:8000" and image.expose == ["8000"]
+    assert image.env["APP_BIND"] == "0.0.0.0:8000"
+    assert image.expose == ["8000"]
     assert image.env["PATH"].startswith(RECIPE_BIN.rstrip("/") + ":")
 
 
@@ -353,7 +390,7 @@ def test_compose_app_from_the_image_answers_on_the_published_port_and_the_sender
     count = 50
     with process_group(cmd, env=container_env(image, app), cwd=cwd, log=log) as proc:
         host, port, master = wait_listening(log)
-        assert (host, port) == ("0.0.0.0", published)
+        assert (host, port) == ("0.0.0.0", published)  # noqa: S104 - the image binds all, in a netns
         # A published port's traffic arrives on the container's own interface, never on its 127.0.0.1.
         url = f"http://127.0.0.2:{published}/items"
         answers = http_in_netns(proc.pid, [(f"{url}/{i}", {"X-User-Id": f"user-{i}"}) for i in range(count)])
@@ -363,7 +400,8 @@ def test_compose_app_from_the_image_answers_on_the_published_port_and_the_sender
         os.kill(master, signal.SIGTERM)
         assert wait_exit(proc, STOP_TIMEOUT_S, log) == 0, log.read_text()[-3000:]
     writers = segment_files(spool)
-    assert writers and {p.stat().st_uid for p in writers} == {uid}, "written by the image's user"
+    assert writers, "written by the image's user"
+    assert {p.stat().st_uid for p in writers} == {uid}, "written by the image's user"
 
     # The same command with the host's default bind (no APP_BIND): nothing answers there.
     env = container_env(image, app)
@@ -373,7 +411,8 @@ def test_compose_app_from_the_image_answers_on_the_published_port_and_the_sender
         host, port, master = wait_listening(control_log)
         assert host == "127.0.0.1"
         ((status, error),) = http_in_netns(proc.pid, [(f"http://127.0.0.2:{port}/items/x", {})])
-        assert status is None and "Connection refused" in error, (status, error)
+        assert status is None, (status, error)
+        assert "Connection refused" in error, (status, error)
 
     # compose's sender service: the image's rudder-fast-sender, the same user, the same volume.
     sender_env = container_env(
@@ -401,7 +440,7 @@ def test_systemd_app_unit_as_non_root_user_gets_its_first_event_in_after_tmpfile
     tmpfiles = shutil.which("systemd-tmpfiles")
     if tmpfiles is None:
         pytest.skip("systemd-tmpfiles is not installed (apt-get install systemd)")
-    from tests.e2e.test_deploy_recipes import APP_UNIT, TMPFILES, command_argv, parse_unit
+    from tests.support.deploy import APP_UNIT, TMPFILES, command_argv, parse_unit
 
     uid = numeric_user(image)
     # The host: a root file system whose /var/spool belongs to root, and whose user "app" is uid 10001.
@@ -470,7 +509,7 @@ def test_k8s_sidecar_pod_from_the_image_shares_an_emptydir_spool_and_stops_clean
 ) -> None:
     """sidecar.yaml's pod, emulated: its containers' settings, the image's files, a kubelet-like emptyDir."""
     require_netns()
-    from tests.e2e.test_deploy_k8s import SENDER, by_name, documents, env_of, mount_of, pod_spec
+    from tests.support.deploy import SENDER, by_name, documents, env_of, mount_of, pod_spec
 
     (doc,) = documents(DEPLOY / "k8s" / "sidecar.yaml")
     spec = pod_spec(doc)
@@ -488,7 +527,8 @@ def test_k8s_sidecar_pod_from_the_image_shares_an_emptydir_spool_and_stops_clean
     # The mount point itself would be refused as a spool (another user's, writable by others): that is
     # why the manifests put the spool in a subdirectory.
     refused = senders.run(["--drain"], env=sender_env(empty_dir, devserver.url))
-    assert refused.returncode == 2 and str(empty_dir) in refused.stderr, refused
+    assert refused.returncode == 2, refused
+    assert str(empty_dir) in refused.stderr, refused
 
     def container_env(container: dict[str, Any], **values: str) -> dict[str, str]:
         env = image.run_env()
@@ -526,7 +566,8 @@ def test_k8s_sidecar_pod_from_the_image_shares_an_emptydir_spool_and_stops_clean
                 [(f"http://127.0.0.2:{port}/items/{i}", {"X-User-Id": f"u{i}"}) for i in range(count)],
             )
             ids = [body["messageId"] for status, body in answers if status == 200]
-            assert len(ids) == count and None not in ids, answers[:3]
+            assert len(ids) == count, answers[:3]
+            assert None not in ids, answers[:3]
             # Pod deletion: the app gets SIGTERM first, the sidecar once the app has stopped, all within
             # the grace period.
             grace = float(spec["terminationGracePeriodSeconds"])

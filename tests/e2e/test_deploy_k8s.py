@@ -27,55 +27,38 @@ import copy
 import re
 import shlex
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, sender_env
-from tests.e2e.deploykit import DEPLOY, IMAGE_UID, K8S, RECIPE_SPOOL, readme_recipe
-from tests.support import BIN
+from tests.support.deploy import (
+    DEPLOY,
+    IMAGE_UID,
+    K8S,
+    RECIPE_SPOOL,
+    SENDER,
+    by_name,
+    containers,
+    documents,
+    env_of,
+    mount_of,
+    pod_spec,
+    readme_recipe,
+)
+from tests.support.devserver import DevServer
+from tests.support.processes import BIN
+from tests.support.sender import Senders, sender_env
 
 SIDECAR = K8S / "sidecar.yaml"
 DAEMONSET = K8S / "daemonset.yaml"
 MANIFESTS = (SIDECAR, DAEMONSET)
-SENDER = "rudder-fast-sender"
 # The sender's own time to finish or abandon the requests in flight after SIGTERM (README: "The sender").
 SENDER_STOP_S = 5
 # The first Kubernetes release with native sidecars on by default.
 OLDEST = "1.29.0"
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (the `test` extra)")
-
-
-def documents(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
-    return spec
-
-
-def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield from spec.get("initContainers", [])
-    yield from spec["containers"]
-
-
-def env_of(container: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
-def by_name(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    (item,) = [i for i in items if i["name"] == name]
-    return item
-
-
-def mount_of(container: dict[str, Any], volume: str) -> str:
-    (mount,) = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume]
-    assert isinstance(mount, str)
-    return mount
 
 
 def uid_of(spec: dict[str, Any], container: dict[str, Any]) -> int:
@@ -88,7 +71,7 @@ def image_spool() -> str:
     """The spool the image's app uses: gunicorn.conf.py's raw_env (the Dockerfile's ENV says the same)."""
     (spool,) = re.findall(r"RUDDER_FAST_SPOOL_DIR=([^\"\s]+)", (DEPLOY / "gunicorn.conf.py").read_text())
     assert f"RUDDER_FAST_SPOOL_DIR={spool}" in (DEPLOY / "Dockerfile").read_text()
-    return spool
+    return str(spool)
 
 
 def graceful_timeout() -> float:
@@ -132,7 +115,8 @@ def test_sidecar_shares_an_emptydir_spool_with_the_app_as_the_same_user() -> Non
     sender = by_name(spec["initContainers"], SENDER)
     (app,) = spec["containers"]
     # Native: an init container that keeps running (Kubernetes starts it first and stops it last).
-    assert sender["restartPolicy"] == "Always" and sender["command"] == [SENDER]
+    assert sender["restartPolicy"] == "Always"
+    assert sender["command"] == [SENDER]
     assert sender["image"] == app["image"], "the sender is the app's own rudder-fast version"
 
     # One emptyDir, at the same path in both; the spool is a directory inside it, the image's.
@@ -151,7 +135,8 @@ def test_sidecar_shares_an_emptydir_spool_with_the_app_as_the_same_user() -> Non
     for container in containers(spec):
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         resources = container["resources"]
-        assert {"cpu", "memory"} <= resources["requests"].keys() and "memory" in resources["limits"]
+        assert {"cpu", "memory"} <= resources["requests"].keys()
+        assert "memory" in resources["limits"]
 
     # Deleting the pod deletes the emptyDir: the grace period covers the app's stop, then the sender's
     # drain of what is left, then its stop.
@@ -188,7 +173,8 @@ def test_write_key_comes_from_the_secret_readme_creates() -> None:
 
 def test_daemonset_sender_and_apps_on_the_node_share_a_hostpath_spool_as_the_same_user() -> None:
     daemonset, app_deployment = documents(DAEMONSET)
-    assert daemonset["kind"] == "DaemonSet" and app_deployment["kind"] == "Deployment"
+    assert daemonset["kind"] == "DaemonSet"
+    assert app_deployment["kind"] == "Deployment"
     spec = pod_spec(daemonset)
     sender = by_name(spec["containers"], SENDER)
     init = by_name(spec["initContainers"], "spool-init")
@@ -199,10 +185,13 @@ def test_daemonset_sender_and_apps_on_the_node_share_a_hostpath_spool_as_the_sam
     assert spool == mount_of(sender, "spool") == mount_of(init, "spool") == image_spool()
 
     # A new hostPath directory is root's: the init container (the only root one) hands it over.
-    assert uid_of(spec, init) == 0 and init["securityContext"]["capabilities"]["add"] == ["CHOWN", "FOWNER"]
+    assert uid_of(spec, init) == 0
+    assert init["securityContext"]["capabilities"]["add"] == ["CHOWN", "FOWNER"]
     script = init["command"][-1]
-    assert f"chown {IMAGE_UID}:{IMAGE_UID} {spool}" in script and f"chmod 0700 {spool}" in script
-    assert uid_of(spec, sender) == IMAGE_UID and spec["securityContext"]["runAsNonRoot"] is True
+    assert f"chown {IMAGE_UID}:{IMAGE_UID} {spool}" in script
+    assert f"chmod 0700 {spool}" in script
+    assert uid_of(spec, sender) == IMAGE_UID
+    assert spec["securityContext"]["runAsNonRoot"] is True
 
     drain = float(env_of(sender)["RUDDER_FAST_DRAIN_ON_STOP"]["value"])
     assert spec["terminationGracePeriodSeconds"] > drain + SENDER_STOP_S
@@ -212,12 +201,14 @@ def test_daemonset_sender_and_apps_on_the_node_share_a_hostpath_spool_as_the_sam
     (app,) = app_spec["containers"]
     assert by_name(app_spec["volumes"], "spool")["hostPath"] == {"path": RECIPE_SPOOL, "type": "Directory"}
     assert mount_of(app, "spool") == spool == env_of(app)["RUDDER_FAST_SPOOL_DIR"]["value"]
-    assert uid_of(app_spec, app) == IMAGE_UID and app["image"] == sender["image"]
+    assert uid_of(app_spec, app) == IMAGE_UID
+    assert app["image"] == sender["image"]
     assert SENDER not in {c["name"] for c in containers(app_spec)}
     for pod in (spec, app_spec):
         for container in containers(pod):
             resources = container["resources"]
-            assert {"cpu", "memory"} <= resources["requests"].keys() and "memory" in resources["limits"]
+            assert {"cpu", "memory"} <= resources["requests"].keys()
+            assert "memory" in resources["limits"]
 
 
 # -- the sender's settings --------------------------------------------------------------------------------

@@ -67,8 +67,9 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env
-from tests.e2e.deploykit import (
+from tests.support.delivery import assert_spool_empty, delivered_once
+from tests.support.deploy import (
+    APP_UNIT,
     DELIVERY_TIMEOUT_S,
     DEPLOY,
     K8S,
@@ -77,38 +78,33 @@ from tests.e2e.deploykit import (
     RECIPE_USER,
     ROOT,
     STOP_TIMEOUT_S,
-    clean_env,
+    TMPFILES,
+    UNIT,
+    command_argv,
     copy_of_checkout,
-    delivered_once,
     deploy_section,
     host_paths,
     http_in_netns,
     netns_argv,
-    process_group,
+    parse_unit,
     readme_recipe,
     require_netns,
-    require_script,
-    wait_exit,
     wait_listening,
     wait_received,
 )
-from tests.support import BIN, inspect_spool, segment_files, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import BIN, clean_env, process_group, require_script, wait_exit
+from tests.support.producers import fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import inspect_spool, segment_files
+from tests.support.waiting import wait_for
 
-UNIT = DEPLOY / "rudder-fast-sender.service"
-APP_UNIT = DEPLOY / "app.service"
-TMPFILES = DEPLOY / "rudder-fast-tmpfiles.conf"
 SUPERVISOR_CONF = DEPLOY / "supervisor.conf"
 COMPOSE = DEPLOY / "compose.yaml"
 GUNICORN_CONF = DEPLOY / "gunicorn.conf.py"
 
 # rudder-fast-sender's exit codes (README: "Exit codes").
 EXIT_USAGE, EXIT_LOCKED = 2, 3
-
-
-def assert_spool_empty(spool: Path) -> None:
-    pending, summary = inspect_spool(spool)
-    assert pending == [], f"{len(pending)} events still pending: {summary}"
-    assert segment_files(spool) == [], segment_files(spool)
 
 
 def pythonpath(*dirs: Path) -> str:
@@ -118,29 +114,12 @@ def pythonpath(*dirs: Path) -> str:
 # -- systemd ----------------------------------------------------------------------------------------------
 
 
-def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
-    """A unit file as {section: {key: [values in order]}} (comments and blank lines skipped)."""
-    sections: dict[str, dict[str, list[str]]] = {}
-    current: dict[str, list[str]] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        assert current is not None, f"directive outside a section: {line!r}"
-        key, sep, value = line.partition("=")
-        assert sep, f"not a directive: {line!r}"
-        current.setdefault(key.strip(), []).append(value.strip())
-    return sections
-
-
 def parse_assignments(words: Sequence[str]) -> dict[str, str]:
     env = {}
     for word in words:
         key, sep, value = word.partition("=")
-        assert sep and key, f"not an assignment: {word!r}"
+        assert sep, f"not an assignment: {word!r}"
+        assert key, f"not an assignment: {word!r}"
         env[key] = value
     return env
 
@@ -149,15 +128,6 @@ def parse_env_file(text: str) -> dict[str, str]:
     """systemd's EnvironmentFile= format (the subset the recipe documents): KEY=VALUE lines."""
     lines = [ln.strip() for ln in text.splitlines()]
     return parse_assignments([w for ln in lines if ln and ln[0] not in "#;" for w in shlex.split(ln)])
-
-
-def command_argv(value: str, spool: Path) -> list[str]:
-    """An Exec*= line as argv: special prefixes (+ - @ : !) dropped, host paths and the user mapped."""
-    argv = shlex.split(host_paths(value.lstrip("+-@:!"), spool))
-    for i, word in enumerate(argv[:-1]):
-        if word in ("-o", "-g") and argv[i + 1] == RECIPE_USER:
-            argv[i + 1] = str(os.getuid() if word == "-o" else os.getgid())
-    return argv
 
 
 def seconds(value: str) -> float:
@@ -180,7 +150,8 @@ def test_systemd_units_say_what_readme_promises() -> None:
     # Restarted after a crash or a kill, never on the exits a restart cannot fix (no restart loop).
     assert service["Restart"] == ["on-failure"]
     assert {EXIT_USAGE, EXIT_LOCKED} <= restart_prevented(service)
-    assert service["User"] == [RECIPE_USER] and service["Group"] == [RECIPE_USER]
+    assert service["User"] == [RECIPE_USER]
+    assert service["Group"] == [RECIPE_USER]
     env = parse_assignments([w for v in service["Environment"] for w in shlex.split(v)])
     assert env == {"RUDDER_FAST_SPOOL_DIR": RECIPE_SPOOL}
     assert service["EnvironmentFile"] == ["/etc/rudder-fast/sender.env"]
@@ -196,10 +167,13 @@ def test_systemd_units_say_what_readme_promises() -> None:
     # The app: same user and spool, started after the sender (whose ExecStartPre made the spool), and
     # not stopped with it (Wants=, not Requires=: analytics never takes the app down).
     app = parse_unit(APP_UNIT.read_text())
-    assert UNIT.name in app["Unit"]["Wants"][0].split() and UNIT.name in app["Unit"]["After"][0].split()
-    assert "Requires" not in app["Unit"] and "BindsTo" not in app["Unit"]
+    assert UNIT.name in app["Unit"]["Wants"][0].split()
+    assert UNIT.name in app["Unit"]["After"][0].split()
+    assert "Requires" not in app["Unit"]
+    assert "BindsTo" not in app["Unit"]
     app_service = app["Service"]
-    assert app_service["User"] == service["User"] and app_service["Group"] == service["Group"]
+    assert app_service["User"] == service["User"]
+    assert app_service["Group"] == service["Group"]
     assert app_service["Environment"] == service["Environment"]
     gunicorn_command = readme_recipe("gunicorn-run").splitlines()[-1]
     assert app_service["ExecStart"] == [f"{RECIPE_BIN}{gunicorn_command}"], "README's gunicorn command"
@@ -271,7 +245,8 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     # verify exits 0 even on an unknown directive or a bad value: it only warns, naming the file.
-    assert UNIT.name not in output and APP_UNIT.name not in output, output
+    assert UNIT.name not in output, output
+    assert APP_UNIT.name not in output, output
 
 
 def test_tmpfiles_entry_creates_the_spool_for_the_service_user(tmp_path: Path) -> None:
@@ -312,12 +287,14 @@ def test_exit_codes_a_restart_cannot_fix_are_not_restarted(
     assert re.search(r"(?m)^autorestart=unexpected$", program), "exitcodes decide the restarts"
 
     no_key = senders.run([], env=sender_env(spool_dir, devserver.url, write_key=None), timeout=30)
-    assert "write key" in no_key.stderr and no_key.returncode in prevented & expected, no_key
+    assert "write key" in no_key.stderr, no_key
+    assert no_key.returncode in prevented & expected, no_key
 
     holder = senders.start([], env=sender_env(spool_dir, devserver.url))
     wait_for(lambda: sender_running(spool_dir), timeout=30, interval=0.1)
     second = senders.run([], env=sender_env(spool_dir, devserver.url), timeout=30)
-    assert "already running" in second.stderr and second.returncode in prevented & expected, second
+    assert "already running" in second.stderr, second
+    assert second.returncode in prevented & expected, second
 
     # A crash or a kill is restarted: its status is none of those.
     holder.proc.send_signal(signal.SIGKILL)
@@ -356,7 +333,8 @@ def test_systemd_exec_start_delivers_and_kill_signal_exits_0(
     # ExecStartPre creates the spool (owned by the service user, 0700); the app then writes into it.
     for value in service.get("ExecStartPre", []):
         subprocess.run(command_argv(value, spool_dir), env=env, check=True, timeout=30)
-    assert spool_dir.is_dir() and spool_dir.stat().st_mode & 0o777 == 0o700
+    assert spool_dir.is_dir()
+    assert spool_dir.stat().st_mode & 0o777 == 0o700
     produced = fill_spool(spool_dir, 2, 500)
 
     (exec_start,) = service["ExecStart"]
@@ -450,7 +428,8 @@ def test_supervisor_program_delivers_restarts_and_stops_with_exit_0(
         wait_received(devserver, len(first.ids) + len(second.ids))
 
         stop = supervisorctl(conf, env, "stop", "rudder-fast-sender")
-        assert stop.returncode == 0 and "rudder-fast-sender: stopped" in stop.stdout, stop
+        assert stop.returncode == 0, stop
+        assert "rudder-fast-sender: stopped" in stop.stdout, stop
         wait_for(lambda: "stopped: rudder-fast-sender (exit status 0)" in log.read_text(), timeout=10)
         with pytest.raises(ProcessLookupError):
             os.kill(new_pid, 0)  # gone and reaped by supervisord
@@ -489,7 +468,8 @@ def test_supervisor_gives_up_on_a_spool_that_already_has_a_sender(
         state = wait_for(settled, timeout=60, interval=0.2)
         text = log.read_text()
     exits = re.findall(r"exited: rudder-fast-sender \(exit status (\d+)", text)
-    assert exits and set(exits) == {str(EXIT_LOCKED)}, text
+    assert exits, text
+    assert set(exits) == {str(EXIT_LOCKED)}, text
     assert len(exits) <= 4, f"{len(exits)} starts: startretries (3) + 1 at most"  # supervisor's default
     if state == "EXITED":
         assert "exit status 3; expected" in text, text
@@ -517,8 +497,10 @@ def test_compose_file_shares_the_spool_volume_and_uid() -> None:
     (app_mount,), (sender_mount,) = spool_mounts(app), spool_mounts(sender)
     volume = app_mount.split(":")[0]
     assert app_mount == sender_mount, "one named volume, at the same path in both"
-    assert volume in doc["volumes"] and not volume.startswith(("/", ".")), "a named volume, not a bind"
-    assert app["user"] == sender["user"] and app["user"].split(":")[0] not in ("0", "root")
+    assert volume in doc["volumes"], "a named volume, not a bind"
+    assert not volume.startswith(("/", ".")), "a named volume, not a bind"
+    assert app["user"] == sender["user"]
+    assert app["user"].split(":")[0] not in ("0", "root")
     assert app["environment"]["RUDDER_FAST_SPOOL_DIR"] == RECIPE_SPOOL
     # The published port reaches only an app listening on the container's own interfaces.
     (published,) = app["ports"]
@@ -529,7 +511,8 @@ def test_compose_file_shares_the_spool_volume_and_uid() -> None:
     assert env["RUDDER_WRITE_KEY"].startswith("${RUDDER_WRITE_KEY"), "the key comes from outside"
     assert env["RUDDER_DATA_PLANE_URL"].startswith("${RUDDER_DATA_PLANE_URL")
     assert sender["command"][0] == "rudder-fast-sender"
-    assert sender["stop_signal"] == "SIGTERM" and seconds(sender["stop_grace_period"]) >= 10
+    assert sender["stop_signal"] == "SIGTERM"
+    assert seconds(sender["stop_grace_period"]) >= 10
     # A volume made earlier may belong to root: a one-shot service hands it to the app's uid first.
     init = services["spool-init"]
     assert spool_mounts(init) == [app_mount]
@@ -630,7 +613,8 @@ def test_readme_gunicorn_command_as_written_delivers_every_request(
         ids = []
         for i, (status, body) in enumerate(ok):
             assert status == 200, body
-            assert body["item_id"] == str(i) and body["messageId"], body
+            assert body["item_id"] == str(i), body
+            assert body["messageId"], body
             ids.append(body["messageId"])
         # Analytics never fails the page: the refused event is logged, the visitor gets a 200.
         assert blank == (200, {"item_id": "blank", "messageId": None}), blank
@@ -691,7 +675,8 @@ def test_flask_app_under_test_client_emits_per_request(
     assert result.returncode == 0, result.stderr
     received = delivered_once(devserver, report["ids"])
     anonymous = [e for e in received if "userId" not in e or not e["userId"]]
-    assert len(anonymous) == 5 and all(e["anonymousId"] == "anonymous" for e in anonymous)
+    assert len(anonymous) == 5
+    assert all(e["anonymousId"] == "anonymous" for e in anonymous)
     assert_spool_empty(spool_dir)
 
 
@@ -756,7 +741,10 @@ def test_readme_celery_command_as_written_delivers_exactly_once(
         # SIGTERM (a warm shutdown) to celery's main process: bash itself, if it exec'd the last
         # command, else its child; bash then exits with the worker's status.
         leader = psutil.Process(shell.pid)
-        is_celery = lambda p: "celery" in " ".join(p.cmdline()[:2])  # noqa: E731
+
+        def is_celery(p: psutil.Process) -> bool:
+            return "celery" in " ".join(p.cmdline()[:2])
+
         (worker,) = [leader] if is_celery(leader) else [p for p in leader.children() if is_celery(p)]
         worker.send_signal(signal.SIGTERM)
         assert wait_exit(shell, STOP_TIMEOUT_S, log) == 0, log.read_text()[-3000:]

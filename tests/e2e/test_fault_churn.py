@@ -11,24 +11,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from rudder_fast import Emitter
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env, stop_process, tail
-from tests.e2e.faultkit import (
-    assert_delivered_exactly,
-    assert_wire_event,
-    fork_wave,
-    spool_files,
-    track,
-    wait_sender_ready,
-)
-from tests.support import segment_files, wait_for
+from tests.support.delivery import assert_delivered_exactly, assert_wire_event
+from tests.support.devserver import DevServer
+from tests.support.processes import stop_process, tail
+from tests.support.producers import fill_spool, fork_wave, track
+from tests.support.sender import Senders, drain, sender_env, wait_sender_ready
+from tests.support.spool import segment_files, spool_files
+from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: a thousand producer processes, drains of up to 120 s.
+pytestmark = pytest.mark.timeout(300)
 
 WAVE = 20  # processes alive at once: enough churn, without drowning 2 cores in fork()s
 
 
 def drain_and_check_empty(senders: Senders, spool_dir: Path, server: DevServer) -> None:
-    proc = senders.run(["--drain", "--drain-timeout", "60"], sender_env(spool_dir, server.url), timeout=90)
-    assert proc.returncode == 0, tail(proc.stderr)
+    drain(senders, spool_dir, server)
     assert spool_files(spool_dir, "segments") == [], "segments/ is not empty after a drain"
     assert spool_files(spool_dir, "tmp") == [], "tmp/ is not empty after a drain"
 

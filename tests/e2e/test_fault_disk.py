@@ -1,6 +1,6 @@
 """A real full disk: the spool on a 2 MiB tmpfs, filled by a real producer process.
 
-What must hold (DESIGN.md, "Short write / ENOSPC"): the app never sees an exception, a call that could
+What must hold (docs/design.md, "Failures never raise"): the app never sees an exception, a call that could
 not be written returns None and is counted as ``disk_error``, a short write is rolled back so every
 segment still decodes frame by frame with nothing skipped, and once space comes back the same process
 writes again and everything it was told was accepted is delivered exactly once, with the drop count
@@ -26,19 +26,13 @@ from pathlib import Path
 import pytest
 
 from rudder_fast import config
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env, stop_process, tail
-from tests.e2e.faultkit import (
-    ProducerChild,
-    assert_delivered_exactly,
-    assert_wire_event,
-    closed_port,
-    dropped,
-    dump_segment,
-    spool_files,
-    status_json,
-    wait_sender_ready,
-)
-from tests.support import segment_files, wait_for
+from tests.support.delivery import assert_delivered_exactly, assert_wire_event
+from tests.support.devserver import DevServer
+from tests.support.processes import closed_port, stop_process, tail
+from tests.support.producers import ProducerChild, fill_spool
+from tests.support.sender import Senders, sender_env, wait_sender_ready
+from tests.support.spool import dropped, dump_segment, segment_files, spool_files, status_json
+from tests.support.waiting import wait_for
 
 DISK_BYTES = 2 * 1024 * 1024
 PAD = 500  # ~650-byte frames: about 3,000 fit on the disk

@@ -1,5 +1,5 @@
 """Garbage in the spool: the sender neither crashes nor sends garbage, delivers every event the
-corruption did not destroy, and counts exactly the bytes it skipped (DESIGN.md invariant 2).
+corruption did not destroy, and counts exactly the bytes it skipped (docs/design.md, invariant 2).
 
 Each scenario starts from a spool with history (part or all of it already delivered, so the ledger has
 offsets and counters), then damages it the way disks, operators and stray tools do: random bytes
@@ -17,23 +17,15 @@ from pathlib import Path
 import pytest
 
 from rudder_fast.framing import FRAME_EVENT, HEADER_SIZE, SYNC_BYTES, encode_frame
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env, stop_process, tail
-from tests.e2e.faultkit import (
-    ProducerChild,
-    assert_delivered_exactly,
-    assert_wire_event,
-    dump_segment,
-    spool_files,
-    status_json,
-)
-from tests.support import segment_files, wait_for
+from tests.support.delivery import assert_delivered_exactly, assert_wire_event
+from tests.support.devserver import DevServer
+from tests.support.processes import stop_process
+from tests.support.producers import ProducerChild, fill_spool
+from tests.support.sender import Senders, drain, sender_env
+from tests.support.spool import dump_segment, segment_files, spool_files, status_json
+from tests.support.waiting import wait_for
 
 PAGE = 4096
-
-
-def drain(senders: Senders, spool_dir: Path, server: DevServer) -> None:
-    proc = senders.run(["--drain", "--drain-timeout", "60"], sender_env(spool_dir, server.url), timeout=90)
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{tail(proc.stderr)}"
 
 
 def check_received(server: DevServer, expected: list[str]) -> None:
@@ -126,7 +118,8 @@ def test_foreign_files_in_the_segments_directory(
     assert not empty_seg.exists(), "the empty .seg file was left behind"
     assert segment_files(spool_dir) == []
     assert other.read_bytes() == other_bytes, "a file the sender does not own was touched"
-    assert doc["backlog"]["events"] == 0 and doc["backlog"]["segments"] == 0, doc["backlog"]
+    assert doc["backlog"]["events"] == 0, doc["backlog"]
+    assert doc["backlog"]["segments"] == 0, doc["backlog"]
 
 
 def test_a_zero_filled_page_in_the_middle_of_a_finished_segment(
@@ -137,9 +130,11 @@ def test_a_zero_filled_page_in_the_middle_of_a_finished_segment(
     produced = fill_spool(spool_dir, 2, 400, payload=300)  # ~40 pages each; both exit
     victim = max(segment_files(spool_dir), key=lambda p: p.stat().st_size)
     before = dump_segment(victim)
-    assert before.skips == [] and len(before.events) == 400
+    assert before.skips == []
+    assert len(before.events) == 400
     offset = before.size // 2 // PAGE * PAGE
-    assert offset > HEADER_SIZE and offset + PAGE < before.size
+    assert offset > HEADER_SIZE
+    assert offset + PAGE < before.size
     with open(victim, "r+b") as f:
         f.seek(offset)
         f.write(b"\0" * PAGE)

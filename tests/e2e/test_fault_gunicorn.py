@@ -28,24 +28,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders
-from tests.e2e.faultkit2 import (
-    APPS_DIR,
-    BIN,
-    REPO_ROOT,
-    OutTail,
-    ProcGroup,
-    Reply,
-    drain,
-    free_port,
-    http_load,
-    kit_command,
-    producer_env,
-    read_line,
-    segment_pids,
-    wait_http,
-)
-from tests.support import segment_files
+from tests.support.devserver import DevServer, OutTail
+from tests.support.http_load import Reply, http_load, wait_http
+from tests.support.processes import BIN, REPO_ROOT, ProcGroup, free_port, read_line
+from tests.support.producers import APPS_DIR, producer_env
+from tests.support.programs import program_command
+from tests.support.sender import Senders, drain
+from tests.support.spool import segment_files, segment_pids
+
+# Per-test timeout above the default: a 120 s HTTP load on the app server, then a drain.
+pytestmark = pytest.mark.timeout(360)
 
 REQUESTS = 2_000
 START_TIMEOUT_S = 30.0
@@ -74,7 +66,8 @@ def check_delivery(
     assert out.total == len(replies) + 1
 
     preload = out.events[preload_id]
-    assert preload["event"] == "Preload" and preload["properties"]["pid"] == master_pid, preload
+    assert preload["event"] == "Preload", preload
+    assert preload["properties"]["pid"] == master_pid, preload
     per_pid: collections.Counter[int] = collections.Counter()
     for r in replies:
         event = out.events[r.message_id]
@@ -125,7 +118,8 @@ def test_gunicorn_preload_delivers_every_event_once(
         preload_id, preload_pid = parse_reply(
             wait_http(port, proc, "/preload", START_TIMEOUT_S, lambda: procs.log("gunicorn"))
         )
-        assert preload_id != "None" and preload_pid == master_pid, (preload_id, preload_pid, master_pid)
+        assert preload_id != "None", (preload_id, preload_pid, master_pid)
+        assert preload_pid == master_pid, (preload_id, preload_pid, master_pid)
 
         t0 = time.monotonic()
         replies = http_load(port, REQUESTS, threads=4, timeout=120)
@@ -138,8 +132,8 @@ def test_gunicorn_preload_delivers_every_event_once(
         assert not procs.leftovers("gunicorn"), "gunicorn workers outlived the master"
 
     writers = set(segment_pids(spool_dir).values())
-    drain(senders, spool_dir, devserver)
-    per_pid = check_delivery(OutTail(devserver.out), replies, preload_id, master_pid)
+    drain(senders, spool_dir, devserver, timeout=90)
+    per_pid = check_delivery(OutTail(devserver.out_path), replies, preload_id, master_pid)
     print(f"\n{REQUESTS} requests in {elapsed:.1f} s; events per worker pid: {dict(per_pid)}")
     assert len(per_pid) >= 2, f"only one worker produced events: {dict(per_pid)}"
     # Each worker wrote its own segment (named <nonce>-<pid>-<n>.seg), and the master its own.
@@ -189,7 +183,8 @@ def test_uwsgi_without_fork_hooks_delivers_both_workers(
         preload_id, preload_pid = parse_reply(
             wait_http(port, proc, "/preload", START_TIMEOUT_S, lambda: procs.log("uwsgi"))
         )
-        assert preload_pid == master_pid and preload_id != "None", (preload_id, preload_pid)
+        assert preload_pid == master_pid, (preload_id, preload_pid)
+        assert preload_id != "None", (preload_id, preload_pid)
         # Each request holds its worker for a few ms: with 4 concurrent clients both workers serve.
         # uWSGI's plain --http-socket closes every connection (without saying so): one per request.
         replies = http_load(
@@ -202,8 +197,8 @@ def test_uwsgi_without_fork_hooks_delivers_both_workers(
         assert not procs.leftovers("uwsgi"), "uWSGI workers outlived the master"
 
     writers = set(segment_pids(spool_dir).values())
-    drain(senders, spool_dir, devserver)
-    per_pid = check_delivery(OutTail(devserver.out), replies, preload_id, master_pid)
+    drain(senders, spool_dir, devserver, timeout=90)
+    per_pid = check_delivery(OutTail(devserver.out_path), replies, preload_id, master_pid)
     print(f"\nuWSGI events per worker pid: {dict(per_pid)}")
     assert len(per_pid) == 2, f"expected events from both uWSGI workers: {dict(per_pid)}"
     assert set(per_pid) | {master_pid} <= writers, (set(per_pid), master_pid, writers)
@@ -233,26 +228,27 @@ def test_c_level_fork_skipping_hooks_is_delivered(
     with ProcGroup(tmp_path) as procs:
         proc = procs.start(
             "cfork",
-            kit_command("cfork", report, n),
+            program_command("cfork", report, n),
             env=producer_env(spool_dir),
             cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stdin is not None
         line = read_line(proc.stdout, 60)
         assert line == b"ready\n", f"{line!r}\n{procs.log('cfork')}"
         parent = json.loads((report / "parent.json").read_text())
         child = json.loads((report / "child.json").read_text())
-        assert os.WIFEXITED(parent["child_status"]) and os.WEXITSTATUS(parent["child_status"]) == 0, (
-            procs.log("cfork")
-        )
+        assert os.WIFEXITED(parent["child_status"]), procs.log("cfork")
+        assert os.WEXITSTATUS(parent["child_status"]) == 0, procs.log("cfork")
         assert child["hooks_ran"] is False, "ctypes fork ran Python's at-fork hooks: the test proves nothing"
         assert parent["segment_before"] == parent["segment_after"], "the parent had to reopen its segment"
         parent_seg = Path(parent["segment_before"])
         child_seg = Path(child["segment"])
         assert child_seg != parent_seg
-        assert f"-{child['pid']}-" in child_seg.name and f"-{parent['pid']}-" in parent_seg.name
+        assert f"-{child['pid']}-" in child_seg.name
+        assert f"-{parent['pid']}-" in parent_seg.name
         # The child has exited; its close of the inherited descriptor must not have released the lock.
         assert _writer_lock_held(parent_seg), "the child's exit released the parent's segment lock"
         assert not _writer_lock_held(child_seg)
@@ -268,17 +264,20 @@ def test_c_level_fork_skipping_hooks_is_delivered(
     assert len(set(expected)) == len(expected) == 3 * n + 1, "messageIds collide between parent and child"
     nonces = {mid.rsplit("-", 1)[0] for mid in child_ids}
     parent_nonces = {mid.rsplit("-", 1)[0] for mid in [*before, *after, last]}
-    assert len(nonces) == 1 and len(parent_nonces) == 1 and nonces != parent_nonces
+    assert len(nonces) == 1
+    assert len(parent_nonces) == 1
+    assert nonces != parent_nonces
     assert {int(mid.rsplit("-", 1)[1]) for mid in child_ids} == set(range(n)), "the child's seq restarts at 0"
 
-    drain(senders, spool_dir, devserver)
-    out = OutTail(devserver.out)
+    drain(senders, spool_dir, devserver, timeout=90)
+    out = OutTail(devserver.out_path)
     out.poll()
     assert out.ids == set(expected), (len(out.ids), len(expected))
     assert out.duplicates == 0
     for mid in child_ids:
         props = out.events[mid]["properties"]
-        assert props["phase"] == "child" and props["pid"] == child["pid"], props
+        assert props["phase"] == "child", props
+        assert props["pid"] == child["pid"], props
     for mid in before + after:
         assert out.events[mid]["properties"]["pid"] == parent["pid"]
     assert segment_files(spool_dir) == []

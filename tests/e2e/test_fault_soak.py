@@ -28,19 +28,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, sender_env
-from tests.e2e.faultkit2 import (
-    REPO_ROOT,
-    Flapper,
-    OutTail,
-    ProcGroup,
-    RssSampler,
-    kit_command,
-    producer_env,
-    read_id_report,
-)
+from tests.support.devserver import DevServer, OutTail
+from tests.support.processes import REPO_ROOT, ProcGroup
+from tests.support.producers import producer_env, read_id_report
+from tests.support.programs import program_command
+from tests.support.sender import Senders, sender_env
+from tests.support.soak import Flapper, RssSampler
 
 SOAK_SECONDS = float(os.environ.get("RUDDER_FAST_SOAK_SECONDS") or 30)
+# Per-test timeout above the default: the soak runs SOAK_SECONDS, then drains and checks memory.
+pytestmark = pytest.mark.timeout(300 + 3 * SOAK_SECONDS)
+
 PRODUCERS = 3
 RATE_PER_PRODUCER = 250.0  # events a second
 DELIVERY_DEADLINE_S = 90.0
@@ -67,7 +65,7 @@ def test_soak_flapping_data_plane_loses_nothing_and_memory_stays_flat(
         with ProcGroup(tmp_path) as procs:
             env = producer_env(spool_dir)
             for k in range(PRODUCERS):
-                cmd = kit_command("paced", reports / f"{k}.ids", k, RATE_PER_PRODUCER, SOAK_SECONDS)
+                cmd = program_command("paced", reports / f"{k}.ids", k, RATE_PER_PRODUCER, SOAK_SECONDS)
                 procs.start(f"paced-{k}", cmd, env=env, cwd=REPO_ROOT)
             flapper.start()
             deadline = time.monotonic() + SOAK_SECONDS + 60
@@ -88,7 +86,7 @@ def test_soak_flapping_data_plane_loses_nothing_and_memory_stays_flat(
         expected_min = PRODUCERS * RATE_PER_PRODUCER * SOAK_SECONDS * 0.5
         assert len(accepted) >= expected_min, (len(accepted), expected_min)
 
-        out = OutTail(devserver.out)
+        out = OutTail(devserver.out_path)
 
         def all_delivered() -> bool:
             out.poll()

@@ -26,19 +26,18 @@ import time
 import zlib
 from pathlib import Path
 
-from tests.e2e.conftest import DevServer, Senders
-from tests.e2e.faultkit2 import (
-    REPO_ROOT,
-    OutTail,
-    ProcGroup,
-    drain,
-    kit_command,
-    producer_env,
-    read_id_report,
-    scan_spool,
-    status_json,
-)
-from tests.support import segment_files, wait_for
+import pytest
+
+from tests.support.devserver import DevServer, OutTail
+from tests.support.processes import REPO_ROOT, ProcGroup
+from tests.support.producers import producer_env, read_id_report
+from tests.support.programs import program_command
+from tests.support.sender import Senders, drain
+from tests.support.spool import scan_spool, segment_files, status_json
+from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: the drain after the kills has a 150 s deadline.
+pytestmark = pytest.mark.timeout(300)
 
 PRODUCERS = 20
 KILL_WINDOW_S = 1.0
@@ -59,7 +58,7 @@ def test_sigkill_mid_write_loses_nothing_returned_and_delivers_nothing_torn(
         for k in range(PRODUCERS):
             procs.start(
                 f"torn-{k}",
-                kit_command("torn", reports / f"{k}.ids", k, seed + k, go),
+                program_command("torn", reports / f"{k}.ids", k, seed + k, go),
                 env=env,
                 cwd=REPO_ROOT,
             )
@@ -106,7 +105,7 @@ def test_sigkill_mid_write_loses_nothing_returned_and_delivers_nothing_torn(
     t0 = time.monotonic()
     drain(senders, spool_dir, devserver, timeout=120)
     drained_in = time.monotonic() - t0
-    out = OutTail(devserver.out)
+    out = OutTail(devserver.out_path)
     out.poll()
 
     # Nothing delivered twice, and exactly the complete frames.
@@ -135,9 +134,8 @@ def test_sigkill_mid_write_loses_nothing_returned_and_delivers_nothing_torn(
         assert nonce == nonce_of[k], (mid, k, nonce_of[k])
         props = event["properties"]
         pad = props["pad"]
-        assert len(pad) == props["len"] and zlib.crc32(pad.encode()) == props["crc"], (
-            f"payload damaged: {mid}"
-        )
+        assert len(pad) == props["len"], f"payload damaged: {mid}"
+        assert zlib.crc32(pad.encode()) == props["crc"], f"payload damaged: {mid}"
         assert event["event"] == "Torn", event
         by_producer[k].append((props["i"], int(seq)))
     unreported = 0
@@ -161,4 +159,4 @@ def test_sigkill_mid_write_loses_nothing_returned_and_delivers_nothing_torn(
     assert status["backlog"]["events"] == 0, status
     assert segment_files(spool_dir) == []
     # Passed: free the ~200 MB the devserver wrote (pytest keeps the last runs' temporary directories).
-    devserver.out.unlink()
+    devserver.out_path.unlink()

@@ -1,7 +1,7 @@
 """The data plane misbehaving, switched at run time through the devserver's ``POST /_control``:
 server errors, a closed port, a lowered size limit, a poisoned event, a wrong write key.
 
-Each test checks what WIRE.md asks of a well-behaved sender, on what crossed the wire.
+Each test checks what docs/wire.md asks of a well-behaved sender, on what crossed the wire.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.conftest import (
-    DevServer,
-    Senders,
-    fill_spool,
-    iso_ms,
-    read_rejected,
-    read_status,
-    sender_env,
-    tail,
-)
-from tests.e2e.test_delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event
-from tests.support import inspect_spool, wait_for
+import pytest
+
+from tests.support.delivery import assert_exactly_once, assert_spool_empty, assert_valid_wire_event, iso_ms
+from tests.support.devserver import DevServer
+from tests.support.processes import tail
+from tests.support.producers import fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import inspect_spool, read_rejected, read_status
+from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: outages, then drains with 120 s deadlines.
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_outage_503_then_connection_refused(devserver: DevServer, senders: Senders, spool_dir: Path) -> None:
@@ -63,7 +63,8 @@ def test_outage_503_then_connection_refused(devserver: DevServer, senders: Sende
         assert sent - original >= 1_500, event
         assert original <= produced_at_ms
     status = read_status(spool_dir)
-    assert status is not None and status["counters"]["retried"] >= 1, status
+    assert status is not None, status
+    assert status["counters"]["retried"] >= 1, status
     assert_spool_empty(spool_dir)
 
 
@@ -79,7 +80,8 @@ def test_lowered_size_limit_splits_batches(devserver: DevServer, senders: Sender
     stats = devserver.stats()
     print(f"size limit {max_body}: {stats}")
     assert set(stats["by_status"]) == {"200", "413"}, stats
-    assert stats["by_status"]["413"] >= 1 and stats["by_status"]["200"] >= 1, stats
+    assert stats["by_status"]["413"] >= 1, stats
+    assert stats["by_status"]["200"] >= 1, stats
     # Every accepted request fit the lowered limit: at ~200 bytes an event, no request holds more
     # than max_body / 100 events, so 4,000 events need many requests.
     assert stats["by_status"]["200"] >= 4_000 * 100 // max_body, stats
@@ -116,18 +118,21 @@ def test_poisoned_events_are_quarantined_and_the_rest_delivered(
     assert all(n == 1 for n in rejected_ids.values()), rejected_ids.most_common(3)
     for line in rejected:
         assert line["status"] == 400, line
-        assert isinstance(line["response"], str) and line["response"], line
+        assert isinstance(line["response"], str), line
+        assert line["response"], line
         assert line["event"]["userId"] == "poison", line
 
     received = devserver.received()
     counts = collections.Counter(e["messageId"] for e in received)
     assert set(counts) == produced.id_set - poisoned
-    assert max(counts.values()) == 1 and len(received) == len(produced.ids) - len(poisoned)
+    assert max(counts.values()) == 1
+    assert len(received) == len(produced.ids) - len(poisoned)
     stats = devserver.stats()
     print(f"{len(poisoned)} poisoned events: {stats}")
     assert set(stats["by_status"]) == {"200", "400"}, stats
     status = read_status(spool_dir)
-    assert status is not None and status["counters"]["rejected"] == len(poisoned), status
+    assert status is not None, status
+    assert status["counters"]["rejected"] == len(poisoned), status
     assert_spool_empty(spool_dir)
 
 
@@ -158,7 +163,8 @@ def test_wrong_write_key_halts_keeps_everything_and_never_leaks_the_key(
     assert "401" in proc.stderr or "write key" in proc.stderr, tail(proc.stderr)
 
     stats = devserver.stats()
-    assert set(stats["by_status"]) == {"401"} and stats["events"] == 0, stats
+    assert set(stats["by_status"]) == {"401"}, stats
+    assert stats["events"] == 0, stats
     assert devserver.received() == []
     pending, _ = inspect_spool(spool_dir)
     assert {e["messageId"] for e in pending} == produced.id_set
@@ -179,7 +185,7 @@ def test_wrong_write_key_halts_keeps_everything_and_never_leaks_the_key(
 
 def _log_lines(text: str) -> collections.Counter[str]:
     """Log lines per level (the sender's format: ``... rudder-fast-sender[pid] LEVEL message``)."""
-    levels = collections.Counter()
+    levels: collections.Counter[str] = collections.Counter()
     for line in text.splitlines():
         for level in ("DEBUG", "INFO", "WARNING", "ERROR"):
             if f"] {level} " in line:

@@ -33,9 +33,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import DevServer, Senders, read_status, sender_env
-from tests.sdk_migration import as_sdk_script, assert_same_events
-from tests.support import env_with, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import env_with
+from tests.support.sdk_migration import as_sdk_script, assert_same_events
+from tests.support.sender import Senders, sender_env
+from tests.support.spool import read_status
+from tests.support.waiting import wait_for
+
+# Per-test timeout above the default: a script under both libraries (RUN_TIMEOUT_S each), a drain.
+pytestmark = pytest.mark.timeout(420)
 
 EXAMPLES_DIR = Path(__file__).parents[1] / "io" / "sdk_examples"
 APPS_DIR = Path(__file__).parent / "sdk_apps"

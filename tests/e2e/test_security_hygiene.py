@@ -16,8 +16,11 @@ import pytest
 
 from rudder_fast import Emitter
 from rudder_fast.layout import NETWORK_FILESYSTEMS, mount_type
-from tests.e2e.conftest import DevServer, Senders, fill_spool, sender_env
-from tests.support import console_script, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import console_script
+from tests.support.producers import fill_spool
+from tests.support.sender import Senders, sender_env
+from tests.support.waiting import wait_for
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -187,7 +190,8 @@ def test_the_write_key_can_come_from_a_file_instead_of_the_command_line(
     help_text = subprocess.run(
         [console_script("rudder-fast-sender"), "--help"], capture_output=True, text=True, timeout=30
     ).stdout
-    assert "ps" in help_text and "--write-key-file" in help_text
+    assert "ps" in help_text
+    assert "--write-key-file" in help_text
     server = start_devserver(write_keys=["file-key"])
     spool = tmp_path / "spool"
     fill_spool(spool, 1, 20)
@@ -202,4 +206,5 @@ def test_the_write_key_can_come_from_a_file_instead_of_the_command_line(
     proc = senders.run(
         ["--drain", "--write-key-file", str(key_file)], sender_env(spool, server.url, write_key=None)
     )
-    assert proc.returncode == 2 and "writable by others" in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "writable by others" in proc.stderr, proc.stderr

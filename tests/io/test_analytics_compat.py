@@ -39,9 +39,9 @@ import numpy as np
 import pytest
 
 # rudder-sdk-python 2.1.9, installed with the "bench" extra (./scripts/test installs it)
-import rudderstack.analytics as rudderstack_analytics  # type: ignore[import-untyped]
-from rudderstack.analytics.client import Client as SdkClient  # type: ignore[import-untyped]
-from rudderstack.analytics.request import DatetimeSerializer  # type: ignore[import-untyped]
+import rudderstack.analytics as rudderstack_analytics
+from rudderstack.analytics.client import Client as SdkClient
+from rudderstack.analytics.request import DatetimeSerializer
 
 import rudder_fast
 import rudder_fast.analytics as compat
@@ -49,7 +49,9 @@ import rudder_fast.analytics_clean as compat_clean
 from rudder_fast import Emitter, InvalidEventError
 from rudder_fast.analytics import VERSION, Client, default_client
 from rudder_fast.errors import InvalidEventAssertionError
-from tests.sdk_migration import (
+from tests.support.processes import env_with
+from tests.support.producers import point_default_emitter
+from tests.support.sdk_migration import (
     GENERATED_MESSAGE_ID,
     IMPORT_LINES,
     OUR_LIBRARY,
@@ -57,7 +59,7 @@ from tests.sdk_migration import (
     assert_same_event,
     instant,
 )
-from tests.support import env_with, inspect_spool, point_default_emitter
+from tests.support.spool import inspect_spool
 
 EXAMPLES_DIR = Path(__file__).parent / "sdk_examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
@@ -111,8 +113,9 @@ def test_the_sdk_names_import() -> None:
     assert issubclass(InvalidEventAssertionError, AssertionError)
     assert issubclass(InvalidEventAssertionError, ValueError)
     assert compat.InvalidEventAssertionError is InvalidEventAssertionError
-    copy = pickle.loads(pickle.dumps(InvalidEventAssertionError("properties.x", "why")))
-    assert type(copy) is InvalidEventAssertionError and copy.field == "properties.x"
+    copy = pickle.loads(pickle.dumps(InvalidEventAssertionError("properties.x", "why")))  # noqa: S301
+    assert type(copy) is InvalidEventAssertionError
+    assert copy.field == "properties.x"
 
 
 def test_client_has_the_sdk_constructor() -> None:
@@ -167,9 +170,12 @@ def test_module_level_names_match_the_sdk() -> None:
         assert name in compat.__all__
         if name != "host":
             assert getattr(compat, name) == getattr(SdkClient.DefaultConfig, name), name
-    assert hasattr(rudderstack_analytics, "dataPlaneUrl") and "dataPlaneUrl" in compat.__all__
-    assert compat.host is None and compat.dataPlaneUrl is None
-    assert hasattr(rudderstack_analytics, "default_client") and "default_client" in compat.__all__
+    assert hasattr(rudderstack_analytics, "dataPlaneUrl")
+    assert "dataPlaneUrl" in compat.__all__
+    assert compat.host is None
+    assert compat.dataPlaneUrl is None
+    assert hasattr(rudderstack_analytics, "default_client")
+    assert "default_client" in compat.__all__
 
 
 # -- the same calls, the same events -------------------------------------------------------------------
@@ -313,7 +319,8 @@ def test_what_the_sdk_refuses_raises_an_assertion_error_here_too(
     for target in (compat, Client(), Client(send=False)):
         with pytest.raises(AssertionError) as refused:
             getattr(target, call)(*args, **kwargs)
-        assert isinstance(refused.value, InvalidEventError) and isinstance(refused.value, ValueError)
+        assert isinstance(refused.value, InvalidEventError)
+        assert isinstance(refused.value, ValueError)
         assert refused.value.field == field
     assert not default_spool.exists(), "a refused call wrote something"
 
@@ -405,11 +412,14 @@ def test_values_written_differently(default_spool: Path, sdk_client: SdkClient, 
     compat.track("u1", "Values", values)
     _, message = sdk_client.track("u1", "Values", values)
     text = json.dumps(message, cls=DatetimeSerializer)
-    assert '"nan": NaN' in text and '"inf": Infinity' in text and "0.12345678901234568" in text
+    assert '"nan": NaN' in text
+    assert '"inf": Infinity' in text
+    assert "0.12345678901234568" in text
     assert '"naive": "2024-01-02T03:04:05.678901"' in text
-    compat.page("u1", 0, "")
+    compat.page("u1", 0, "")  # type: ignore[arg-type]  # the SDK takes a falsy non-str
     _, page = sdk_client.page("u1", 0, "")
-    assert page["category"] == 0 and page["name"] == ""
+    assert page["category"] == 0
+    assert page["name"] == ""
     raw = subprocess.run(
         [str(Path(sys.executable).parent / "rudder-fast"), "inspect", "--spool-dir", str(default_spool)],
         capture_output=True,
@@ -426,7 +436,8 @@ def test_values_written_differently(default_spool: Path, sdk_client: SdkClient, 
         "price": 0.12345678901234568,
         "naive": "2024-01-02T03:04:05.678Z",
     }
-    assert "category" not in our_page and our_page["name"] == ""
+    assert "category" not in our_page
+    assert our_page["name"] == ""
 
 
 def test_a_blank_message_id_gets_a_generated_one(default_spool: Path, sdk_client: SdkClient) -> None:
@@ -458,7 +469,7 @@ class Opaque:
     pass
 
 
-DELETED: list[tuple[str, dict[str, Any], int]] = [
+DELETED: list[tuple[str, dict[Any, Any], int]] = [
     ("timedelta", {"ok": 1, "wait": dt.timedelta(seconds=3)}, 1),
     ("time", {"at": dt.time(9, 30), "ok": "yes"}, 1),
     ("object", {"thing": Opaque(), "ok": True}, 1),
@@ -594,7 +605,8 @@ def test_send_false_checks_and_writes_nothing(default_spool: Path, monkeypatch: 
     client = Client(send=False)
     for call, args in VALID_ARGS.items():
         ok, message = getattr(client, call)(*args)
-        assert ok is True and message["type"] == call
+        assert ok is True
+        assert message["type"] == call
     for call, args, kwargs, field in REFUSED_BY_BOTH:
         with pytest.raises(InvalidEventAssertionError) as refused:
             getattr(client, call)(*args, **kwargs)
@@ -625,7 +637,9 @@ def test_a_full_spool_returns_false_as_a_full_queue_does(
         ok, message = Client().track("u1", "Dropped")
     finally:
         emitter.close()
-    assert ok is False and message["messageId"] is None and message["event"] == "Dropped"
+    assert ok is False
+    assert message["messageId"] is None
+    assert message["event"] == "Dropped"
 
 
 DEBUG_SCRIPT = textwrap.dedent(
@@ -728,7 +742,8 @@ def run_settings_scenario(scenario: str, tmp_path: Path) -> str:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
-    assert WRITE_KEY not in proc.stderr and "PASSWORD" not in proc.stderr
+    assert WRITE_KEY not in proc.stderr
+    assert "PASSWORD" not in proc.stderr
     return proc.stderr
 
 
@@ -761,11 +776,14 @@ def test_module_settings_give_one_message_saying_what_does_each_job(tmp_path: Pa
     assert "--no-gzip" in said["gzip"]
     assert "--read-timeout" in said["timeout"]
     assert "retries until the data plane accepts" in said["max_retries"]
-    assert "on disk" in said["sync_mode"] and "--drain" in said["sync_mode"]
-    assert "--quota-bytes" in said["max_queue_size"] and "(False, message)" in said["max_queue_size"]
+    assert "on disk" in said["sync_mode"]
+    assert "--drain" in said["sync_mode"]
+    assert "--quota-bytes" in said["max_queue_size"]
+    assert "(False, message)" in said["max_queue_size"]
     assert "--linger" in said["upload_interval"]
     assert "--max-batch-events" in said["upload_size"]
-    assert "never called" in said["on_error"] and "rudder-fast status" in said["on_error"]
+    assert "never called" in said["on_error"]
+    assert "rudder-fast status" in said["on_error"]
 
 
 def test_client_settings_give_one_message_once(tmp_path: Path) -> None:
@@ -969,7 +987,8 @@ def test_example_runs_unchanged_and_spools_its_events(example: Path, tmp_path: P
     # Delivery settings were given (and events sent): one message, with names, never the key.
     output = proc.stdout + proc.stderr
     assert output.count(MESSAGE_START) == (1 if expected else 0), output
-    assert WRITE_KEY not in output and "PASSWORD" not in output
+    assert WRITE_KEY not in output
+    assert "PASSWORD" not in output
 
 
 # -- import, flush ---------------------------------------------------------------------------------------
@@ -1029,11 +1048,13 @@ def test_import_creates_no_file_and_starts_no_thread(tmp_path: Path) -> None:
     for step in ("import", "settings and flush"):
         seen = steps[step]
         assert seen["paths"] == [], f"{step}: created {seen['paths']}"
-        assert seen["threads"] == 1 and seen["os_threads"] == 1, f"{step}: started a thread"
+        assert seen["threads"] == 1, f"{step}: started a thread"
+        assert seen["os_threads"] == 1, f"{step}: started a thread"
         assert seen["fds"] == start["fds"], f"{step}: left a file open"
     first = steps["first call"]
     assert any(p.startswith("state/spool/segments/") and p.endswith(".seg") for p in first["paths"])
-    assert first["threads"] == 1 and first["os_threads"] == 1
+    assert first["threads"] == 1
+    assert first["os_threads"] == 1
     assert [e["event"] for e in spooled(tmp_path / "state" / "spool")] == ["First"]
 
 

@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.support import env_with, inspect_spool
+from tests.support.processes import env_with
+from tests.support.spool import inspect_spool
 
 PROBE = textwrap.dedent(
     """
@@ -95,9 +96,11 @@ def test_first_call_creates_the_spool_and_still_no_thread(tmp_path: Path) -> Non
     assert isinstance(first, str)
     assert after["spool_exists"]
     segments = [p for p in after["paths"] if p.startswith("state/spool/segments/")]
-    assert len(segments) == 1 and segments[0].endswith(".seg")
+    assert len(segments) == 1
+    assert segments[0].endswith(".seg")
     assert steps["stats"]["accepted"] == 1
-    assert after["threads"] == 1 and after["os_threads"] == 1
+    assert after["threads"] == 1
+    assert after["os_threads"] == 1
     # the default directories were never touched: the environment variable decided the spool
     assert not any(p.startswith(("home", "xdg")) for p in after["paths"])
     events, _ = inspect_spool(tmp_path / "state" / "spool")

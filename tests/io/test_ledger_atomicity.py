@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from rudder_fast import ledger
-from tests.support import wait_for
+from tests.support.waiting import wait_for
 
 COMMITTER = textwrap.dedent(
     """
@@ -45,9 +45,10 @@ def test_a_ledger_commit_killed_at_any_moment_leaves_a_whole_ledger(tmp_path: Pa
         )
         try:
             # Once this run has committed (the ledger is then rewritten back to back), at a random moment.
-            wait_for(
-                lambda last=last: (ledger.read(path) or ledger.LedgerState()).generation > last, timeout=30
-            )
+            def committed(last: int = last) -> bool:
+                return (ledger.read(path) or ledger.LedgerState()).generation > last
+
+            wait_for(committed, timeout=30)
             time.sleep(rng.uniform(0.0, 0.05))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

@@ -107,6 +107,51 @@ def _parse_labels(text: str) -> tuple[Labels, str]:
     return tuple(labels), text[i + 1 :]
 
 
+_KINDS = ("counter", "gauge", "histogram", "summary", "untyped")
+
+
+def _parse_comment(line: str, helps: dict[str, str], families: dict[str, Family]) -> Family | None:
+    """A ``# HELP`` line (recorded in ``helps``) or a ``# TYPE`` line (the family it opens)."""
+    if line.startswith("# HELP "):
+        name, _, doc = line[len("# HELP ") :].partition(" ")
+        if name in helps or name in families:
+            raise FormatError(f"HELP for {name} repeated or after its TYPE")
+        helps[name] = _unescape(doc, {"\\": "\\", "n": "\n"})
+        return None
+    if line.startswith("# TYPE "):
+        name, _, kind = line[len("# TYPE ") :].partition(" ")
+        if name in families:
+            raise FormatError(f"TYPE for {name} repeated")
+        if kind not in _KINDS:
+            raise FormatError(f"unknown type {kind!r}")
+        families[name] = Family(name, kind, helps.get(name, ""))
+        return families[name]
+    raise FormatError(f"unexpected comment {line!r}")
+
+
+def _parse_sample(line: str, current: Family | None) -> None:
+    """One sample line, added to ``current``, the family its TYPE opened."""
+    brace = line.find("{")
+    space = line.find(" ")
+    if brace != -1 and brace < space:
+        name = line[:brace]
+        labels, rest = _parse_labels(line[brace:])
+        rest = rest.removeprefix(" ")
+    else:
+        name, rest = line[:space], line[space + 1 :]
+        labels = ()
+    if not _is_name(name):
+        raise FormatError(f"bad metric name {name!r}")
+    if current is None or name != current.name:
+        raise FormatError(f"sample {name} outside its family (TYPE must come first)")
+    if " " in rest:
+        raise FormatError(f"unexpected timestamp or text in {line!r}")
+    float(rest)  # +Inf, -Inf and NaN included
+    if labels in current.samples:
+        raise FormatError(f"duplicate sample {line!r}")
+    current.samples[labels] = rest
+
+
 def parse(data: bytes) -> dict[str, Family]:
     text = data.decode("utf-8")
     if not text.endswith("\n"):
@@ -117,41 +162,10 @@ def parse(data: bytes) -> dict[str, Family]:
     for line in text[:-1].split("\n"):
         if not line:
             raise FormatError("blank line")
-        if line.startswith("# HELP "):
-            name, _, doc = line[len("# HELP ") :].partition(" ")
-            if name in helps or name in families:
-                raise FormatError(f"HELP for {name} repeated or after its TYPE")
-            helps[name] = _unescape(doc, {"\\": "\\", "n": "\n"})
-            continue
-        if line.startswith("# TYPE "):
-            name, _, kind = line[len("# TYPE ") :].partition(" ")
-            if name in families:
-                raise FormatError(f"TYPE for {name} repeated")
-            if kind not in ("counter", "gauge", "histogram", "summary", "untyped"):
-                raise FormatError(f"unknown type {kind!r}")
-            current = families[name] = Family(name, kind, helps.get(name, ""))
-            continue
         if line.startswith("#"):
-            raise FormatError(f"unexpected comment {line!r}")
-        brace = line.find("{")
-        space = line.find(" ")
-        if brace != -1 and brace < space:
-            name = line[:brace]
-            labels, rest = _parse_labels(line[brace:])
-            rest = rest.removeprefix(" ")
+            current = _parse_comment(line, helps, families) or current
         else:
-            name, rest = line[:space], line[space + 1 :]
-            labels = ()
-        if not _is_name(name):
-            raise FormatError(f"bad metric name {name!r}")
-        if current is None or name != current.name:
-            raise FormatError(f"sample {name} outside its family (TYPE must come first)")
-        if " " in rest:
-            raise FormatError(f"unexpected timestamp or text in {line!r}")
-        float(rest)  # +Inf, -Inf and NaN included
-        if labels in current.samples:
-            raise FormatError(f"duplicate sample {line!r}")
-        current.samples[labels] = rest
+            _parse_sample(line, current)
     for name in helps:
         if name not in families:
             raise FormatError(f"HELP without TYPE for {name}")
@@ -457,7 +471,9 @@ def test_two_scrapes_on_one_keep_alive_connection() -> None:
         sock = conn.sock
         local = sock.getsockname() if sock else None
         status, body = get(conn)
-        assert conn.sock is sock and sock is not None and sock.getsockname() == local  # not reconnected
+        assert conn.sock is sock
+        assert sock is not None
+        assert sock.getsockname() == local
         assert status == 200
         assert value(parse(body), "rudder_fast_events_sent_total") == "2"
 
@@ -561,12 +577,12 @@ def test_a_server_never_started_closes() -> None:
 
 
 def test_a_port_in_use_fails_at_construction() -> None:
-    with serve(lambda: b"") as server, pytest.raises(OSError):
+    with serve(lambda: b"") as server, pytest.raises(OSError, match="Address already in use"):
         MetricsServer(DEFAULT_HOST, server.port, lambda: b"")
 
 
 def test_a_bad_port_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="port must be between 0 and 65535"):
         MetricsServer(DEFAULT_HOST, 65536, lambda: b"")
 
 
@@ -609,7 +625,7 @@ def test_textfile_is_replaced_atomically(tmp_path: Path) -> None:
 def test_a_failed_textfile_write_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "is_a_dir.prom"
     target.mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(IsADirectoryError):
         write_textfile(target, b"x 1\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["is_a_dir.prom"]
     with pytest.raises(FileNotFoundError):

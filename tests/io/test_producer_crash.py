@@ -9,23 +9,25 @@ the test at a random moment in the middle of large writes. The spool is read by 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import os
 import random
-import re
 import select
 import signal
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rudder_fast import Emitter
 from rudder_fast.framing import Frame, Skip
 from rudder_fast.tail import read_whole
-from tests.support import inspect_spool, read_to_eof, reap, segment_files
+from tests.support.processes import read_to_eof, reap
+from tests.support.spool import inspect_spool, nonce_of, segment_files, seq_of, skipped_bytes
 
 CHILD_DEADLINE_S = 60.0
 
@@ -40,7 +42,7 @@ def start_child(body: Callable[[int], None]) -> tuple[int, int]:
             os.close(r)
             body(w)
             code = 0
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a child reports any failure by its exit code
             traceback.print_exc()
         finally:
             os._exit(code)
@@ -50,20 +52,6 @@ def start_child(body: Callable[[int], None]) -> tuple[int, int]:
 
 def report(w: int, message_id: str | None) -> None:
     os.write(w, f"{message_id}\n".encode())  # < PIPE_BUF: the line arrives whole or not at all
-
-
-def skipped_bytes(summary: str) -> int:
-    match = re.search(r"(\d+) bytes skipped as torn or corrupt", summary)
-    assert match, summary
-    return int(match.group(1))
-
-
-def nonce_of(message_id: str) -> str:
-    return message_id.rsplit("-", 1)[0]
-
-
-def seq_of(message_id: str) -> int:
-    return int(message_id.rsplit("-", 1)[1])
 
 
 # -- SIGKILL right after the last call returned ----------------------------------------------------
@@ -100,7 +88,8 @@ def test_sigkill_the_instant_the_last_call_returned_loses_nothing(spool_dir: Pat
         os.close(r)
     assert reap(pid, deadline) == -signal.SIGKILL
     ids = raw.decode().split()
-    assert len(ids) == n and "None" not in ids
+    assert len(ids) == n
+    assert "None" not in ids
     events, summary = inspect_spool(spool_dir)
     assert sorted(e["messageId"] for e in events) == sorted(ids)
     assert skipped_bytes(summary) == 0
@@ -129,14 +118,11 @@ def _heavy_writer(spool_dir: Path, tag: str, limit: int, w: int) -> None:
         time.sleep(CHILD_DEADLINE_S)  # the test kills it: this is never reached in a normal run
 
 
-def test_sigkill_in_the_middle_of_writing(spool_dir: Path) -> None:
+def _kill_mid_write(children: dict[str, tuple[int, int]]) -> tuple[dict[str, bytes], dict[str, int]]:
+    """Read each child's reports; SIGKILL every one but the survivor at a random moment after its
+    fifth event; reap them all. (What each reported, each one's exit code.)"""
     rng = random.Random()
-    tags = [f"killed{k}" for k in range(4)] + ["survivor"]
-    children: dict[str, tuple[int, int]] = {}
-    for tag in tags:
-        limit = 40 if tag == "survivor" else 400
-        children[tag] = start_child(lambda w, tag=tag, limit=limit: _heavy_writer(spool_dir, tag, limit, w))
-    lines: dict[str, bytes] = {tag: b"" for tag in tags}
+    lines: dict[str, bytes] = {tag: b"" for tag in children}
     kill_at: dict[str, float] = {}
     codes: dict[str, int] = {}
     open_fds = {r: tag for tag, (_, r) in children.items()}
@@ -170,15 +156,13 @@ def test_sigkill_in_the_middle_of_writing(spool_dir: Path) -> None:
             if not completed:  # none is reaped yet, so each pid is still our child's
                 os.kill(pid, signal.SIGKILL)
             codes[tag] = reap(pid, deadline)
-    assert codes == {**{t: -signal.SIGKILL for t in tags if t != "survivor"}, "survivor": 0}
+    return lines, codes
 
-    reported = {tag: lines[tag].decode().split() for tag in tags}
-    assert all("None" not in ids and ids for ids in reported.values())
-    assert len(reported["survivor"]) == 40
-    nonce_tag = {nonce_of(ids[0]): tag for tag, ids in reported.items()}
-    assert len(nonce_tag) == len(tags)
 
-    events, summary = inspect_spool(spool_dir)
+def _assert_reported_events_whole(
+    reported: dict[str, list[str]], nonce_tag: dict[str, str], events: list[dict[str, Any]]
+) -> None:
+    """Every returned event is in the spool once, in order, whole, and attributed to its writer."""
     counts = collections.Counter(e["messageId"] for e in events)
     assert {m: n for m, n in counts.items() if n > 1} == {}, "an event is in the spool twice"
     by_id = {e["messageId"]: e for e in events}
@@ -191,7 +175,8 @@ def test_sigkill_in_the_middle_of_writing(spool_dir: Path) -> None:
         extra = [m for m in counts if nonce_of(m) == nonce and m not in reported_set]
         assert len(extra) <= 1, f"{tag}: unexpected events {extra}"
         for m in extra:
-            assert seq_of(m) > seq_of(ids[-1]) and by_id[m]["properties"]["k"] == len(ids)
+            assert seq_of(m) > seq_of(ids[-1])
+            assert by_id[m]["properties"]["k"] == len(ids)
     assert {nonce_of(m) for m in counts} <= set(nonce_tag), "events from nowhere"
     for event in events:  # nothing mis-read: each payload is whole and belongs to its writer
         props = event["properties"]
@@ -199,7 +184,9 @@ def test_sigkill_in_the_middle_of_writing(spool_dir: Path) -> None:
         assert props["n"] == len(props["blob"]) in BLOB_SIZES
         assert hashlib.sha256(props["blob"].encode()).hexdigest() == props["sha"]
 
-    # a torn frame can only be the tail of a killed writer's own file
+
+def _torn_tails_only(spool_dir: Path, nonce_tag: dict[str, str]) -> int:
+    """A torn frame can only be the tail of a killed writer's own file; the bytes skipped in all."""
     skipped_total = 0
     for path in segment_files(spool_dir):
         tail, items = read_whole(path)
@@ -209,12 +196,33 @@ def test_sigkill_in_the_middle_of_writing(spool_dir: Path) -> None:
         if skips:
             tag = nonce_tag[tail.nonce]
             assert tag != "survivor", f"skipped bytes in a file whose writer was not killed: {skips}"
-            assert len(skips) == 1 and items[-1] is skips[0], f"{tag}: skip not at the tail: {skips}"
+            assert len(skips) == 1, f"{tag}: skip not at the tail: {skips}"
+            assert items[-1] is skips[0], f"{tag}: skip not at the tail: {skips}"
             assert skips[0].reason == "torn"
             assert skips[0].offset + skips[0].length == path.stat().st_size
             skipped_total += skips[0].length
         assert all(isinstance(i, Frame) for i in items[:-1])
-    assert skipped_bytes(summary) == skipped_total
+    return skipped_total
+
+
+def test_sigkill_in_the_middle_of_writing(spool_dir: Path) -> None:
+    tags = [f"killed{k}" for k in range(4)] + ["survivor"]
+    children: dict[str, tuple[int, int]] = {}
+    for tag in tags:
+        limit = 40 if tag == "survivor" else 400
+        children[tag] = start_child(functools.partial(_heavy_writer, spool_dir, tag, limit))
+    lines, codes = _kill_mid_write(children)
+    assert codes == {**{t: -signal.SIGKILL for t in tags if t != "survivor"}, "survivor": 0}
+
+    reported = {tag: lines[tag].decode().split() for tag in tags}
+    assert all("None" not in ids and ids for ids in reported.values())
+    assert len(reported["survivor"]) == 40
+    nonce_tag = {nonce_of(ids[0]): tag for tag, ids in reported.items()}
+    assert len(nonce_tag) == len(tags)
+
+    events, summary = inspect_spool(spool_dir)
+    _assert_reported_events_whole(reported, nonce_tag, events)
+    assert skipped_bytes(summary) == _torn_tails_only(spool_dir, nonce_tag)
 
 
 # -- a torn tail, made deterministically -----------------------------------------------------------

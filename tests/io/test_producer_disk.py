@@ -8,10 +8,8 @@ per process) that returns what its calls returned.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import resource
 import select
 import signal
@@ -27,7 +25,8 @@ import pytest
 from rudder_fast import Emitter, config
 from rudder_fast.framing import Frame
 from rudder_fast.tail import read_whole
-from tests.support import inspect_spool, segment_files, wait_for
+from tests.support.spool import dropped_by_producers, inspect_spool, segment_files, skipped_bytes
+from tests.support.waiting import wait_for
 
 CHILD_DEADLINE_S = 60.0
 
@@ -44,7 +43,7 @@ def run_in_child(body: Callable[[], Any], timeout: float = CHILD_DEADLINE_S) -> 
             while data:
                 data = data[os.write(w, data) :]
             code = 0
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a child reports any failure by its exit code
             traceback.print_exc()
         finally:
             os._exit(code)
@@ -70,27 +69,16 @@ def run_in_child(body: Callable[[], Any], timeout: float = CHILD_DEADLINE_S) -> 
     return json.loads(b"".join(chunks))
 
 
-def skipped_bytes(summary: str) -> int:
-    match = re.search(r"(\d+) bytes skipped as torn or corrupt", summary)
-    assert match, summary
-    return int(match.group(1))
-
-
-def dropped_by_producers(summary: str) -> dict[str, int]:
-    match = re.search(r"dropped by producers: (.*)$", summary.strip(), re.M)
-    assert match, summary
-    text = match.group(1)
-    return {} if text == "none" else dict(ast.literal_eval(text))
-
-
 def assert_only_whole_frames(spool_dir: Path) -> None:
     """Every segment decodes to whole frames only, and no half-made segment is left in tmp/."""
     for path in segment_files(spool_dir):
         tail, items = read_whole(path)
-        assert tail is not None and tail.header is not None, f"{path.name}: no valid header"
+        assert tail is not None, f"{path.name}: no valid header"
+        assert tail.header is not None, f"{path.name}: no valid header"
         tail.close()
         assert all(isinstance(i, Frame) for i in items), f"{path.name}: {items}"
-        assert tail.final and tail.read_pos == path.stat().st_size
+        assert tail.final
+        assert tail.read_pos == path.stat().st_size
     assert list((spool_dir / "tmp").iterdir()) == []
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import json
 import multiprocessing
 import multiprocessing.forkserver
@@ -22,16 +23,17 @@ import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from rudder_fast import Emitter
 from rudder_fast.emitter import _DefaultEmitter
 from rudder_fast.tail import SegmentTail, writer_alive
-from tests.support import inspect_spool, read_to_eof, reap, segment_files
+from tests.support.processes import read_to_eof, reap
+from tests.support.spool import inspect_spool, nonce_of, segment_files
 
 CHILD_DEADLINE_S = 60.0
 
@@ -53,7 +55,7 @@ def start_child(body: Callable[[], Iterable[str | None]]) -> tuple[int, int]:
             while data:
                 data = data[os.write(w, data) :]
             code = 0
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a child reports any failure by its exit code
             traceback.print_exc()
         finally:
             os._exit(code)
@@ -74,11 +76,7 @@ def finish_child(pid: int, r: int, timeout: float = CHILD_DEADLINE_S) -> tuple[l
 # -- checks ----------------------------------------------------------------------------------------
 
 
-def nonce_of(message_id: str) -> str:
-    return message_id.rsplit("-", 1)[0]
-
-
-def assert_exactly_once(spool_dir: Path, ids: list[str | None]) -> list[dict[str, Any]]:
+def assert_exactly_once(spool_dir: Path, ids: Sequence[str | None]) -> list[dict[str, Any]]:
     """Every returned id is a str, unique, and the spool holds exactly these events, each once."""
     assert all(isinstance(i, str) for i in ids), "a call returned None (dropped) or a non-str"
     returned = collections.Counter(ids)
@@ -180,10 +178,12 @@ def test_os_fork_after_the_parent_emitted(spool_dir: Path) -> None:
     assert len(child_ids) == 50
     parent_nonces = {nonce_of(str(i)) for i in parent_ids}
     child_nonces = {nonce_of(i) for i in child_ids}
-    assert len(parent_nonces) == 1 and len(child_nonces) == 1 and child_nonces != parent_nonces
+    assert len(parent_nonces) == 1
+    assert len(child_nonces) == 1
+    assert child_nonces != parent_nonces
     names = sorted(p.name for p in segment_files(spool_dir))
     assert names == sorted([Path(parent_segment).name, f"{child_nonces.pop()}-{pid}-0.seg"])
-    events = assert_exactly_once(spool_dir, parent_ids + child_ids)
+    events = assert_exactly_once(spool_dir, [*parent_ids, *child_ids])
     by_id = {e["messageId"]: e for e in events}
     assert {by_id[i]["userId"] for i in child_ids} == {"c"}
     assert [by_id[i]["properties"]["i"] for i in child_ids] == list(range(50))
@@ -207,7 +207,7 @@ def test_forked_child_gets_its_own_segment_and_the_parent_keeps_its_lock(spool_d
             os.close(ids_w)
             os.read(go_r, 1)
             code = 0
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a child reports any failure by its exit code
             traceback.print_exc()
         finally:
             os._exit(code)
@@ -224,9 +224,11 @@ def test_forked_child_gets_its_own_segment_and_the_parent_keeps_its_lock(spool_d
 
         parent_tail = SegmentTail.open(parent_path)
         child_tail = SegmentTail.open(child_path)
-        assert parent_tail is not None and child_tail is not None
+        assert parent_tail is not None
+        assert child_tail is not None
         tails += [parent_tail, child_tail]
-        assert child_tail.header is not None and parent_tail.header is not None
+        assert child_tail.header is not None
+        assert parent_tail.header is not None
         assert child_tail.header.pid == pid
         assert child_tail.header.nonce == nonce_of(report["ids"][0])
         assert parent_tail.header.pid == os.getpid()
@@ -262,6 +264,7 @@ def test_fork_while_another_thread_holds_the_writer_lock(spool_dir: Path) -> Non
     release = threading.Event()
 
     def hold_the_lock() -> None:  # a thread caught in the middle of an append at the fork
+        assert em._writer is not None
         with em._writer._lock:
             held.set()
             release.wait(CHILD_DEADLINE_S)
@@ -278,7 +281,11 @@ def test_fork_while_another_thread_holds_the_writer_lock(spool_dir: Path) -> Non
     assert code == 0
     parent_ids.append(em.track(user_id="p", event="after"))
     em.close()
-    assert_exactly_once(spool_dir, parent_ids + child_ids)
+    assert_exactly_once(spool_dir, [*parent_ids, *child_ids])
+
+
+def _twenty_calls(em: Emitter, user_id: str) -> list[str | None]:
+    return [em.track(user_id=user_id, event="e") for _ in range(20)]
 
 
 def test_fork_while_another_thread_is_emitting(spool_dir: Path) -> None:
@@ -296,7 +303,7 @@ def test_fork_while_another_thread_is_emitting(spool_dir: Path) -> None:
     child_ids: list[str] = []
     try:
         for k in range(20):
-            pid, r = start_child(lambda k=k: [em.track(user_id=f"c{k}", event="e") for _ in range(20)])
+            pid, r = start_child(functools.partial(_twenty_calls, em, f"c{k}"))
             ids, code = finish_child(pid, r, timeout=15)
             assert code == 0
             assert len(ids) == 20
@@ -306,7 +313,7 @@ def test_fork_while_another_thread_is_emitting(spool_dir: Path) -> None:
         worker.join(10)
     em.close()
     assert len({nonce_of(i) for i in child_ids}) == 20
-    assert_exactly_once(spool_dir, thread_ids + child_ids)
+    assert_exactly_once(spool_dir, [*thread_ids, *child_ids])
 
 
 def test_fork_while_another_thread_creates_the_default_emitter(
@@ -383,11 +390,13 @@ def test_fork_that_skips_the_at_fork_hooks(spool_dir: Path) -> None:
     assert out["status"] == 0
     assert {nonce_of(i) for i in out["parent_ids"]} == {out["parent_nonce"]}
     child_nonces = {nonce_of(i) for i in child["ids"]}
-    assert len(child_nonces) == 1 and child_nonces != {out["parent_nonce"]}
+    assert len(child_nonces) == 1
+    assert child_nonces != {out["parent_nonce"]}
     child_path = Path(child["segment"])
     assert child_path.name == f"{child_nonces.pop()}-{child['pid']}-0.seg"
     tail = SegmentTail.open(child_path)
-    assert tail is not None and tail.header is not None
+    assert tail is not None
+    assert tail.header is not None
     try:
         assert tail.header.pid == child["pid"]
     finally:
@@ -404,7 +413,8 @@ def test_fork_that_skips_the_at_fork_hooks(spool_dir: Path) -> None:
 def test_multiprocessing_start_methods(
     method: str, spool_dir: Path, tmp_path: Path, inherited: Emitter
 ) -> None:
-    ctx = multiprocessing.get_context(method)
+    # Each of the three contexts has Process; get_context's type for a plain str does not say so.
+    ctx = cast("multiprocessing.context.DefaultContext", multiprocessing.get_context(method))
     parent_ids = [inherited.track(user_id="parent", event="e", properties={"i": i}) for i in range(20)]
     outs = [tmp_path / f"ids-{k}" for k in range(3)]
     procs = [
@@ -429,7 +439,7 @@ def test_multiprocessing_start_methods(
     assert len(nonces) == 4, "parent and each child need their own nonce"
     pids = {int(p.name.split("-")[1]) for p in segment_files(spool_dir)}
     assert pids == {os.getpid(), *(p.pid for p in procs)}
-    assert_exactly_once(spool_dir, parent_ids + child_ids)
+    assert_exactly_once(spool_dir, [*parent_ids, *child_ids])
 
 
 def test_process_pool_executor(spool_dir: Path, inherited: Emitter) -> None:
@@ -442,8 +452,9 @@ def test_process_pool_executor(spool_dir: Path, inherited: Emitter) -> None:
     worker_pids = {pid for pid, _ in results}
     nonces = {nonce_of(i) for i in child_ids if i}
     assert len(nonces) == len(worker_pids), "each worker process needs one nonce of its own"
+    assert parent_ids[0] is not None
     assert nonce_of(parent_ids[0]) not in nonces
-    assert_exactly_once(spool_dir, parent_ids + child_ids)
+    assert_exactly_once(spool_dir, [*parent_ids, *child_ids])
 
 
 def test_eight_threads_in_one_process(spool_dir: Path) -> None:
@@ -494,4 +505,4 @@ def test_eight_processes_ten_thousand_events_each_at_once(
         child_ids += ids
     assert len({nonce_of(i) for i in parent_ids + child_ids if i}) == 9
     assert len(segment_files(spool_dir)) == 9
-    assert_exactly_once(spool_dir, parent_ids + child_ids)
+    assert_exactly_once(spool_dir, [*parent_ids, *child_ids])

@@ -12,16 +12,20 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rudder_fast import Emitter, InvalidEventError
 from rudder_fast.framing import Frame
 from rudder_fast.tail import SegmentTail, read_whole, writer_alive
-from tests.support import inspect_spool, segment_files
+from tests.support.spool import inspect_spool, segment_files
+
+# Per-test timeout above the default: child interpreters with deadlines of up to 180 s.
+pytestmark = pytest.mark.timeout(300)
 
 
-def run_script(body: str, spool_dir: Path, timeout: float = 120) -> dict:
+def run_script(body: str, spool_dir: Path, timeout: float = 120) -> dict[str, Any]:
     """Run ``body`` in a fresh interpreter (signal timers stay out of the test runner); its last stdout
     line is a JSON object."""
     script = "import json, signal, sys\nfrom rudder_fast import Emitter\n" + textwrap.dedent(body)
@@ -29,7 +33,8 @@ def run_script(body: str, spool_dir: Path, timeout: float = 120) -> dict:
         [sys.executable, "-c", script, str(spool_dir)], capture_output=True, text=True, timeout=timeout
     )
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def test_an_exception_raised_by_a_signal_handler_mid_call_never_duplicates_or_loses(
@@ -131,7 +136,7 @@ def test_a_logging_handler_that_emits_on_a_drop_warning_does_not_deadlock(tmp_pa
     ids=["huge-int-id", "huge-int-value", "json-escapes-past-the-limit"],
 )
 def test_inputs_that_could_never_be_delivered_are_refused_at_the_call(
-    spool_dir: Path, kwargs: dict, field: str
+    spool_dir: Path, kwargs: dict[str, Any], field: str
 ) -> None:
     kwargs.setdefault("event", "e")
     with pytest.raises(InvalidEventError) as info:
@@ -186,7 +191,8 @@ def test_an_emitter_dropped_without_close_releases_its_segment(spool_dir: Path) 
     finally:
         tail.close()
     _, items = read_whole(path)
-    assert isinstance(items[-1], Frame) and items[-1].type == 3  # sealed
+    assert isinstance(items[-1], Frame)
+    assert items[-1].type == 3
 
 
 def test_drops_are_reported_even_when_no_event_was_ever_written(tmp_path: Path) -> None:
@@ -230,7 +236,8 @@ def test_a_logging_handler_that_emits_cannot_deadlock_the_first_call(tmp_path: P
     assert result["first"] is not None
     events, _ = inspect_spool(spool)
     logged = [e for e in events if e["event"] == "Log Record"]
-    assert len(logged) == 1 and "ignoring RUDDER_FAST_QUOTA_BYTES" in logged[0]["properties"]["msg"], events
+    assert len(logged) == 1, events
+    assert "ignoring RUDDER_FAST_QUOTA_BYTES" in logged[0]["properties"]["msg"], events
     assert result["stats"]["accepted"] == 2, result
 
 

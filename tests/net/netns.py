@@ -301,7 +301,7 @@ class Topology:
                 finally:
                     os.close(fd)
                 made.append(socket.socket(socket.AF_INET, kind))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
                 made.append(exc)
 
         thread = threading.Thread(target=create)

@@ -38,7 +38,9 @@ import orjson
 
 from tests.net import control
 from tests.net.netns import DATAPLANE_HOST, Topology, stop, wait_line
-from tests.support import console_script, wait_for
+from tests.support.processes import console_script
+from tests.support.spool import status_json
+from tests.support.waiting import wait_for
 
 WRITE_KEY = "net-key"
 START_TIMEOUT_S = 20.0
@@ -159,7 +161,8 @@ class NetRun:
     # -- the pipeline ----------------------------------------------------------------------------------
 
     def start(self) -> NetRun:
-        argv = [console_script("rudder-fast"), "devserver", "--host", "0.0.0.0", "--port", "0"]
+        # All interfaces of the dp namespace, which only the relay reaches.
+        argv = [console_script("rudder-fast"), "devserver", "--host", "0.0.0.0", "--port", "0"]  # noqa: S104
         argv += ["--out", str(self.out), "--write-key", WRITE_KEY, "--quiet"]
         devserver = self.topo.spawn("dp", argv, "devserver.log", stdout=subprocess.PIPE)
         line = wait_line(devserver, "listening on", START_TIMEOUT_S)
@@ -237,15 +240,7 @@ class NetRun:
 
     def status(self) -> dict[str, Any]:
         """``rudder-fast status --json`` for real."""
-        proc = subprocess.run(
-            [console_script("rudder-fast"), "status", "--json", "--spool-dir", str(self.spool)],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr.decode()
-        doc: dict[str, Any] = orjson.loads(proc.stdout)
-        return doc
+        return status_json(self.spool)
 
     def log(self, name: str) -> str:
         path = self.tmp / name

@@ -218,33 +218,12 @@ class FaultRelay:
                     return
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream, timeout=30)
-                try:
-                    upstream.sendall(request)
-                    answer, up_buf = read_message(conn, upstream, up_buf)
-                except Gone as exc:
-                    if str(exc) == "dropped":
-                        raise
-                    self._end(ex, "upstream_closed")
+                got = self._ask_upstream(conn, ex, upstream, request, up_buf)
+                if got is None:
                     return
-                if mode == "reset":
-                    with contextlib.suppress(OSError):
-                        conn.sock.sendall(answer[: self.reset_after])
-                    ex.sent = min(len(answer), self.reset_after)
-                    self._end(ex, "reset")
-                    rst_close(conn.sock)
+                answer, up_buf = got
+                if not self._answer(conn, ex, mode, answer):
                     return
-                if mode == "trickle":
-                    self._trickle(conn, ex, answer)
-                    if ex.outcome != "answered":
-                        return
-                    continue
-                try:
-                    conn.sock.sendall(answer)
-                except OSError:
-                    self._end(ex, "client_closed")
-                    return
-                ex.sent = len(answer)
-                self._end(ex, "answered")
         except Gone as exc:
             if ex is not None:
                 self._end(ex, "dropped" if str(exc) == "dropped" else "client_closed")
@@ -257,6 +236,40 @@ class FaultRelay:
                 conn.sock.close()
             if upstream is not None:
                 upstream.close()
+
+    def _ask_upstream(
+        self, conn: Conn, ex: Exchange, upstream: socket.socket, request: bytes, up_buf: bytes
+    ) -> tuple[bytes, bytes] | None:
+        """The data plane's answer to ``request`` (and the bytes after it); None if it closed first."""
+        try:
+            upstream.sendall(request)
+            return read_message(conn, upstream, up_buf)
+        except Gone as exc:
+            if str(exc) == "dropped":
+                raise
+            self._end(ex, "upstream_closed")
+            return None
+
+    def _answer(self, conn: Conn, ex: Exchange, mode: str, answer: bytes) -> bool:
+        """Give the client the data plane's answer as ``mode`` says; False once the connection is over."""
+        if mode == "reset":
+            with contextlib.suppress(OSError):
+                conn.sock.sendall(answer[: self.reset_after])
+            ex.sent = min(len(answer), self.reset_after)
+            self._end(ex, "reset")
+            rst_close(conn.sock)
+            return False
+        if mode == "trickle":
+            self._trickle(conn, ex, answer)
+            return ex.outcome == "answered"
+        try:
+            conn.sock.sendall(answer)
+        except OSError:
+            self._end(ex, "client_closed")
+            return False
+        ex.sent = len(answer)
+        self._end(ex, "answered")
+        return True
 
     def _await_client_close(self, conn: Conn, ex: Exchange) -> None:
         while not self.stopping.is_set():

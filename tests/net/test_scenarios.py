@@ -21,7 +21,7 @@ from tests.net.scenario import (
     ScenarioResult,
     Timeouts,
 )
-from tests.support import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.net
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import senders, start_devserver  # noqa: F401 - the e2e tier's fixtures, shared
 from tests.powercut.mount import PowerCutFS, require_fuse_mode, unavailable_reason
 
 

@@ -48,7 +48,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fuse import FUSE, FuseOSError, Operations  # type: ignore[import-untyped]
+from fuse import FUSE, FuseOSError, Operations
 
 from .model import DurabilityModel, Kind, Node
 from .mount import detach
@@ -374,7 +374,7 @@ def serve_commands(ops: PowerCutOperations, mountpoint: Path) -> None:
                 _reply("ok " + json.dumps(ops.counts))
             else:
                 _reply(f"error unknown command {command!r}")
-        except Exception as exc:  # the answer carries it to the test
+        except Exception as exc:  # noqa: BLE001 - the answer carries it to the test
             _reply(f"error {type(exc).__name__}: {exc}")
     detach(mountpoint)
 

@@ -138,7 +138,8 @@ class PowerCutFS:
             return ""
 
     def _read_line(self, timeout: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
@@ -156,7 +157,8 @@ class PowerCutFS:
 
     def command(self, line: str, timeout: float = COMMAND_TIMEOUT_S) -> str:
         """Send one command; its answer after "ok" (fails the test on "error ...")."""
-        assert self.proc is not None and self.proc.stdin is not None
+        assert self.proc is not None
+        assert self.proc.stdin is not None
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
         answer = self._read_line(timeout)

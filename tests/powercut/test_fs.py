@@ -145,7 +145,7 @@ def test_after_the_cut_every_operation_fails(powercut_fs: PowerCutFS, tmp_path: 
         os.write(fd, b"before")
         powercut_fs.freeze()
         for attempt in (lambda: os.write(fd, b"after"), lambda: os.fsync(fd), lambda: os.stat(mnt / "g")):
-            with pytest.raises(OSError) as caught:
+            with pytest.raises(OSError, match="Input/output error") as caught:
                 attempt()
             assert caught.value.errno == errno.EIO
     finally:
@@ -169,7 +169,8 @@ def test_flock_is_shared_by_processes_and_released_when_its_holder_dies(powercut
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"locked\n"
         fd = os.open(path, os.O_RDONLY)
         try:
             assert tail.writer_alive(fd)
@@ -200,10 +201,12 @@ def test_the_control_file_is_rewritten_in_place_and_read_back(powercut_fs: Power
     try:
         control.publish(quota.Control(quota_bytes=100))
         first = quota.read_control(path)
-        assert first is not None and first.flags == 0
+        assert first is not None
+        assert first.flags == 0
         control.publish(quota.Control(flags=quota.OVER_QUOTA, quota_bytes=100, usage_bytes=100))
         second = quota.read_control(path)
-        assert second is not None and second.flags == quota.OVER_QUOTA
+        assert second is not None
+        assert second.flags == quota.OVER_QUOTA
     finally:
         control.close()
 

@@ -28,7 +28,8 @@ def test_a_committed_ledger_survives_a_power_cut(powercut_fs: PowerCutFS, tmp_pa
     survived = ledger.read(after / "ledger")
     assert survived is not None, "the ledger did not survive the cut whole"
     assert survived.generation == second.generation == 2
-    assert survived.offsets == second.offsets and survived.ahead == second.ahead
+    assert survived.offsets == second.offsets
+    assert survived.ahead == second.ahead
     assert not (after / "ledger.tmp").exists()
 
 
@@ -45,4 +46,6 @@ def test_a_cut_before_a_commit_returns_leaves_the_previous_ledger_whole(
     after = tmp_path / "after"
     powercut_fs.write_durable(after)
     survived = ledger.read(after / "ledger")
-    assert survived is not None and survived.generation == 1 and len(survived.offsets) == 100
+    assert survived is not None
+    assert survived.generation == 1
+    assert len(survived.offsets) == 100

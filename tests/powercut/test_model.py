@@ -105,7 +105,8 @@ def test_a_removed_directory_takes_its_durable_files_with_it_once_its_parent_is_
     assert "a/f" in durable(model)
     model.sync_dir(model.nodes[ROOT])
     assert durable(model) == {"b": None}
-    assert a.id not in model.nodes and f.id not in model.nodes
+    assert a.id not in model.nodes
+    assert f.id not in model.nodes
 
 
 def test_a_file_moved_out_of_a_removed_directory_is_not_lost() -> None:
@@ -128,4 +129,5 @@ def test_sync_all_makes_the_live_tree_durable() -> None:
     model.sync_all(lambda path: path.encode())
     assert durable(model) == {"d": None, "d/f": b"d/f", "link": None}
     link = model.lookup("/link")
-    assert link is not None and link.target == "d/f"
+    assert link is not None
+    assert link.target == "d/f"

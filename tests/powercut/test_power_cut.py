@@ -32,9 +32,12 @@ from pathlib import Path
 import pytest
 
 from rudder_fast.layout import ensure_spool
-from tests.e2e.conftest import DevServer, RunningSender, Senders, read_rejected, read_status, sender_env
 from tests.powercut.mount import REPO, PowerCutFS
-from tests.support import console_script, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import console_script
+from tests.support.sender import RunningSender, Senders, sender_env
+from tests.support.spool import read_rejected, read_status
+from tests.support.waiting import wait_for
 
 PRODUCERS = 3
 RATE_PER_PRODUCER = 800  # events/s: about a fifth of what the FUSE mount takes on two cores

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from hypothesis import given
@@ -24,7 +26,9 @@ events = st.lists(
 
 
 @given(events)
-def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(evts: list[dict]) -> None:
+def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(
+    evts: list[dict[str, Any]],
+) -> None:
     stubs = [stub_of(orjson.dumps({"type": "track", **e})) for e in evts]
     body = build_body(stubs, SENT_AT)
     assert len(body) == body_size(sum(map(len, stubs)), len(stubs))
@@ -40,7 +44,7 @@ def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(evt
 
 def test_limits_never_exceed_the_server_limit() -> None:
     given = {"write_key": "k", "data_plane_url": "http://127.0.0.1:1", "max_batch_bytes": SERVER_MAX_BODY + 1}
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="--max-batch-bytes must be between"):
         config.sender_config(given, {})
     assert config.MAX_BATCH_BYTES < SERVER_MAX_BODY
 
@@ -49,4 +53,5 @@ def test_limits_never_exceed_the_server_limit() -> None:
 def test_halves_cover_the_batch_without_overlap(n: int) -> None:
     a, b = halves(n)
     assert list(a) + list(b) == list(range(n))
-    assert len(a) >= 1 and len(b) >= 1
+    assert len(a) >= 1
+    assert len(b) >= 1

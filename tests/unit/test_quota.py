@@ -128,7 +128,7 @@ def test_sizes(text: str, size: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "M", "1.5G", "-1", "512MB!", "10 X"])
 def test_bad_sizes(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a size"):
         config.parse_size(text)
 
 

@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from rudder_fast.retry import Action, RetryPolicy, parse_retry_after
+from rudder_fast.retry import Action, Decision, RetryPolicy, parse_retry_after
 
 
 class FixedRandom:
@@ -20,7 +20,7 @@ class FixedRandom:
 POLICY = RetryPolicy(base=0.5, cap=30.0, halt_retry=60.0, disabled_retry=120.0)
 
 
-def decide(status: int | None, attempt: int = 1, size: int = 10, rnd: float = 1.0, **kw: object):
+def decide(status: int | None, attempt: int = 1, size: int = 10, rnd: float = 1.0, **kw: object) -> Decision:
     return POLICY.decide(status, attempt=attempt, batch_size=size, rng=FixedRandom(rnd), **kw)  # type: ignore[arg-type]
 
 
@@ -64,14 +64,17 @@ def test_413_splits_then_quarantines_a_single_event() -> None:
 
 def test_401_halts_and_404_backs_off_long_without_dropping() -> None:
     halt = decide(401)
-    assert halt.action is Action.HALT and halt.delay == 60.0
+    assert halt.action is Action.HALT
+    assert halt.delay == 60.0
     disabled = decide(404)
-    assert disabled.action is Action.DISABLED and disabled.delay == 120.0
+    assert disabled.action is Action.DISABLED
+    assert disabled.delay == 120.0
 
 
 def test_connection_errors_say_why() -> None:
     d = decide(None, error="ConnectionRefusedError: [Errno 111]")
-    assert d.action is Action.RETRY and "ConnectionRefusedError" in d.reason
+    assert d.action is Action.RETRY
+    assert "ConnectionRefusedError" in d.reason
 
 
 def test_no_outcome_ever_drops() -> None:

@@ -1,4 +1,4 @@
-"""Record -> wire event (``rudder_fast.wire``), checked against WIRE.md's event table. Pure.
+"""Record -> wire event (``rudder_fast.wire``), checked against docs/wire.md's event table. Pure.
 
 Records are built by hand following the layout at the top of ``rudder_fast/events.py``::
 
@@ -55,7 +55,8 @@ def wire(record: list[Any], seq: int = 7, *, version: str = VERSION) -> dict[str
     """The event as the data plane receives it: through msgpack (the spool) and orjson (the request)."""
     stored = msgpack.unpackb(msgpack.packb(record))
     event = WireMapper(version).event(stored, NONCE, seq)
-    return orjson.loads(orjson.dumps(event))
+    received: dict[str, Any] = orjson.loads(orjson.dumps(event))
+    return received
 
 
 def rec(
@@ -256,7 +257,7 @@ def test_field_order_is_stable() -> None:
     "record", [[0, CALL_NS, "u", None, None, None, None, None], [99] + [None] * 9, [KIND_TRACK, 1]]
 )
 def test_unreadable_records_raise_value_error(record: list[Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown record kind"):
         WireMapper(VERSION).event(record, NONCE, 0)
 
 
@@ -374,14 +375,15 @@ def test_any_record_maps_to_its_inputs(
     call_ns: int,
 ) -> None:
     data = encode_json_field("x", payload)
-    fields: list[Any] = {
+    fields_by_kind: dict[int, list[Any]] = {
         KIND_TRACK: ["Ev", data],
         KIND_IDENTIFY: [data],
         KIND_PAGE: ["N", "C", data],
         KIND_SCREEN: ["N", "C", data],
         KIND_GROUP: ["G", data],
         KIND_ALIAS: ["P"],
-    }[kind]
+    }
+    fields = fields_by_kind[kind]
     record = [kind, call_ns, user_id, anon, None, None, encode_json_field("c", context)]
     record += [encode_json_field("i", integrations), *fields]
     got = wire(record, seq)

@@ -69,7 +69,8 @@ def _same_value(ours: Any, theirs: Any, path: str, kept: Collection[str]) -> Non
         for key in ours.keys() | theirs.keys():
             where = f"{path}.{key}" if path else key
             if where in kept:
-                assert key in ours and key not in theirs, f"{where}: kept here, deleted by the SDK"
+                assert key in ours, f"{where}: kept here, deleted by the SDK"
+                assert key not in theirs, f"{where}: kept here, deleted by the SDK"
                 continue
             assert key in ours, f"{where}: missing here ({theirs[key]!r} in the SDK's event)"
             assert key in theirs, f"{where}: extra here ({ours[key]!r}, not in the SDK's event)"
@@ -85,7 +86,8 @@ def _same_value(ours: Any, theirs: Any, path: str, kept: Collection[str]) -> Non
         assert WIRE_TIME.match(ours), f"{path}: {ours!r}"
         assert instant(ours) == instant(theirs), f"{path}: {ours!r} is not {theirs!r}"
         return
-    assert ours == theirs and type(ours) is type(theirs), f"{path}: {ours!r} != {theirs!r}"
+    assert ours == theirs, f"{path}: {ours!r} != {theirs!r}"
+    assert type(ours) is type(theirs), f"{path}: {ours!r} != {theirs!r}"
 
 
 def assert_same_event(

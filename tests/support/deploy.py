@@ -1,37 +1,44 @@
-"""What the deployment-recipe tests share: the recipes as written, and ways to run them on this machine.
+"""The deployment recipes as written, and ways to run them on this machine (the deploy tests' kit).
 
 The recipes are read from where users read them: the files in ``scripts/deploy/`` and the fenced code
 blocks of README.md's "Deploy" section, each of which follows a ``<!-- recipe: NAME -->`` marker. Only
-host paths are ever rewritten (:func:`host_paths`). Processes run as leaders of their own process group
-(:func:`process_group`), and servers that must listen where a recipe says (``0.0.0.0:8000``,
-``127.0.0.1:8000``) run in a network namespace of their own (:func:`netns_argv`): nothing else on the
-machine can collide with them or reach them, and the namespace disappears with its last process.
+host paths are ever rewritten (:func:`host_paths`). Processes run as leaders of their own process
+group (:func:`tests.support.processes.process_group`), and servers that must listen where a recipe says
+(``0.0.0.0:8000``, ``127.0.0.1:8000``) run in a network namespace of their own (:func:`netns_argv`):
+nothing else on the machine can collide with them or reach them, and the namespace disappears with its
+last process.
+Also here: the systemd unit and Kubernetes manifest readers the recipe and image tests share.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DevServer, stop_process
-from tests.support import BIN, segment_files, wait_for
+from tests.support.devserver import DevServer
+from tests.support.processes import BIN, REPO_ROOT
+from tests.support.spool import segment_files
+from tests.support.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 README = ROOT / "README.md"
 DEPLOY = ROOT / "scripts" / "deploy"
 K8S = DEPLOY / "k8s"
+UNIT = DEPLOY / "rudder-fast-sender.service"
+APP_UNIT = DEPLOY / "app.service"
+TMPFILES = DEPLOY / "rudder-fast-tmpfiles.conf"
+# The sender's container in the Kubernetes manifests.
+SENDER = "rudder-fast-sender"
 
 # What the recipes say, and what the tests put in its place.
 RECIPE_SPOOL = "/var/spool/rudder-fast"
@@ -47,13 +54,6 @@ STOP_TIMEOUT_S = 20.0
 def host_paths(text: str, spool: Path, bin_dir: Path = BIN) -> str:
     """A recipe's text with the host paths of the recipe replaced by this test's."""
     return text.replace(RECIPE_BIN, f"{bin_dir}/").replace(RECIPE_SPOOL, str(spool))
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any RUDDER_* variable (nothing leaks in by accident)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUDDER_")}
-    env.update(extra)
-    return env
 
 
 # -- README.md's recipes ---------------------------------------------------------------------------------
@@ -85,64 +85,6 @@ def copy_of_checkout(dest: Path, spool: Path, bin_dir: Path = BIN) -> Path:
         if path.is_file():
             (target / path.name).write_text(host_paths(path.read_text(), spool, bin_dir))
     return dest
-
-
-# -- processes --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def process_group(
-    cmd: Sequence[str],
-    *,
-    env: dict[str, str],
-    cwd: Path,
-    log: Path,
-    stdin: int | IO[Any] | None = None,
-    user: int | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``cmd`` as the leader of a new session (its own process group), output to ``log``.
-
-    On exit: SIGTERM to the leader, SIGKILL at the deadline, then SIGKILL to whatever is left of its
-    group (forked workers): nothing it started outlives the test. ``user``: run as this uid and gid.
-    """
-    ids: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            list(cmd),
-            env=env,
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL if stdin is None else stdin,
-            start_new_session=True,
-            **ids,
-        )
-        try:
-            yield proc
-        finally:
-            stop_process(proc, STOP_TIMEOUT_S)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            if proc.stdin is not None:
-                proc.stdin.close()
-
-
-def wait_exit(proc: subprocess.Popen[Any], timeout: float, log: Path) -> int:
-    """The exit code within ``timeout``, else fail (the finalizer kills it)."""
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(
-            f"{proc.args!r} still running after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}"
-        ) from None
-
-
-def require_script(name: str, package: str) -> str:
-    """The path of an optional tool's console script in the venv, or skip the test saying why."""
-    path = BIN / name
-    if not path.exists():
-        pytest.skip(f"{name} is not installed in {BIN} (pip install {package}: the `test` extra)")
-    return str(path)
 
 
 # -- network namespaces -----------------------------------------------------------------------------------
@@ -215,21 +157,7 @@ def wait_listening(log: Path, timeout: float = 30.0) -> tuple[str, int, int]:
     return match[1], int(match[2]), int(match[3])
 
 
-# -- delivery checks --------------------------------------------------------------------------------------
-
-
-def delivered_once(devserver: DevServer, ids: Sequence[str]) -> list[dict[str, Any]]:
-    """Every one of ``ids`` arrived exactly once and nothing else arrived; the received events."""
-    received = devserver.received()
-    counts = collections.Counter(e["messageId"] for e in received)
-    missing = set(ids) - counts.keys()
-    assert not missing, f"{len(missing)} events lost, e.g. {sorted(missing)[:5]}"
-    unexpected = counts.keys() - set(ids)
-    assert not unexpected, f"{len(unexpected)} unknown events, e.g. {sorted(unexpected)[:5]}"
-    duplicates = {mid: n for mid, n in counts.items() if n > 1}
-    assert not duplicates, f"{len(duplicates)} duplicated, e.g. {list(duplicates.items())[:5]}"
-    assert len(received) == len(set(ids)) == len(ids)
-    return received
+# -- waiting on delivery ----------------------------------------------------------------------------------
 
 
 def wait_received(devserver: DevServer, count: int, timeout: float = DELIVERY_TIMEOUT_S) -> None:
@@ -239,3 +167,67 @@ def wait_received(devserver: DevServer, count: int, timeout: float = DELIVERY_TI
 def wait_no_segments(spool: Path, timeout: float = 30.0) -> None:
     """Acknowledged segments are deleted by the sender: the spool ends with none."""
     wait_for(lambda: not segment_files(spool), timeout=timeout, interval=0.05)
+
+
+# -- systemd units ------------------------------------------------------------------------------------------
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """A unit file as {section: {key: [values in order]}} (comments and blank lines skipped)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"directive outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a directive: {line!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def command_argv(value: str, spool: Path) -> list[str]:
+    """An Exec*= line as argv: special prefixes (+ - @ : !) dropped, host paths and the user mapped."""
+    argv = shlex.split(host_paths(value.lstrip("+-@:!"), spool))
+    for i, word in enumerate(argv[:-1]):
+        if word in ("-o", "-g") and argv[i + 1] == RECIPE_USER:
+            argv[i + 1] = str(os.getuid() if word == "-o" else os.getgid())
+    return argv
+
+
+# -- Kubernetes manifests -----------------------------------------------------------------------------------
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    """The YAML documents of a manifest (skips the test when PyYAML is missing)."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (the `test` extra)")
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def by_name(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (item,) = [i for i in items if i["name"] == name]
+    return item
+
+
+def mount_of(container: dict[str, Any], volume: str) -> str:
+    (mount,) = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume]
+    assert isinstance(mount, str)
+    return mount
