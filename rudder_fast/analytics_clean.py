@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import logging
+import math
 import numbers
 import os
 import threading
@@ -150,7 +151,7 @@ def json_key(key: Any, path: str) -> str:
     if isinstance(key, int):
         return int.__repr__(key)
     if isinstance(key, float):
-        if key != key:
+        if math.isnan(key):
             return "NaN"
         if key in (float("inf"), float("-inf")):
             return "Infinity" if key > 0 else "-Infinity"

@@ -27,6 +27,11 @@ Timestamp: TypeAlias = _dt.datetime | str | None
 # -- the client ---------------------------------------------------------------------------------------------
 
 
+def _falsy_as_none(value: Any) -> Any:
+    """The SDK checks a page's name and category only when truthy: a falsy non-str is as good as none."""
+    return None if not value and type(value) is not str else value
+
+
 class Client:
     """rudder-sdk-python's ``Client``: the same constructor and methods; events go to the spool.
 
@@ -307,11 +312,7 @@ class Client:
             anonymous_id = _id(anonymous_id)
         if not properties:
             properties = {}
-        # The SDK checks name and category only when truthy: a falsy non-str is as good as none.
-        if not name and type(name) is not str:
-            name = None
-        if not category and type(category) is not str:
-            category = None
+        name, category = _falsy_as_none(name), _falsy_as_none(category)
         if timestamp is not None:
             timestamp = _timestamp(timestamp)
         if message_id is not None and type(message_id) is not str:
@@ -410,7 +411,7 @@ def _id(value: Any) -> Any:
 
     ``bool`` is a number to Python but never a meaningful id: it is left for the emitter to refuse.
     """
-    if isinstance(value, numbers.Number) and not isinstance(value, bool):
+    if type(value) is not bool and isinstance(value, numbers.Number):
         return str(value)
     return value
 

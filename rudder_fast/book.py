@@ -266,7 +266,9 @@ class Book:
         if drops:
             counters.add_drops(drops)
         if events or skipped or drops:
-            self.state.credit_producer(track.nonce, track.pid, events, skipped, drops, now)
+            self.state.credit_producer(
+                track.nonce, pid=track.pid, events=events, skipped=skipped, drops=drops, now=now
+            )
 
     # -- what the ledger records -------------------------------------------------------------------
 

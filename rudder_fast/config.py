@@ -365,36 +365,38 @@ def sender_config(given: Mapping[str, Any], environ: Environ | None = None) -> S
     )
 
 
+# (option, lowest, highest) of the numeric options with bounds.
+_BOUNDS: Final = (
+    ("max_batch_bytes", 1024, SERVER_MAX_BODY),
+    ("max_batch_events", 1, 1_000_000),
+    ("linger", 0.0, 3600.0),
+    ("drain_on_stop", 0.0, 86400.0),
+    ("concurrency", 1, 64),
+    ("metrics_port", 0, 65535),
+    ("connect_timeout", 0.001, 3600.0),
+    ("read_timeout", 0.001, 3600.0),
+)
+
+
 def _check(v: Mapping[str, Any]) -> None:
     """Every value within its bounds, or a ConfigurationError that names the option."""
     url = v["data_plane_url"]
     if not url:
         raise ConfigurationError(f"no data plane URL: pass --data-plane-url or set {ENV_DATA_PLANE_URL}")
     _check_url(url)
-    if not 1024 <= v["max_batch_bytes"] <= SERVER_MAX_BODY:
-        raise ConfigurationError(f"--max-batch-bytes must be between 1024 and {SERVER_MAX_BODY}")
-    if v["max_batch_events"] < 1:
-        raise ConfigurationError("--max-batch-events must be at least 1")
-    if v["linger"] < 0:
-        raise ConfigurationError("--linger must be >= 0")
-    if not 0 <= v["drain_on_stop"] < 86400:
-        raise ConfigurationError("--drain-on-stop must be between 0 and 86400 seconds")
-    if not 1 <= v["concurrency"] <= 64:
-        raise ConfigurationError("--concurrency must be between 1 and 64")
+    for dest, low, high in _BOUNDS:
+        value = v[dest]
+        if value is not None and not low <= value <= high:
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigurationError(f"{flag} must be between {low:g} and {high:g}, not {value:g}")
     if v["on_full"] not in ("drop", "drop_oldest"):
         raise ConfigurationError(
             f"--on-full ({ENV_ON_FULL}) must be drop or drop_oldest, not {v['on_full']!r}"
         )
-    port = v["metrics_port"]
-    if port is not None and not 0 <= port <= 65535:
-        raise ConfigurationError("--metrics-port must be between 0 and 65535")
     if str(v["log_level"]).upper() not in LOG_LEVELS:
         raise ConfigurationError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {v['log_level']!r}"
         )
-    for name in ("connect_timeout", "read_timeout"):
-        if v[name] <= 0:
-            raise ConfigurationError(f"--{name.replace('_', '-')} must be > 0")
 
 
 def proxy_for(url: str, explicit: str | None, environ: Environ) -> str | None:

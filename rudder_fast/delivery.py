@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import orjson
 from . import config, safefile
 from .batching import Batch, build_body, halves
 from .book import Outcome
-from .retry import Action, Decision, RetryPolicy, default_rng, parse_retry_after
+from .retry import Action, Decision, RetryPolicy, parse_retry_after
 from .transport import Response, Transport, TransportError, redact_url
 from .wire import IsoClock
 
@@ -197,7 +198,7 @@ class Deliverer:
         self.state = state
         self.stop = stop
         self.quarantine = quarantine
-        self.rng = default_rng()
+        self.rng = random.Random()  # noqa: S311 - jitter spreads retries; it guards no secret
         self.clock = IsoClock()
 
     def deliver(self, batch: Batch) -> Outcome:
@@ -229,8 +230,8 @@ class Deliverer:
                     break
                 if action is Action.QUARANTINE:
                     self.state.success()
-                    assert tried.response is not None
-                    if not self._quarantine(stubs[0], tried.response, outcome):
+                    response = tried.response  # (a refusal always comes with the data plane's answer)
+                    if response is None or not self._quarantine(stubs[0], response, outcome):
                         outcome.abandoned = True
                         return outcome
                     break

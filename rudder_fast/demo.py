@@ -54,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     base = Path(tempfile.mkdtemp(prefix="rudder-fast-demo-"))
     spool = base / "spool"
     out = base / "received.jsonl"
-    server = DevServer("127.0.0.1", 0, [], out, Faults(), quiet=True)
+    server = DevServer("127.0.0.1", 0, [], out=out, faults=Faults(), quiet=True)
     server.start()
     url = f"http://127.0.0.1:{server.port}"
     print(f"devserver on {url}; spool {spool}")
     env = dict(os.environ, RUDDER_WRITE_KEY="demo-key", RUDDER_DATA_PLANE_URL=url)
-    sender = subprocess.Popen(
+    sender = subprocess.Popen(  # noqa: S603 - this interpreter, the demo's own arguments
         [sys.executable, "-m", "rudder_fast.sender", "--spool-dir", str(spool), "--log-level", "WARNING"],
         env=env,
     )

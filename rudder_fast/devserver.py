@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -151,12 +151,31 @@ def gunzip(raw: bytes) -> bytes:
     return b"".join(out)
 
 
+def _names(events: list[dict[str, Any]], user_id: str | None) -> bool:
+    """Whether a fault switch naming ``user_id`` applies to this batch."""
+    return user_id is not None and any(e.get("userId") == user_id for e in events)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# The control switches set as given (or parsed): name -> parser.
+_FAULT_SWITCHES: Final[dict[str, Callable[[Any], Any]]] = {
+    "poison_user_id": _optional_str,
+    "stall_user_id": _optional_str,
+    "retry_after": _optional_str,
+    "disabled": bool,
+}
+
+
 class DevServer:
     def __init__(
         self,
         host: str,
         port: int,
         write_keys: Sequence[str],
+        *,
         out: Path | None,
         faults: Faults,
         quiet: bool = False,
@@ -270,15 +289,9 @@ class DevServer:
         faults = self.faults
         if faults.latency_s:
             time.sleep(faults.latency_s)
-        refused = self.check_auth(headers.get("Authorization"))
+        refused = self._refusal(headers, complete)
         if refused is not None:
             return refused
-        if faults.disabled:
-            return 404, "source is disabled"
-        if faults.fail_status is not None and time.time() < faults.fail_until:
-            return faults.fail_status, _reason(faults.fail_status)
-        if not complete:
-            return 500, "failed to read body from request"  # gateway/handle.go getPayloadFromRequest
         # rudder-server middleware/uncompress.go: exactly "gzip" (the first such header), else as is.
         gz = headers.get("Content-Encoding") == "gzip"
         if gz:
@@ -289,14 +302,31 @@ class DevServer:
         else:
             body = raw
         status, answer, events = validate_batch(body, faults.max_body)
-        stall = faults.stall_user_id
-        if status == 200 and stall is not None and any(e.get("userId") == stall for e in events):
-            return self._stall(stall)
-        poison = faults.poison_user_id
-        if status == 200 and poison is not None and any(e.get("userId") == poison for e in events):
-            return 400, "request neither has anonymousId nor userId"
         if status != 200:
             return status, answer
+        stall = faults.stall_user_id
+        if stall is not None and _names(events, stall):
+            return self._stall(stall)
+        if _names(events, faults.poison_user_id):
+            return 400, "request neither has anonymousId nor userId"
+        self._store(events, gz)
+        return 200, "ok"
+
+    def _refusal(self, headers: Any, complete: bool) -> tuple[int, str] | None:
+        """What the gateway answers before it reads the body: auth, the source, the fault switches."""
+        faults = self.faults
+        refused = self.check_auth(headers.get("Authorization"))
+        if refused is not None:
+            return refused
+        if faults.disabled:
+            return 404, "source is disabled"
+        if faults.fail_status is not None and time.time() < faults.fail_until:
+            return faults.fail_status, _reason(faults.fail_status)
+        if not complete:
+            return 500, "failed to read body from request"  # gateway/handle.go getPayloadFromRequest
+        return None
+
+    def _store(self, events: list[dict[str, Any]], gz: bool) -> None:
         lines = []
         if self._out is not None:
             received = _iso_now()
@@ -312,7 +342,6 @@ class DevServer:
             if self._out is not None:
                 self._out.write(b"\n".join(lines) + b"\n")
                 self._out.flush()
-        return 200, "ok"
 
     def _stall(self, user_id: str) -> tuple[int, str]:
         """Hold this request while the stall switch names ``user_id``, then refuse it, storing nothing:
@@ -338,16 +367,11 @@ class DevServer:
             f.fail_until = time.time() + float(cmd.get("fail_for", 3600))
         if "max_body" in cmd:
             f.max_body = int(cmd["max_body"]) if cmd["max_body"] else MAX_BODY
-        if "poison_user_id" in cmd:
-            f.poison_user_id = cmd["poison_user_id"]
+        for key, parse in _FAULT_SWITCHES.items():
+            if key in cmd:
+                setattr(f, key, parse(cmd[key]))
         if "latency_ms" in cmd:
             f.latency_s = float(cmd["latency_ms"]) / 1000
-        if "disabled" in cmd:
-            f.disabled = bool(cmd["disabled"])
-        if "retry_after" in cmd:
-            f.retry_after = None if cmd["retry_after"] is None else str(cmd["retry_after"])
-        if "stall_user_id" in cmd:
-            f.stall_user_id = cmd["stall_user_id"]
         if "write_keys" in cmd:
             self.write_keys = set(cmd["write_keys"])
         if "down_for" in cmd:
@@ -519,7 +543,9 @@ def run(args: argparse.Namespace) -> int:
         print("rudder-fast devserver: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     tls = (args.tls_cert, args.tls_key) if args.tls_cert is not None else None
-    server = DevServer(args.host, args.port, args.write_key, args.out, faults, quiet=args.quiet, tls=tls)
+    server = DevServer(
+        args.host, args.port, args.write_key, out=args.out, faults=faults, quiet=args.quiet, tls=tls
+    )
     server.start()
     scheme = "https" if tls else "http"
     print(f"listening on {scheme}://{args.host}:{server.port}", flush=True)

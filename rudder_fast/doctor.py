@@ -141,7 +141,7 @@ def sender_findings(spool: Path, status: dict[str, Any], now: float) -> list[Fin
         text = f"running (pid {status.get('pid')}), {state}"
         if age > STATUS_STALE_S:
             found.append(Finding("sender", WARN, f"{text}, but its status is {age:.0f} s old: is it stuck?"))
-        elif state == "ok" or state == "starting":
+        elif state in {"ok", "starting"}:
             found.append(Finding("sender", OK, text))
         else:
             error = status.get("last_error") or "?"
@@ -241,7 +241,7 @@ def _probe(t: Target, full: str) -> Finding:
     finally:
         transport.close()
     said = f"POST {redact_url(full)} answered {answer.status} {answer.body[:80]!r}"
-    if answer.status == 400 or answer.status == 200:
+    if answer.status in {200, 400}:
         return Finding("reachable", OK, f"{said}: the data plane accepts this write key and source")
     if answer.status == 401:
         return Finding(

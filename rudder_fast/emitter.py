@@ -134,7 +134,7 @@ class Emitter:
             return generated
         return message_id
 
-    def track(
+    def track(  # noqa: C901 - the hot path, inlined: each helper call would cost a share of the budget
         self,
         message: Mapping[str, Any] | None = None,
         /,
@@ -350,7 +350,8 @@ class _DefaultEmitter(Emitter):
                 finally:
                     self._setting_up.active = False
             writer = self._writer
-        assert writer is not None
+        if writer is None:  # the setup failed: it raised
+            return None
         if self._reentrant_at_setup:
             for _ in range(self._reentrant_at_setup):
                 writer.count_drop(DROP_REENTRANT, time.time_ns())
@@ -386,12 +387,11 @@ class _DefaultEmitter(Emitter):
         return f"<default emitter {super().__repr__()}>"
 
 
-emit: Final[Emitter] = _DefaultEmitter()
+_DEFAULT: Final = _DefaultEmitter()
+emit: Final[Emitter] = _DEFAULT
 """The default emitter: ``from rudder_fast import emit; emit.track(...)``. Set up on first use."""
 
 
 def configure(spool_dir: str | os.PathLike[str] | None = None, **options: Any) -> Emitter:
     """Set up the default emitter ``rudder_fast.emit`` (optional: it configures itself on first use)."""
-    default = emit
-    assert isinstance(default, _DefaultEmitter)
-    return default.configure(spool_dir, **options)
+    return _DEFAULT.configure(spool_dir, **options)

@@ -154,7 +154,7 @@ class _Refusal(Exception):
         self.parts: list[str] = []
 
 
-def _copy(value: Any, depth: int) -> Any:
+def _copy(value: Any, depth: int) -> Any:  # noqa: C901 - one branch per kind of value, orjson's order
     t = type(value)
     if value is None or t is bool or t is float:
         return value
@@ -200,14 +200,14 @@ def _copy(value: Any, depth: int) -> Any:
         converted = _normalise(value)
     except _Refusal:
         raise
-    except Exception as exc:  # the value's own code raised (a Mapping, a tzinfo, an Enum's value...)
+    except Exception as exc:  # noqa: BLE001 - the value's own code raised (a Mapping, a tzinfo, an Enum...)
         raise _Refusal(f"reading a {t.__name__} raised {type(exc).__name__}: {exc}") from None
     if type(converted) is orjson.Fragment:
         return converted
     return _copy(converted, depth + 1)
 
 
-def _normalise(obj: Any) -> Any:
+def _normalise(obj: Any) -> Any:  # noqa: C901 - one branch per supported type, most common first
     """What one value of a type other than the plain JSON ones stands for (normalised again by the
     caller), or an ``orjson.Fragment``. Deterministic: the same in every process."""
     if isinstance(obj, int):  # before Enum: an IntEnum is an int, as orjson writes it
@@ -373,7 +373,7 @@ def check_timestamp(value: object) -> int | str | None:
     if isinstance(value, _dt.datetime):
         try:
             offset = value.utcoffset()
-        except Exception as exc:  # a tzinfo whose utcoffset() raises
+        except Exception as exc:  # noqa: BLE001 - a tzinfo whose utcoffset() raises anything
             raise InvalidEventError(
                 "timestamp", f"its tzinfo's utcoffset() raised {type(exc).__name__}: {exc}"
             ) from None
@@ -383,7 +383,7 @@ def check_timestamp(value: object) -> int | str | None:
             delta = dt - _EPOCH
         except OverflowError:
             raise InvalidEventError("timestamp", "outside the range a UTC timestamp can represent") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a datetime subclass's own arithmetic raised
             raise InvalidEventError("timestamp", f"cannot be read: {type(exc).__name__}: {exc}") from None
         ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
         if _INT_MIN <= ns < 2**63:

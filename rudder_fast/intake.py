@@ -28,7 +28,7 @@ from .batching import Batch, fits_alone
 from .book import Book, Track
 from .counts import DROP_NOT_KEPT, DROP_TOO_LARGE
 from .delivery import Quarantine, Recurring
-from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, NEED_DATA, Frame, Skip, decode_drops
+from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, Frame, NeedData, Skip, decode_drops
 from .tail import SegmentTail, scan_segments, writer_alive
 from .wire import WireMapper
 
@@ -62,6 +62,7 @@ class Intake:
         self,
         segments_dir: Path,
         book: Book,
+        *,
         mapper: WireMapper,
         quarantine: Quarantine,
         submit: Callable[[Batch], bool],
@@ -180,7 +181,7 @@ class Intake:
         consumed = False
         while True:
             item = decoder.next()
-            if item is NEED_DATA:
+            if isinstance(item, NeedData):
                 return consumed
             consumed = True
             if type(item) is Skip and not tail.writer_gone and seg.reread_at != item.offset:
@@ -191,7 +192,6 @@ class Intake:
                 tail.rewind(item.offset)
                 seg.size = max(seg.size, item.offset + 1)
                 return consumed
-            assert isinstance(item, (Frame, Skip))
             if track.ahead and self._resolved_before_restart(seg, item, now):
                 continue
             if type(item) is not Frame or item.type != FRAME_EVENT:
@@ -199,7 +199,7 @@ class Intake:
             else:
                 try:
                     stub = dumps(to_event(unpackb(item.payload), track.nonce, item.seq))[:-1]
-                except Exception as exc:  # a CRC-valid frame this version cannot read
+                except Exception as exc:  # noqa: BLE001 - a CRC-valid frame this version cannot read
                     self.unreadable.note(f"{track.name}:{item.offset}: {exc}")
                     book.add_resolved(track, item.end, skipped=item.end - item.offset, now=now)
                     continue
@@ -272,7 +272,8 @@ class Intake:
         if batch is None:
             return
         self.batch = None
-        assert self.ready is None
+        if self.ready is not None:  # the loop closes a batch only when none is waiting
+            raise RuntimeError("a second batch waiting for a worker")
         self.ready = batch
         self.submit_ready()
 

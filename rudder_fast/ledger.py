@@ -51,7 +51,7 @@ class LedgerState:
     ahead: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def credit_producer(
-        self, nonce: str, pid: int, events: int, skipped: int, drops: dict[str, int] | None, now: float
+        self, nonce: str, *, pid: int, events: int, skipped: int, drops: dict[str, int] | None, now: float
     ) -> None:
         p = self.producers.get(nonce)
         if p is None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import email.utils
 import enum
-import random
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -123,7 +122,3 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - now)
-
-
-def default_rng() -> RandomSource:
-    return random.Random()

@@ -77,8 +77,9 @@ class Sender:
         )
         self.inflight = 0
         self.intake = Intake(
-            self.paths.segments, self.book, WireMapper(__version__), self.quarantine, self._submit, cfg
-        )
+            self.paths.segments, self.book, mapper=WireMapper(__version__), quarantine=self.quarantine,
+            submit=self._submit, cfg=cfg,
+        )  # fmt: skip
         self.upkeep = Upkeep(self.paths, cfg, self.intake)
         self.publisher = Publisher(self.paths.status, cfg, self.state, self.transport.url)
         self.commit_failures = Recurring(logging.ERROR, "ledger commits failed; retried every second")

@@ -93,7 +93,7 @@ def _close_all_at_exit() -> None:
     for writer in list(_live_writers):
         try:
             writer.close()
-        except Exception:  # nothing may escape at exit
+        except Exception:  # noqa: BLE001, S110 - nothing may escape at exit, and there is no one to tell
             pass
 
 
@@ -191,7 +191,7 @@ class SegmentWriter:
         try:
             if self._fd >= 0 and self._pid == os.getpid():
                 self.close_segment()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - a finaliser must not raise (Python would only print it)
             pass
 
     @property
@@ -346,17 +346,8 @@ class SegmentWriter:
         if not self._flags:
             return True
         check_record(record)  # bad input still raises, whatever the quota
-        if self._block:
-            deadline = time.monotonic() + self._block_timeout
-            pause = 0.001
-            while time.monotonic() < deadline:
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-                with self._exclusive() as mine:
-                    if mine:
-                        self._refresh_quota(time.time_ns(), force=True)
-                if not self._flags:
-                    return True
+        if self._block and self._wait_for_room():
+            return True
         with self._exclusive() as mine:
             if not mine:
                 self._reentrant()
@@ -365,6 +356,20 @@ class SegmentWriter:
             self._report_drops_now(now_ns)
         if self._pending_warning is not None:
             self._log_pending_warning()
+        return False
+
+    def _wait_for_room(self) -> bool:
+        """``on_full="block"``: wait up to the block timeout for the quota to leave room (True)."""
+        deadline = time.monotonic() + self._block_timeout
+        pause = 0.001
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            with self._exclusive() as mine:
+                if mine:
+                    self._refresh_quota(time.time_ns(), force=True)
+            if not self._flags:
+                return True
         return False
 
     def _report_drops_now(self, now_ns: int) -> None:
@@ -485,19 +490,8 @@ class SegmentWriter:
         if fd >= 0 and now_ns < self._roll_at_ns - self._max_age_ns:
             self._roll_at_ns = now_ns + self._max_age_ns  # the clock stepped back: restart the age
         if fd < 0 or self._size >= self._max_bytes or now_ns >= self._roll_at_ns:
-            if fd >= 0:
-                self.close_segment()
-            try:
-                fd = self._open_segment(now_ns)
-            except (SpoolError, ValueError) as exc:
-                self._back_off(now_ns, DROP_SPOOL)
-                self._count_drop_locked(DROP_SPOOL, now_ns)
-                if self.dropped[DROP_SPOOL] == 1:
-                    self._pending_warning = str(exc)
-                return -1
-            except OSError:
-                self._back_off(now_ns, DROP_DISK)
-                self._count_drop_locked(DROP_DISK, now_ns)
+            fd = self._roll(now_ns)
+            if fd < 0:
                 return -1
         if self._unreported and not self._write_drops(now_ns):
             return -1
@@ -509,6 +503,23 @@ class SegmentWriter:
         self._fast_from_ns = now_ns
         self._fast_until_ns = min(self._roll_at_ns, self._quota.check_ns)
         return fd
+
+    def _roll(self, now_ns: int) -> int:
+        """Seal the open segment (if any) and open the next one; -1 if that failed (counted)."""
+        if self._fd >= 0:
+            self.close_segment()
+        try:
+            return self._open_segment(now_ns)
+        except (SpoolError, ValueError) as exc:
+            self._back_off(now_ns, DROP_SPOOL)
+            self._count_drop_locked(DROP_SPOOL, now_ns)
+            if self.dropped[DROP_SPOOL] == 1:
+                self._pending_warning = str(exc)
+            return -1
+        except OSError:
+            self._back_off(now_ns, DROP_DISK)
+            self._count_drop_locked(DROP_DISK, now_ns)
+            return -1
 
     def _open_segment(self, now_ns: int) -> int:
         if self._paths is None:

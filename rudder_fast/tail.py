@@ -32,9 +32,9 @@ from .framing import (
     FRAME_EVENT,
     FRAME_SEAL,
     HEADER_SIZE,
-    NEED_DATA,
     Frame,
     FrameDecoder,
+    NeedData,
     SegmentHeader,
     Skip,
     decode_drops,
@@ -241,9 +241,8 @@ class SegmentTail:
             return
         while True:
             item = decoder.next()
-            if item is NEED_DATA:
+            if isinstance(item, NeedData):
                 return
-            assert isinstance(item, (Frame, Skip))
             if isinstance(item, Frame) and item.type == FRAME_SEAL:
                 self.writer_gone = True  # nothing is appended after a seal
             yield item

@@ -7,7 +7,7 @@ Pure: the JSON-valued fields of a record are already-encoded JSON bytes, spliced
 
 from __future__ import annotations
 
-import time
+import datetime as _dt
 from typing import Any, Final
 
 import orjson
@@ -27,6 +27,7 @@ from .schema import (
 )
 
 LIBRARY_NAME: Final = "rudder-fast"
+_EPOCH: Final = _dt.datetime(1970, 1, 1)
 _MILLIS: Final = tuple(f"{ms:03d}Z" for ms in range(1000))  # formatting ".345Z" is a table lookup
 _ALL_INTEGRATIONS: Final = orjson.Fragment(b'{"All":true}')
 
@@ -43,10 +44,9 @@ class IsoClock:
     def format_ns(self, ns: int) -> str:
         second, rest = divmod(ns, 1_000_000_000)
         if second != self._second:
-            t = time.gmtime(second)
+            t = _EPOCH + _dt.timedelta(seconds=second)  # calendar arithmetic: no clock, no time zone
             self._prefix = (
-                f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
+                f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}."
             )
             self._second = second
         return self._prefix + _MILLIS[rest // 1_000_000]

@@ -208,7 +208,8 @@ class BookMachine(RuleBasedStateMachine):
                     continue
                 assert item.end > track.acked, f"{item.key} lost: acked at {track.acked}"
                 chunk = next((c for c in track.chunks if c.start < item.end <= c.end), None)
-                assert chunk is not None and not chunk.done, f"{item.key} lost: counted resolved"
+                assert chunk is not None, f"{item.key} lost: in no chunk"
+                assert not chunk.done, f"{item.key} lost: counted resolved"
 
     @invariant()
     def committed_ledger_is_true(self) -> None:
@@ -240,8 +241,10 @@ def test_an_abandoned_batch_stays_unresolved_and_is_recorded_as_such() -> None:
     book.resolve(second, Outcome(delivered=1), now=0.0)
     book.resolve(first, Outcome(abandoned=True, retried=3), now=0.0)
     state = book.ledger()
-    assert state.offsets == {"a-1-0.seg": HEADER} and state.ahead == {"a-1-0.seg": [[100, 150]]}
-    assert state.counters.sent == 1 and state.counters.retried == 3
+    assert state.offsets == {"a-1-0.seg": HEADER}
+    assert state.ahead == {"a-1-0.seg": [[100, 150]]}
+    assert state.counters.sent == 1
+    assert state.counters.retried == 3
     assert not book.settled(track)
 
 
@@ -252,9 +255,14 @@ def test_counts_move_with_the_acknowledged_offset() -> None:
     book.add_events(track, batch, 100, 3)
     book.add_resolved(track, 120, skipped=20)  # resolved with the chunk before it
     book.add_resolved(track, 140, drops={"quota": 2})
-    assert book.counters.skipped_bytes == 0 and book.counters.dropped == {}
+    assert book.counters.skipped_bytes == 0
+    assert book.counters.dropped == {}
     book.resolve(batch, Outcome(delivered=3), now=5.0)
-    assert track.acked == 140 and book.counters.sent == 3
-    assert book.counters.skipped_bytes == 20 and book.counters.dropped == {"quota": 2}
+    assert track.acked == 140
+    assert book.counters.sent == 3
+    assert book.counters.skipped_bytes == 20
+    assert book.counters.dropped == {"quota": 2}
     producer = book.state.producers["a" * 16]
-    assert producer["sent"] == 3 and producer["pid"] == 7 and producer["dropped"] == {"quota": 2}
+    assert producer["sent"] == 3
+    assert producer["pid"] == 7
+    assert producer["dropped"] == {"quota": 2}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rudder_fast.ledger import Counters, LedgerState, decode, encode
+from rudder_fast.counts import Counters
+from rudder_fast.ledger import LedgerState, decode, encode
 
 
 def sample() -> LedgerState:

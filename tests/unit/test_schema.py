@@ -47,7 +47,12 @@ CASES: list[dict[str, Any]] = [
 def test_tracks_inlined_hot_path_builds_the_tables_record(values: dict[str, Any], tmp_path: Path) -> None:
     em = Emitter(tmp_path / "spool")
     built: list[list[Any]] = []
-    em._append = lambda rec, now: built.append(rec) or "id"  # type: ignore[method-assign]
+
+    def keep(rec: list[Any], now: int) -> str:
+        built.append(rec)
+        return "id"
+
+    em._append = keep
     em.track(**values)
     (hot,) = built
     by_table = record(CALLS["track"], hot[R_CALL_NS], values)
