@@ -160,6 +160,12 @@ CONNECT_TIMEOUT_S: Final = 5.0
 # connect + read timeout from its start is abandoned and retried, however slowly bytes trickle in.
 READ_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 5.0  # SIGTERM: wait this long for requests in flight, then abandon them
+# A data plane answers a batch within a second when all is well: a request without an answer for this
+# long is a stalled path or server, shown as the state `stalled` (well before the read timeout ends it).
+STALLED_AFTER_S: Final = 3.0
+# The sender fdatasyncs the live segments it tails (and segments/ after a new one appears) this often:
+# a power cut loses at most about this much of what producers wrote, and producers never wait for it.
+FSYNC_INTERVAL_S: Final = 1.0
 # gzip level 1: on event JSON it already compresses ~5-8x, at several times the speed of the default
 # level 6, and the sender's CPU, not the network, is what limits a host's throughput.
 GZIP_LEVEL: Final = 1
@@ -198,6 +204,7 @@ class Option:
     parse: Callable[[str], Any] = str
     switch: bool = False  # a flag without a value (its variable is true with 1/true/yes/on)
     metavar: str | None = None
+    repeat: bool = False  # may be given more than once (its variable: a comma-separated list)
 
     @property
     def dest(self) -> str:
@@ -217,8 +224,9 @@ SENDER_OPTIONS: Final[tuple[Option, ...]] = (
     ),
     Option("--write-key-file", ENV_WRITE_KEY_FILE, "read the write key from this file (a mounted secret)",
            metavar="FILE"),
-    Option("--data-plane-url", ENV_DATA_PLANE_URL, "the data plane, with or without /v1/batch",
-           metavar="URL"),
+    Option("--data-plane-url", ENV_DATA_PLANE_URL, "the data plane, with or without /v1/batch; repeat it "
+           "(or separate them with commas in the variable) for data planes to fail over to, in order of "
+           "preference", metavar="URL", repeat=True),
     Option("--drain", None, "deliver everything present, then exit (4 if it cannot)", switch=True),
     Option("--drain-timeout", None, "give up draining after SECONDS (exit 4)", parse=_float,
            metavar="SECONDS"),
@@ -245,6 +253,9 @@ SENDER_OPTIONS: Final[tuple[Option, ...]] = (
            metavar="URL"),
     Option("--ca-bundle", "RUDDER_FAST_CA_BUNDLE", "CA certificates for an https data plane (TLS is "
            "always verified)", metavar="FILE"),
+    Option("--fsync-interval", "RUDDER_FAST_FSYNC_INTERVAL", "fdatasync the segments being written (and "
+           "the spool's directory after a new one) every SECONDS: what a power cut loses is bounded by it; "
+           "0 turns it off", FSYNC_INTERVAL_S, _float, metavar="SECONDS"),
     Option("--quota-bytes", ENV_QUOTA_BYTES, "bound on the spool's unacknowledged bytes, e.g. 512M "
            "(K/M/G = x1024); producers resume below 90 %", 0, parse_size, metavar="SIZE"),
     Option("--on-full", ENV_ON_FULL, "at the quota: producers drop new events (drop), or the sender "
@@ -270,7 +281,7 @@ class SenderConfig:
 
     spool_dir: Path
     write_key: str = field(repr=False)
-    data_plane_url: str
+    data_plane_urls: tuple[str, ...]  # in order of preference
     gzip: bool = True
     max_batch_bytes: int = MAX_BATCH_BYTES
     max_batch_events: int = MAX_BATCH_EVENTS
@@ -283,7 +294,9 @@ class SenderConfig:
     drain_timeout: float | None = None
     drain_on_stop: float = 0.0  # seconds of delivery after SIGTERM/SIGINT; 0: stop at once
     ca_bundle: str | None = None
-    proxy: str | None = field(default=None, repr=False)  # the proxy for the data plane (may hold a password)
+    # The proxy for each data plane, in the same order (None: direct). May hold a password.
+    proxies: tuple[str | None, ...] = field(default=(), repr=False)
+    fsync_interval: float = FSYNC_INTERVAL_S  # 0: off
     quota_bytes: int = 0  # 0: no quota
     on_full: QuotaPolicy = "drop"
     metrics_host: str = METRICS_HOST
@@ -297,6 +310,16 @@ class SenderConfig:
     @property
     def key_fingerprint(self) -> str:
         return write_key_fingerprint(self.write_key)
+
+    @property
+    def data_plane_url(self) -> str:
+        """The preferred data plane."""
+        return self.data_plane_urls[0]
+
+    @property
+    def proxy(self) -> str | None:
+        """The preferred data plane's proxy."""
+        return self.proxies[0] if self.proxies else None
 
 
 def option_values(given: Mapping[str, Any], environ: Environ) -> dict[str, Any]:
@@ -313,11 +336,19 @@ def option_values(given: Mapping[str, Any], environ: Environ) -> dict[str, Any]:
         source = option.flag
         if value is None and option.env is not None and environ.get(option.env):
             value, source = environ[option.env], option.env
+            if option.repeat:
+                value = [item for item in (part.strip() for part in value.split(",")) if item]
         if value is None:
-            values[option.dest] = option.default
+            values[option.dest] = () if option.repeat else option.default
             continue
         try:
-            values[option.dest] = option.parse(value) if isinstance(value, str) else value
+            if option.repeat:
+                items = [value] if isinstance(value, str) else list(value)
+                values[option.dest] = tuple(
+                    option.parse(item) if isinstance(item, str) else item for item in items
+                )
+            else:
+                values[option.dest] = option.parse(value) if isinstance(value, str) else value
         except ValueError as exc:
             raise ConfigurationError(f"{source}: {exc}") from None
     return values
@@ -340,7 +371,7 @@ def sender_config(given: Mapping[str, Any], environ: Environ | None = None) -> S
     return SenderConfig(
         spool_dir=resolve_spool_dir(v["spool_dir"], environ),
         write_key=write_key,
-        data_plane_url=v["data_plane_url"],
+        data_plane_urls=v["data_plane_url"],
         gzip=not v["no_gzip"],
         max_batch_bytes=v["max_batch_bytes"],
         max_batch_events=v["max_batch_events"],
@@ -352,7 +383,8 @@ def sender_config(given: Mapping[str, Any], environ: Environ | None = None) -> S
         drain_timeout=v["drain_timeout"],
         drain_on_stop=v["drain_on_stop"],
         ca_bundle=v["ca_bundle"],
-        proxy=proxy_for(v["data_plane_url"], v["proxy"], environ),
+        proxies=tuple(proxy_for(url, v["proxy"], environ) for url in v["data_plane_url"]),
+        fsync_interval=v["fsync_interval"],
         quota_bytes=v["quota_bytes"],
         on_full=v["on_full"],
         metrics_host=v["metrics_host"],
@@ -375,15 +407,23 @@ _BOUNDS: Final = (
     ("metrics_port", 0, 65535),
     ("connect_timeout", 0.001, 3600.0),
     ("read_timeout", 0.001, 3600.0),
+    ("fsync_interval", 0.0, 3600.0),
 )
 
 
 def _check(v: Mapping[str, Any]) -> None:
     """Every value within its bounds, or a ConfigurationError that names the option."""
-    url = v["data_plane_url"]
-    if not url:
+    urls = v["data_plane_url"]
+    if not urls:
         raise ConfigurationError(f"no data plane URL: pass --data-plane-url or set {ENV_DATA_PLANE_URL}")
-    _check_url(url)
+    for url in urls:
+        _check_url(url)
+    seen: set[str] = set()
+    for url in urls:
+        key = url.strip().rstrip("/").removesuffix("/v1/batch")
+        if key in seen:
+            raise ConfigurationError(f"the data plane URL {url} is given twice")
+        seen.add(key)
     for dest, low, high in _BOUNDS:
         value = v[dest]
         if value is not None and not low <= value <= high:

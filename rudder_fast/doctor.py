@@ -164,11 +164,11 @@ def sender_findings(spool: Path, status: dict[str, Any], now: float) -> list[Fin
 class Target:
     """What the data plane checks need, from the command line, the environment or the running sender."""
 
-    url: str | None
+    urls: tuple[str, ...]  # in the sender's order of preference
     url_origin: str
     write_key: str | None
     key_origin: str
-    proxy: str | None
+    proxies: tuple[str | None, ...]  # one per URL
     ca_bundle: str | None
     timeout: float
 
@@ -181,15 +181,20 @@ def target(args: argparse.Namespace, status: dict[str, Any], environ: config.Env
         "proxy": args.proxy,
     }
     values = config.option_values(given, environ)
-    url, url_origin = values["data_plane_url"], "from --data-plane-url or " + config.ENV_DATA_PLANE_URL
-    if not url and status.get("data_plane_url"):
-        url, url_origin = status["data_plane_url"], "as the running sender reports it"
+    urls: tuple[str, ...] = values["data_plane_url"]
+    url_origin = "from --data-plane-url or " + config.ENV_DATA_PLANE_URL
+    if not urls:
+        running = [dp.get("url") for dp in status.get("data_planes") or [] if isinstance(dp, dict)]
+        urls = tuple(url for url in running if isinstance(url, str)) or (
+            (status["data_plane_url"],) if status.get("data_plane_url") else ()
+        )
+        url_origin = "as the running sender reports it"
     key, key_origin = values["write_key"], f"from {config.ENV_WRITE_KEY}"
     if not key and values["write_key_file"]:
         key = config.read_write_key_file(Path(values["write_key_file"]))
         key_origin = f"from {values['write_key_file']}"
-    proxy = config.proxy_for(url, values["proxy"], environ) if url else None
-    return Target(url, url_origin, key or None, key_origin, proxy, values["ca_bundle"], args.timeout)
+    proxies = tuple(config.proxy_for(url, values["proxy"], environ) for url in urls)
+    return Target(urls, url_origin, key or None, key_origin, proxies, values["ca_bundle"], args.timeout)
 
 
 def data_plane_findings(t: Target, status: dict[str, Any]) -> list[Finding]:
@@ -211,33 +216,41 @@ def data_plane_findings(t: Target, status: dict[str, Any]) -> list[Finding]:
             )  # fmt: skip
         else:
             found.append(Finding("write key", OK, f"present, {t.key_origin} (fingerprint {mine})"))
-    if not t.url:
+    if not t.urls:
         found.append(
             Finding("data plane", FAIL, "no data plane URL",
                     f"pass --data-plane-url or set {config.ENV_DATA_PLANE_URL}")
         )  # fmt: skip
         return found
-    try:
-        full = batch_url(t.url)
-    except ValueError as exc:
-        return [*found, Finding("data plane", FAIL, str(exc))]
-    warning = config.url_path_warning(t.url, full)
-    found.append(Finding("data plane URL", WARN if warning else OK, warning or f"{full} ({t.url_origin})"))
-    found.append(Finding("proxy", INFO, f"through {redact_url(t.proxy)}" if t.proxy else "none: direct"))
-    found.append(_probe(t, full))
+    for url, proxy in zip(t.urls, t.proxies, strict=True):
+        found += _data_plane(t, url, proxy)
     return found
 
 
-def _probe(t: Target, full: str) -> Finding:
+def _data_plane(t: Target, url: str, proxy: str | None) -> list[Finding]:
+    """One data plane's URL, the proxy to it, and the empty batch posted to it."""
+    try:
+        full = batch_url(url)
+    except ValueError as exc:
+        return [Finding("data plane", FAIL, str(exc))]
+    warning = config.url_path_warning(url, full)
+    return [
+        Finding("data plane URL", WARN if warning else OK, warning or f"{full} ({t.url_origin})"),
+        Finding("proxy", INFO, f"through {redact_url(proxy)}" if proxy else "none: direct"),
+        _probe(t, full, proxy),
+    ]
+
+
+def _probe(t: Target, full: str, proxy: str | None) -> Finding:
     """Post an empty batch: the gateway authenticates before it reads the body, and stores nothing."""
     transport = Transport(
         full, t.write_key or "", gzip=False, connect_timeout=t.timeout, read_timeout=t.timeout,
-        pool_size=1, ca_bundle=t.ca_bundle, proxy=t.proxy,
+        pool_size=1, ca_bundle=t.ca_bundle, proxy=proxy,
     )  # fmt: skip
     try:
         answer = transport.post(b'{"batch":[]}')
     except TransportError as exc:
-        return Finding("reachable", FAIL, f"POST {redact_url(full)}: {exc}", _reach_fix(str(exc), t))
+        return Finding("reachable", FAIL, f"POST {redact_url(full)}: {exc}", _reach_fix(str(exc), proxy))
     finally:
         transport.close()
     said = f"POST {redact_url(full)} answered {answer.status} {answer.body[:80]!r}"
@@ -256,12 +269,12 @@ def _probe(t: Target, full: str) -> Finding:
     return Finding("reachable", WARN, f"{said}: the data plane is in trouble; the sender retries")
 
 
-def _reach_fix(message: str, t: Target) -> str:
+def _reach_fix(message: str, proxy: str | None) -> str:
     if message.startswith("TLS"):
         return "see the TLS message above; --ca-bundle FILE for a private CA"
     if "proxy" in message:
         return "check the proxy (--proxy, RUDDER_FAST_PROXY, HTTPS_PROXY/HTTP_PROXY, NO_PROXY)"
-    return "check the URL, DNS, firewalls" + ("" if t.proxy else ", and whether this network needs a proxy")
+    return "check the URL, DNS, firewalls" + ("" if proxy else ", and whether this network needs a proxy")
 
 
 def render(findings: list[Finding]) -> str:
@@ -278,8 +291,10 @@ def render(findings: list[Finding]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-plane-url",
+        action="append",
         default=None,
-        help=f"default: ${config.ENV_DATA_PLANE_URL}, else the running sender's",
+        help=f"each data plane to check (repeat it for several); default: ${config.ENV_DATA_PLANE_URL}, "
+        "else the running sender's",
     )
     parser.add_argument("--write-key-file", default=None, help=f"default: ${config.ENV_WRITE_KEY}")
     parser.add_argument(

@@ -46,7 +46,9 @@ log = logging.getLogger("rudder_fast.metrics")
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 METRICS_PATH: Final = "/metrics"
 DEFAULT_HOST: Final = config.METRICS_HOST
-SENDER_STATES: Final = ("starting", "ok", "backoff", "halted", "disabled")
+SENDER_STATES: Final = ("starting", "ok", "stalled", "backoff", "halted", "disabled")
+# A data plane's states (rudder_fast.gate) in which it is not known to be failing.
+DATA_PLANE_UP_STATES: Final = ("starting", "standby", "ok")
 # Drop reasons producers and the sender count: exported as 0 from the start, so rate() and alerts see the
 # series before the first drop happens. Any other reason found in the spool is exported as it appears.
 KNOWN_DROP_REASONS: Final = DROP_REASONS
@@ -86,6 +88,15 @@ class ProcessFigures:
 
 
 @dataclass(frozen=True)
+class DataPlane:
+    """One configured data plane: its URL (never with credentials), its state, whether it is in use."""
+
+    url: str
+    state: str
+    in_use: bool
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     """What the sender knows at one moment, as plain values. ``None`` means unknown: not exported.
 
@@ -109,6 +120,8 @@ class MetricsSnapshot:
     live_producers: int | None = None
     process: ProcessFigures | None = None
     up: bool = True  # False only for a last textfile written as the sender stops
+    oldest_request_age_s: float = 0.0  # the oldest request still without an answer (0: none in flight)
+    data_planes: tuple[DataPlane, ...] = ()  # in order of preference; none: not exported
 
     def __post_init__(self) -> None:
         if self.state not in SENDER_STATES:
@@ -173,6 +186,22 @@ def _process_families(p: ProcessFigures) -> list[tuple[str, str, str, list[Sampl
     return families
 
 
+def _data_plane_families(planes: tuple[DataPlane, ...]) -> list[tuple[str, str, str, list[Sample]]]:
+    """Which data plane is in use, and which are up, one series per configured URL."""
+    return [
+        (
+            "rudder_fast_data_plane_in_use", "gauge",
+            "1 for the data plane the sender delivers to (--data-plane-url, in order), 0 for the others.",
+            [({"url": p.url}, 1 if p.in_use else 0) for p in planes],
+        ),
+        (
+            "rudder_fast_data_plane_up", "gauge",
+            "1 for a data plane not known to be failing, 0 for one that failed and is being probed.",
+            [({"url": p.url}, 1 if p.state in DATA_PLANE_UP_STATES else 0) for p in planes],
+        ),
+    ]  # fmt: skip
+
+
 def render(snapshot: MetricsSnapshot) -> bytes:
     """The snapshot in the Prometheus text exposition format 0.0.4 (UTF-8, ending with a newline)."""
     s = snapshot
@@ -221,6 +250,11 @@ def render(snapshot: MetricsSnapshot) -> bytes:
             "rudder_fast_requests_in_flight", "gauge",
             "Batches being delivered: posted, or waiting to be retried.", _single(s.requests_in_flight),
         ),
+        (
+            "rudder_fast_oldest_request_age_seconds", "gauge",
+            "How long the oldest request to the data plane has waited for its answer (0: none waits).",
+            _single(s.oldest_request_age_s),
+        ),
         ("rudder_fast_sender_up", "gauge", "1 while the sender runs.", _single(1 if s.up else 0)),
         (
             "rudder_fast_sender_state", "gauge",
@@ -236,6 +270,8 @@ def render(snapshot: MetricsSnapshot) -> bytes:
             [({"version": s.version}, 1)],
         ),
     ]  # fmt: skip
+    if s.data_planes:
+        families += _data_plane_families(s.data_planes)
     if s.process is not None:
         families += _process_families(s.process)
     out: list[str] = []

@@ -22,7 +22,6 @@ from . import __version__, config, metrics, safefile
 from .counts import Counters
 from .delivery import DeliveryState
 from .selfwatch import SelfWatch
-from .transport import redact_url
 
 log = logging.getLogger("rudder_fast.sender")
 
@@ -41,13 +40,13 @@ class Moment:
 
 
 class Publisher:
-    def __init__(self, status_path: Path, cfg: config.SenderConfig, state: DeliveryState, url: str) -> None:
+    def __init__(self, status_path: Path, cfg: config.SenderConfig, state: DeliveryState) -> None:
         self.status_path = status_path
         self.cfg = cfg
         self.state = state
-        self.url = redact_url(url)
         self.started = time.monotonic()
         self.next_at = 0.0
+        self._changes = -1  # the delivery state's change count at the last publication
         self.snapshot: metrics.MetricsSnapshot | None = None
         self._sent: collections.deque[tuple[float, int]] = collections.deque()
         self._drops_seen = -1  # set at the first publication: only new drops are announced
@@ -71,7 +70,8 @@ class Publisher:
         return sum(n for _, n in window) / self.rate_window(now)
 
     def publish_if_due(self, now: float, moment: Moment) -> None:
-        if now >= self.next_at:
+        """Once a second, and at once when the delivery state changed (a stall, a failover)."""
+        if now >= self.next_at or self.state.changes != self._changes:
             self.next_at = now + config.STATUS_INTERVAL_S
             self._watch_drops(now, moment.counters)
             self.publish(moment)
@@ -81,11 +81,18 @@ class Publisher:
         rate = self.rate(now)
         process = self._self.figures()
         c = moment.counters
+        self._changes = self.state.changes
+        state = self.state.state
+        planes = self.state.data_planes()
+        oldest = self.state.oldest_request_age(now)
         status: dict[str, Any] = {
             "pid": os.getpid(),
-            "state": "stopped" if final else self.state.state,
+            "state": "stopped" if final else state,
             "state_since": self.state.since,
-            "data_plane_url": self.url,
+            "data_plane_url": self.state.url,
+            "data_planes": planes,
+            "requests_in_flight": self.state.requests_in_flight(),
+            "oldest_request_age_s": None if oldest is None else round(oldest, 3),
             "write_key_fingerprint": self.cfg.key_fingerprint,
             "updated_at": time.time(),
             "events_per_s": rate,
@@ -98,7 +105,7 @@ class Publisher:
         }
         self.snapshot = metrics.MetricsSnapshot(
             version=__version__,
-            state=self.state.state if self.state.state in metrics.SENDER_STATES else "starting",
+            state=state if state in metrics.SENDER_STATES else "starting",
             events_sent=c.sent,
             request_retries=c.retried,
             events_rejected=c.rejected,
@@ -111,6 +118,8 @@ class Publisher:
             live_producers=moment.live_producers,
             process=process,
             up=not final,
+            oldest_request_age_s=oldest or 0.0,
+            data_planes=tuple(metrics.DataPlane(p["url"], p["state"], p["in_use"]) for p in planes),
         )
         if self.cfg.metrics_textfile is not None:
             try:

@@ -56,24 +56,33 @@ class Sender:
         warning = parent_warning(self.paths.root)
         if warning:
             log.warning("%s", warning)
-        self.transport = Transport(
-            cfg.data_plane_url,
-            cfg.write_key,
-            gzip=cfg.gzip,
-            connect_timeout=cfg.connect_timeout,
-            read_timeout=cfg.read_timeout,
-            pool_size=cfg.concurrency,
-            ca_bundle=cfg.ca_bundle,
-            user_agent=f"rudder-fast/{__version__}",
-            proxy=cfg.proxy,
+        self.transports = [
+            Transport(
+                url,
+                cfg.write_key,
+                gzip=cfg.gzip,
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
+                pool_size=cfg.concurrency,
+                ca_bundle=cfg.ca_bundle,
+                user_agent=f"rudder-fast/{__version__}",
+                proxy=proxy,
+            )
+            for url, proxy in zip(
+                cfg.data_plane_urls, cfg.proxies or [None] * len(cfg.data_plane_urls), strict=True
+            )
+        ]
+        policy = policy or RetryPolicy()
+        # The full URLs posted to, in every message; the delivery gate picks one for each attempt.
+        self.state = DeliveryState(
+            [t.url for t in self.transports], concurrency=cfg.concurrency, policy=policy
         )
-        self.state = DeliveryState(self.transport.url)  # the full URL posted to, in every message
         self.quarantine = Quarantine(self.paths.rejected, cfg.rejected_max_bytes)
         self.book = Book()
-        policy = policy or RetryPolicy()
         self.workers = Workers(
             cfg.concurrency,
-            lambda stop: Deliverer(self.transport, policy, self.state, stop, self.quarantine),
+            lambda stop: Deliverer(self.transports, policy, self.state, stop, self.quarantine),
+            wake=self.state.close,
         )
         self.inflight = 0
         self.intake = Intake(
@@ -81,7 +90,7 @@ class Sender:
             submit=self._submit, cfg=cfg,
         )  # fmt: skip
         self.upkeep = Upkeep(self.paths, cfg, self.intake)
-        self.publisher = Publisher(self.paths.status, cfg, self.state, self.transport.url)
+        self.publisher = Publisher(self.paths.status, cfg, self.state)
         self.commit_failures = Recurring(logging.ERROR, "ledger commits failed; retried every second")
         self._commit_retry_at = 0.0
         self._lock_fd = -1
@@ -140,15 +149,21 @@ class Sender:
 
     def run(self) -> int:
         self.workers.start()
+        self.upkeep.syncer.start()
+        planes = ", then ".join(
+            redact_url(t.url) + (f" through the proxy {t.proxy}" if t.proxy else "") for t in self.transports
+        )
         log.info(
-            "sender started: spool %s, data plane %s%s, gzip %s, %d in flight, batches <= %d bytes",
-            self.paths.root, redact_url(self.transport.url),
-            f" through the proxy {self.transport.proxy}" if self.transport.proxy else "",
+            "sender started: spool %s, data plane%s %s, gzip %s, %d in flight, batches <= %d bytes, fsync "
+            "every %s",
+            self.paths.root, "s" if len(self.transports) > 1 else "", planes,
             "on" if self.cfg.gzip else "off", self.cfg.concurrency, self.cfg.max_batch_bytes,
+            f"{self.cfg.fsync_interval:g} s" if self.cfg.fsync_interval > 0 else "(off)",
         )  # fmt: skip
-        warning = config.url_path_warning(self.cfg.data_plane_url, self.transport.url)
-        if warning:
-            log.warning("%s", warning)
+        for given, transport in zip(self.cfg.data_plane_urls, self.transports, strict=True):
+            warning = config.url_path_warning(given, transport.url)
+            if warning:
+                log.warning("%s", warning)
         self._warn_about_other_spools()
         deadline = None
         if self.cfg.drain and self.cfg.drain_timeout is not None:
@@ -188,6 +203,7 @@ class Sender:
         if now >= due["rescan"]:
             usage = self.intake.rescan()
             self.upkeep.enforce_quota(usage, now)
+            self.upkeep.follow_segments()
             due["rescan"] = self.intake.next_rescan(now)
         if now >= due["sweep"]:
             due["sweep"] = now + config.TMP_SWEEP_S
@@ -205,6 +221,7 @@ class Sender:
         self.intake.flush_due(now, caught_up=not progressed)
         self.upkeep.reap_settled()
         self._commit_if_dirty(now)
+        self.state.watch(now)
         self.publisher.publish_if_due(now, self._moment())
         return progressed or bool(got)
 
@@ -259,7 +276,7 @@ class Sender:
         return None
 
     def _shutdown(self) -> None:
-        self.workers.stop.set()  # workers abandon backoff waits at once
+        self.workers.halt()  # workers abandon their waits at once
         deadline = time.monotonic() + self.cfg.stop_timeout
         while self.inflight and time.monotonic() < deadline:
             self._collect(block_for=0.05)
@@ -281,10 +298,11 @@ class Sender:
         if not self._unsafe:
             self.publisher.publish(self._moment(), final=True)
         self.workers.close()
+        self.upkeep.close()  # (its last fsync pass first: it syncs through copies of the tails' descriptors)
         for seg in self.intake.segments.values():
             seg.tail.close()
-        self.transport.close()
-        self.upkeep.close()
+        for transport in self.transports:
+            transport.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -326,6 +344,7 @@ class Sender:
         if not self.book.dirty or now < self._commit_retry_at:
             return
         try:
+            self.upkeep.before_commit()  # the deletions the new ledger forgets are durable first
             ledger.commit(self.paths.ledger, self.book.ledger())
         except OSError as exc:
             # A full or failing disk: try again in a second (each try is an fsync), and say so once a

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         text = text.replace("%", "%%")  # argparse formats help strings with %
         if option.switch:
             parser.add_argument(option.flag, action="store_true", default=None, help=text)
+        elif option.repeat:
+            parser.add_argument(option.flag, action="append", default=None, help=text, metavar=option.metavar)
         else:
             parser.add_argument(option.flag, default=None, help=text, metavar=option.metavar)
     return parser

@@ -89,8 +89,12 @@ def collect(spool_dir: Path) -> dict[str, Any]:
         },
         "sender": {
             "state": sender_doc.get("state", "unknown") if running else "not running",
+            "state_since": sender_doc.get("state_since") if running else None,
             "pid": sender_doc.get("pid") if running else None,
             "data_plane_url": sender_doc.get("data_plane_url"),
+            "data_planes": sender_doc.get("data_planes") or [],
+            "requests_in_flight": sender_doc.get("requests_in_flight", 0) if running else 0,
+            "oldest_request_age_s": sender_doc.get("oldest_request_age_s") if running else None,
             "events_per_s": sender_doc.get("events_per_s", 0.0) if running else 0.0,
             "rate_window_s": sender_doc.get("rate_window_s", 0.0) if running else 0.0,
             "process": sender_doc.get("process") if running else None,
@@ -133,6 +137,8 @@ def render(doc: dict[str, Any]) -> str:
         + (f" (pid {s['pid']})" if s["pid"] else "")
         + (f" -> {s['data_plane_url']}" if s["data_plane_url"] else "")
         + _rate(s),
+        *_requests(s),
+        *_data_planes(s),
         f"sent       {c['sent']:,}    retried {c['retried']:,}    rejected {c['rejected']:,}    "
         f"skipped {c['skipped_bytes']:,} bytes",
         f"dropped    {c['dropped']['total']:,}"
@@ -150,6 +156,28 @@ def render(doc: dict[str, Any]) -> str:
         )
     lines.extend(f"note       {note}" for note in doc.get("notes", []))
     return "\n".join(lines)
+
+
+def _requests(sender: dict[str, Any]) -> list[str]:
+    """The requests waiting for an answer, when one has waited long enough to notice."""
+    oldest = sender.get("oldest_request_age_s")
+    if not oldest or oldest < 1.0:
+        return []
+    n = sender.get("requests_in_flight") or 0
+    return [f"requests   {n} waiting for an answer, the oldest for {_age(oldest)}"]
+
+
+def _data_planes(sender: dict[str, Any]) -> list[str]:
+    """With several data planes: each one's state, the one in use marked."""
+    planes = sender.get("data_planes") or []
+    if len(planes) < 2:
+        return []
+    lines = []
+    for plane in planes:
+        mark = "in use" if plane.get("in_use") else plane.get("state", "?")
+        error = f": {plane['last_error']}" if plane.get("last_error") and not plane.get("in_use") else ""
+        lines.append(f"  {'*' if plane.get('in_use') else ' '} {plane.get('url')} ({mark}){error}")
+    return ["data planes", *lines]
 
 
 def _rate(sender: dict[str, Any]) -> str:

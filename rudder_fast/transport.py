@@ -4,8 +4,14 @@ Every request has a deadline: connect timeout + read timeout from its start. url
 each socket operation, not the request, so an answer that trickles in a byte at a time (a broken proxy,
 a congested link) would hold a worker forever. A watchdog thread (:class:`Deadlines`) shuts down the
 socket of a request still running at its deadline, which ends the blocked read or write at once; the
-request fails like any other connection error and is retried. Name resolution is not covered: it runs
-inside the C library, bounded only by ``resolv.conf``'s own timeouts.
+request fails like any other connection error and is retried.
+
+Name resolution is bounded by the connect timeout too (:class:`Resolver`): the C library's
+``getaddrinfo`` waits for a silent name server as long as ``resolv.conf`` says (5 s x 2 attempts by
+default) and cannot be interrupted, so it runs in a thread of its own, and a new connection waits for it
+at most the connect timeout. Each failure is said in one plain line, with its kind
+(:class:`~rudder_fast.retry.ErrorKind`), which the retry policy reads: a refused certificate is not
+retried as often as a refused connection.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
@@ -26,6 +32,10 @@ from urllib.parse import unquote
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
+
+from .retry import ErrorKind
 
 BATCH_PATH: Final = "/v1/batch"
 # gzip level 1: on event JSON it already compresses ~5-8x, at several times the speed of the default
@@ -64,7 +74,108 @@ class Response:
 
 
 class TransportError(Exception):
-    """The request did not get an HTTP answer (connection refused/reset, timeout, TLS failure)."""
+    """The request did not get an HTTP answer (connection refused/reset, timeout, TLS failure); ``kind``
+    says which kind of failure it was."""
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+AddrInfo = tuple[Any, ...]  # (family, type, proto, canonname, sockaddr), as getaddrinfo gives them
+
+
+class _Lookup:
+    """One ``getaddrinfo`` running in its own thread, and its result."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Sequence[AddrInfo] = ()
+        self.error: socket.gaierror | None = None
+
+
+class Resolver:
+    """Name resolution with a timeout (see the module doc). A look-up still running when a caller gives
+    up goes on in its daemon thread, and the next callers for the same name wait for that one instead
+    of starting another: a silent name server costs one thread per name, not one per attempt."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], _Lookup] = {}
+
+    def __repr__(self) -> str:
+        return f"<Resolver pending={len(self._pending)}>"
+
+    def resolve(self, host: str, port: int, timeout: float) -> Sequence[AddrInfo]:
+        """The addresses of ``host`` (an IP address is returned as is), or ``socket.gaierror``."""
+        family = allowed_gai_family()
+        if _is_address(host):
+            return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)  # numeric: no look-up
+        key = (host, port)
+        with self._lock:
+            lookup = self._pending.get(key)
+            if lookup is None:
+                lookup = self._pending[key] = _Lookup()
+                threading.Thread(
+                    target=self._run, args=(key, lookup, family), name="rudder-fast-resolve", daemon=True
+                ).start()
+        if not lookup.done.wait(timeout):
+            raise socket.gaierror(
+                socket.EAI_AGAIN, f"no answer from the name server within {timeout:g} s (the connect timeout)"
+            )
+        if lookup.error is not None:
+            raise lookup.error
+        return lookup.result
+
+    def _run(self, key: tuple[str, int], lookup: _Lookup, family: socket.AddressFamily) -> None:
+        try:
+            lookup.result = socket.getaddrinfo(key[0], key[1], family, socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            lookup.error = exc
+        except (OSError, UnicodeError) as exc:  # an unencodable name: as a failed look-up
+            lookup.error = socket.gaierror(socket.EAI_NONAME, str(exc))
+        finally:
+            with self._lock:
+                if self._pending.get(key) is lookup:
+                    del self._pending[key]  # the next connection asks again: a name may change
+            lookup.done.set()
+
+
+def _is_address(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.strip("[]"))
+    except OSError:
+        return False
+    return True
+
+
+def _connect(conn: HTTPConnection, addresses: Sequence[AddrInfo]) -> socket.socket:
+    """A socket connected to the first of ``addresses`` that accepts, as urllib3's own
+    ``create_connection`` makes it (socket options, source address, connect timeout)."""
+    error: Exception | None = None
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            if isinstance(conn.timeout, (int, float)):
+                sock.settimeout(conn.timeout)
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(address)
+        except TimeoutError:
+            sock.close()
+            error = ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+            )
+        except OSError as exc:
+            sock.close()
+            error = NewConnectionError(conn, f"Failed to establish a new connection: {exc}")
+        else:
+            return sock
+    raise error or NewConnectionError(conn, "Failed to establish a new connection: no address")
 
 
 class _Guard:
@@ -150,11 +261,21 @@ class Deadlines:
                 self._cond.wait(None if wake == math.inf else wake - now)
 
 
-def _guarded_pools(deadlines: Deadlines) -> dict[str, type[HTTPConnectionPool]]:
-    """Pool classes whose connections report their socket to ``deadlines`` before each request."""
+def _guarded_pools(
+    deadlines: Deadlines, resolver: Resolver, resolve_timeout: float
+) -> dict[str, type[HTTPConnectionPool]]:
+    """Pool classes whose connections resolve names within ``resolve_timeout`` and report their socket
+    to ``deadlines`` before each request."""
 
     def connection(base: type[HTTPConnection]) -> type[HTTPConnection]:
         class Guarded(base):  # type: ignore[valid-type,misc]
+            def _new_conn(self) -> socket.socket:
+                try:
+                    addresses = resolver.resolve(self._dns_host, self.port, resolve_timeout)
+                except socket.gaierror as exc:
+                    raise NameResolutionError(self.host, self, exc) from exc
+                return _connect(self, addresses)
+
             def connect(self) -> None:
                 super().connect()
                 deadlines.attach(self.sock)
@@ -231,7 +352,7 @@ class Transport:
             self._pool = urllib3.PoolManager(**common)
         self.deadline_s = connect_timeout + read_timeout
         self._deadlines = Deadlines()
-        self._pool.pool_classes_by_scheme = _guarded_pools(self._deadlines)
+        self._pool.pool_classes_by_scheme = _guarded_pools(self._deadlines, Resolver(), connect_timeout)
 
     def __repr__(self) -> str:
         via = f" proxy={self.proxy!r}" if self.proxy else ""
@@ -245,11 +366,19 @@ class Transport:
             except urllib3.exceptions.HTTPError as exc:
                 if guard.cut:
                     raise TransportError(
-                        f"no complete answer within {self.deadline_s:g} s (connect + read timeout)"
+                        f"no complete answer within {self.deadline_s:g} s (connect + read timeout)",
+                        ErrorKind.TIMEOUT,
                     ) from None
-                raise TransportError(_describe(exc)) from None
+                kind, text = _describe(exc)
+                raise TransportError(text, kind) from None
         text = resp.data[:500].decode("utf-8", "replace").strip()
         return Response(status=resp.status, body=text, retry_after=resp.headers.get("Retry-After"))
+
+    def drop_idle(self) -> None:
+        """Close the idle keep-alive connections: after a request got no answer, the others are suspect
+        (a blackholed path would hold the next request on one until its deadline; a new connection is
+        bounded by the connect timeout). Requests in flight finish on theirs."""
+        self._pool.clear()
 
     def close(self) -> None:
         self._pool.clear()
@@ -291,8 +420,8 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
                 todo.append(nested)
 
 
-def _describe(exc: Exception) -> str:
-    """One plain line for a request that got no answer: what failed, and for TLS why."""
+def _tls_problem(exc: Exception) -> str | None:
+    """What TLS refused, said plainly, if that is why the request failed."""
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             plain = _CERT_PROBLEMS.get(cause.verify_code)
@@ -300,17 +429,32 @@ def _describe(exc: Exception) -> str:
             return f"TLS: {plain} ({detail})" if plain else f"TLS: certificate verify failed ({detail})"
         if isinstance(cause, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(cause):
             return "TLS: the server does not speak TLS on this port (should the URL be http://?)"
+    return None
+
+
+def _describe(exc: Exception) -> tuple[ErrorKind, str]:
+    """One plain line for a request that got no answer: what failed, and for TLS why."""
+    tls = _tls_problem(exc)
+    if tls is not None:
+        return ErrorKind.TLS, tls
     for cause in _causes(exc):
         if isinstance(cause, urllib3.exceptions.ProxyError):
             inner = cause.original_error if isinstance(cause.original_error, Exception) else cause
-            return f"the proxy failed: {type(inner).__name__}: {inner}".split(" (Caused by")[0][:300]
+            said = f"the proxy failed: {type(inner).__name__}: {inner}".split(" (Caused by")[0]
+            return ErrorKind.PROXY, said[:300]
     for cause in _causes(exc):
         if isinstance(cause, urllib3.exceptions.NewConnectionError):
             # "HTTPConnection(host=..., port=...): Failed to ...": the host and port, then the reason.
             said = str(cause).split("): ", 1)[-1].removeprefix("Failed to establish a new connection: ")
             if isinstance(cause, urllib3.exceptions.NameResolutionError):
-                return f"DNS: {said}"
-            return f"cannot connect to {cause.conn.host}:{cause.conn.port}: {said}"[:300]
+                return ErrorKind.DNS, f"DNS: {said}"
+            return ErrorKind.CONNECT, f"cannot connect to {cause.conn.host}:{cause.conn.port}: {said}"[:300]
     reason = getattr(exc, "reason", None)
     inner = reason if isinstance(reason, Exception) else exc
-    return f"{type(inner).__name__}: {inner}".split(" (Caused by")[0][:300]
+    if isinstance(inner, TimeoutError):
+        kind = ErrorKind.TIMEOUT
+    elif isinstance(inner, (ConnectionError, urllib3.exceptions.ProtocolError)):
+        kind = ErrorKind.CONNECT
+    else:
+        kind = ErrorKind.OTHER
+    return kind, f"{type(inner).__name__}: {inner}".split(" (Caused by")[0][:300]

@@ -1,5 +1,7 @@
 """The sender's care of the spool itself: the quota's publication and ``drop_oldest``, deleting settled
-segments, sweeping ``tmp/``, and checking that the spool is still private.
+segments (durably, before the ledger forgets them), syncing the segments producers write
+(``--fsync-interval``, :mod:`rudder_fast.durability`), sweeping ``tmp/``, and checking that the spool is
+still private.
 
 Each piece is called from the sender's main loop at its own pace; the decisions are made by pure
 functions (:func:`rudder_fast.quota.sender_flags`, :meth:`rudder_fast.book.Book.settled`), the files
@@ -17,6 +19,7 @@ from pathlib import Path
 from . import config, quota, safefile
 from .counts import DROP_OLDEST
 from .delivery import Recurring
+from .durability import Syncer
 from .intake import Intake
 from .layout import SpoolPaths, check_private
 from .tail import count_events, writer_alive
@@ -36,6 +39,7 @@ class Upkeep:
         self.oldest_deleted = Recurring(
             logging.WARNING, "times the oldest events were deleted over the quota"
         )
+        self.syncer = Syncer(paths.segments, cfg.fsync_interval)
 
     def open_control(self) -> None:
         """Create the control file. A FIFO, directory or symlink in its place raises (the sender
@@ -48,8 +52,21 @@ class Upkeep:
             log.error("cannot create the control file (%s): producers will measure the quota themselves", exc)
 
     def close(self) -> None:
+        self.syncer.close()
         if self.control is not None:
             self.control.close()
+
+    # -- durability ---------------------------------------------------------------------------------
+
+    def follow_segments(self) -> None:
+        """After a directory scan: the segments the syncer keeps durable are those the sender reads."""
+        self.syncer.follow({name: seg.tail.fd for name, seg in self.intake.segments.items()})
+
+    def before_commit(self) -> None:
+        """Before the ledger is committed: segments deleted since the last commit stay deleted after a
+        power cut (else one could come back with no ledger entry, and be sent again whole). Raises
+        OSError: the commit waits."""
+        self.syncer.sync_deletions()
 
     # -- the quota ----------------------------------------------------------------------------------
 
@@ -113,6 +130,7 @@ class Upkeep:
                 continue
             events, drops = count_events(tail, seg.track.acked, seg.track.ahead)
             tail.unlink()
+            self.syncer.deleted()
             self.intake.remove(seg)
             book.counters.add_drops(drops)
             book.counters.add_drops({DROP_OLDEST: events})
@@ -130,6 +148,7 @@ class Upkeep:
         for seg in list(self.intake.segments.values()):
             if self.intake.settled(seg):
                 seg.tail.unlink()
+                self.syncer.deleted()
                 self.intake.remove(seg)
 
     def sweep_tmp(self) -> None:

@@ -29,6 +29,7 @@ from rudder_fast.metrics import (
     DEFAULT_HOST,
     KNOWN_DROP_REASONS,
     SENDER_STATES,
+    DataPlane,
     MetricsServer,
     MetricsSnapshot,
     MetricsUnavailable,
@@ -195,6 +196,11 @@ def full_snapshot(**overrides: object) -> MetricsSnapshot:
         "backlog_segments": 6,
         "oldest_event_age_s": 12.5,
         "live_producers": 4,
+        "oldest_request_age_s": 4.5,
+        "data_planes": (
+            DataPlane("https://a.example/v1/batch", "backoff", in_use=False),
+            DataPlane("https://b.example/v1/batch", "ok", in_use=True),
+        ),
     }
     values.update(overrides)
     return MetricsSnapshot(**values)  # type: ignore[arg-type]
@@ -212,6 +218,9 @@ EXPECTED_TYPES = {
     "rudder_fast_oldest_event_age_seconds": "gauge",
     "rudder_fast_live_producers": "gauge",
     "rudder_fast_requests_in_flight": "gauge",
+    "rudder_fast_oldest_request_age_seconds": "gauge",
+    "rudder_fast_data_plane_in_use": "gauge",
+    "rudder_fast_data_plane_up": "gauge",
     "rudder_fast_sender_up": "gauge",
     "rudder_fast_sender_state": "gauge",
     "rudder_fast_delivery_rate_events_per_second": "gauge",
@@ -223,6 +232,8 @@ OPTIONAL = {
     "rudder_fast_backlog_segments",
     "rudder_fast_oldest_event_age_seconds",
     "rudder_fast_live_producers",
+    "rudder_fast_data_plane_in_use",
+    "rudder_fast_data_plane_up",
 }
 
 
@@ -242,6 +253,7 @@ def test_every_family_with_its_type_help_and_value() -> None:
         "rudder_fast_oldest_event_age_seconds": "12.5",
         "rudder_fast_live_producers": "4",
         "rudder_fast_requests_in_flight": "3",
+        "rudder_fast_oldest_request_age_seconds": "4.5",
         "rudder_fast_sender_up": "1",
         "rudder_fast_delivery_rate_events_per_second": "1520.25",
     }
@@ -257,6 +269,14 @@ def test_every_family_with_its_type_help_and_value() -> None:
         (("reason", "too_large"),): "0",
     }
     assert families["rudder_fast_build_info"].samples == {(("version", "0.1.0"),): "1"}
+    assert families["rudder_fast_data_plane_in_use"].samples == {
+        (("url", "https://a.example/v1/batch"),): "0",
+        (("url", "https://b.example/v1/batch"),): "1",
+    }
+    assert families["rudder_fast_data_plane_up"].samples == {
+        (("url", "https://a.example/v1/batch"),): "0",
+        (("url", "https://b.example/v1/batch"),): "1",
+    }
     assert families["rudder_fast_sender_state"].samples == {
         (("state", s),): "1" if s == "backoff" else "0" for s in SENDER_STATES
     }

@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from rudder_fast.retry import Action, Decision, RetryPolicy, parse_retry_after
+from rudder_fast.retry import Action, Decision, ErrorKind, RetryPolicy, parse_retry_after
 
 
 class FixedRandom:
@@ -17,11 +17,13 @@ class FixedRandom:
         return self.value
 
 
-POLICY = RetryPolicy(base=0.5, cap=30.0, halt_retry=60.0, disabled_retry=120.0)
+POLICY = RetryPolicy(
+    base=0.5, short_cap=2.0, cap_fraction=0.1, cap=30.0, halt_retry=60.0, disabled_retry=120.0
+)
 
 
-def decide(status: int | None, attempt: int = 1, size: int = 10, rnd: float = 1.0, **kw: object) -> Decision:
-    return POLICY.decide(status, attempt=attempt, batch_size=size, rng=FixedRandom(rnd), **kw)  # type: ignore[arg-type]
+def decide(status: int | None, size: int = 10, **kw: object) -> Decision:
+    return POLICY.decide(status, batch_size=size, **kw)  # type: ignore[arg-type]
 
 
 def test_2xx_is_an_ack() -> None:
@@ -29,27 +31,50 @@ def test_2xx_is_an_ack() -> None:
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504, None])
-def test_transient_failures_are_retried_with_capped_exponential_backoff(status: int | None) -> None:
-    delays = [decide(status, attempt=n).delay for n in range(1, 10)]
-    assert [d.action for d in [decide(status, attempt=1)]] == [Action.RETRY]
-    assert delays[:7] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
-    assert max(delays) == 30.0
+def test_transient_failures_are_retried_without_a_wait_of_their_own(status: int | None) -> None:
+    """The wait is the delivery gate's: a decision only sets a floor (a Retry-After, a slow retry)."""
+    decision = decide(status)
+    assert decision.action is Action.RETRY
+    assert decision.delay == 0.0
 
 
-def test_full_jitter_spreads_the_delay_from_zero_to_the_ceiling() -> None:
-    assert decide(503, attempt=4, rnd=0.0).delay == 0.0
-    assert decide(503, attempt=4, rnd=0.5).delay == pytest.approx(2.0)
-    assert decide(503, attempt=4, rnd=0.999).delay == pytest.approx(3.996)
+def test_probes_wait_longer_after_each_failure_up_to_a_short_cap_while_the_outage_is_young() -> None:
+    ceilings = [POLICY.probe_delay(n, down_for=5.0, rng=FixedRandom(1.0)) for n in range(1, 8)]
+    assert ceilings == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0]
 
 
-def test_huge_attempt_numbers_do_not_overflow() -> None:
-    assert decide(503, attempt=10_000).delay == 30.0
+def test_the_cap_grows_with_the_outage_to_a_tenth_of_it_then_stops() -> None:
+    def ceiling(down_for: float) -> float:
+        return POLICY.probe_delay(50, down_for=down_for, rng=FixedRandom(1.0))
+
+    assert ceiling(0.0) == 2.0
+    assert ceiling(20.0) == 2.0
+    assert ceiling(60.0) == pytest.approx(6.0)
+    assert ceiling(250.0) == pytest.approx(25.0)
+    assert ceiling(3600.0) == 30.0
 
 
-def test_retry_after_wins_when_longer_and_is_bounded() -> None:
-    assert decide(429, attempt=1, retry_after=7.0).delay == 7.0
-    assert decide(429, attempt=6, rnd=1.0, retry_after=1.0).delay == 16.0
+def test_equal_jitter_waits_half_the_ceiling_at_least() -> None:
+    assert POLICY.probe_delay(3, down_for=1.0, rng=FixedRandom(0.0)) == 1.0
+    assert POLICY.probe_delay(3, down_for=1.0, rng=FixedRandom(0.5)) == pytest.approx(1.5)
+    assert POLICY.probe_delay(3, down_for=1.0, rng=FixedRandom(0.999)) == pytest.approx(1.999)
+
+
+def test_huge_failure_counts_do_not_overflow() -> None:
+    assert POLICY.probe_delay(10_000, down_for=1e9, rng=FixedRandom(1.0)) == 30.0
+
+
+def test_retry_after_is_the_floor_and_is_bounded() -> None:
+    assert decide(429, retry_after=7.0).delay == 7.0
+    assert decide(503, retry_after=-3.0).delay == 0.0
     assert decide(429, retry_after=10_000.0).delay == POLICY.retry_after_max
+
+
+def test_a_refused_certificate_is_retried_slowly() -> None:
+    tls = decide(None, error="TLS: the data plane's TLS certificate has expired", error_kind=ErrorKind.TLS)
+    assert tls.action is Action.RETRY
+    assert tls.delay == POLICY.tls_retry == 30.0
+    assert decide(None, error="cannot connect", error_kind=ErrorKind.CONNECT).delay == 0.0
 
 
 def test_400_bisects_then_quarantines_a_single_event() -> None:
