@@ -11,9 +11,12 @@ the durable state is written into a fresh directory and a new sender delivers it
                  - delivered before the cut - delivered after the reboot
     duplicates = deliveries of a messageId already delivered
 
-Each case is run with ``--fsync-interval 0`` (no fsync: today's sender) and ``--fsync-interval 1``.
-Where the sender has no such option yet (``rudder-fast-sender --help`` does not list it), the first
-runs without it and the second is a strict xfail. Every case prints its figures.
+Each case is run with ``--fsync-interval 0`` (the sender syncs no segment) and ``--fsync-interval 1``
+(the default). Every case prints its figures.
+
+A last test cuts the power after the sender delivered and deleted segments it had synced: the
+deletions must be durable before the ledger that forgets them, or the segments come back after the
+cut with no ledger entry, and every event in them is sent again.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from pathlib import Path
 
 import pytest
 
+from rudder_fast import ledger
 from rudder_fast.layout import ensure_spool
 from tests.powercut.mount import REPO, PowerCutFS
 from tests.support.devserver import DevServer
-from tests.support.processes import console_script
+from tests.support.producers import ProducerChild
 from tests.support.sender import RunningSender, Senders, sender_env
 from tests.support.spool import read_rejected, read_status
 from tests.support.waiting import wait_for
@@ -49,15 +53,6 @@ OUTAGE_CUT_S = (2.5, 3.5)  # ...until after the cut
 # sender finds new segments within 0.05 s and its fsync pass takes a moment on a loaded machine.
 FSYNC_SLACK_S = 1.0
 DRAIN_TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="session")
-def sender_has_fsync_interval() -> bool:
-    """Whether ``rudder-fast-sender`` has the ``--fsync-interval`` option."""
-    help_text = subprocess.run(
-        [console_script("rudder-fast-sender"), "--help"], capture_output=True, text=True, timeout=60
-    ).stdout
-    return "--fsync-interval" in help_text
 
 
 @dataclass
@@ -156,20 +151,10 @@ def test_power_cut_loses_only_what_was_not_yet_synced(
     powercut_fs: PowerCutFS,
     start_devserver: Callable[..., DevServer],
     senders: Senders,
-    sender_has_fsync_interval: bool,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    if sender_has_fsync_interval:
-        option = ["--fsync-interval", interval]
-    elif interval == "0":
-        option = []  # today's sender never fsyncs a segment: the same as 0
-    else:
-        option = ["--fsync-interval", interval]
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="rudder-fast-sender has no --fsync-interval option yet")
-        )
+    option = ["--fsync-interval", interval]
     rng = random.Random()
     spool = powercut_fs.mountpoint / "spool"
     ensure_spool(spool)
@@ -217,8 +202,7 @@ def test_power_cut_loses_only_what_was_not_yet_synced(
     lost = outcome.lost
     with capsys.disabled():
         print(
-            f"\npower cut, {scenario}, --fsync-interval {interval}"
-            f"{'' if option else ' (option absent: no fsync)'}: cut {cut_ns / 1e9 - started:.2f} s in; "
+            f"\npower cut, {scenario}, --fsync-interval {interval}: cut {cut_ns / 1e9 - started:.2f} s in; "
             f"accepted {len(accepted):,}; delivered {len(delivered_before):,} before the cut, "
             f"{len(outcome.delivered_after):,} after the reboot; lost {len(lost):,} "
             f"({100 * len(lost) / max(1, len(accepted)):.1f} %), accepted at most "
@@ -245,3 +229,63 @@ def test_power_cut_loses_only_what_was_not_yet_synced(
             f"{len(lost)} events lost, the oldest accepted {outcome.oldest_lost_age_s():.2f} s before "
             f"the cut: more than --fsync-interval {interval} allows"
         )
+
+
+def test_segments_deleted_after_delivery_stay_deleted_after_a_power_cut(
+    powercut_fs: PowerCutFS,
+    start_devserver: Callable[..., DevServer],
+    senders: Senders,
+    tmp_path: Path,
+) -> None:
+    """A producer writes for longer than the fsync interval (so the sender syncs its segment), then
+    closes it; the sender delivers everything, deletes the segment and commits a ledger without it.
+    Then the power goes. After the reboot a sender must find nothing to send."""
+    spool = powercut_fs.mountpoint / "spool"
+    ensure_spool(spool)
+    powercut_fs.sync()
+    server = start_devserver()
+    sender = senders.start(["--fsync-interval", "0.2"], sender_env(spool, server.url))
+    wait_until_running(sender, spool)
+    producer = ProducerChild(spool)
+    try:
+        ids = producer.emit("first", 300)
+        wait_for(lambda: powercut_fs.stats()["file_syncs"] > 0 and len(server.received()) >= 300, timeout=30)
+        ids += producer.emit("second", 300)
+        producer.call("close")  # sealed: the sender deletes the segment once everything is delivered
+    finally:
+        producer.stop()
+    wait_for(lambda: len(server.received()) >= 600, timeout=30)
+
+    def settled() -> bool:
+        status = read_status(spool)
+        return (
+            not list((spool / "segments").iterdir())
+            and status is not None
+            and status["counters"]["sent"] >= 600
+        )
+
+    wait_for(settled, timeout=30)
+    # The ledger is committed within moments of the deletion (every turn that changed the book).
+    wait_for(lambda: ledger_offsets(spool) == {}, timeout=30)
+    power_cut(powercut_fs, [sender.pid])
+    sender.proc.wait()
+    rebooted = tmp_path / "rebooted"
+    powercut_fs.write_durable(rebooted)
+    powercut_fs.stop()
+
+    back = list((rebooted / "spool" / "segments").iterdir())
+    drain = senders.run(
+        ["--drain", "--drain-timeout", "30"], sender_env(rebooted / "spool", server.url), timeout=60
+    )
+    assert drain.returncode == 0, drain.stderr[-3000:]
+    received = [str(event["messageId"]) for event in server.received()]
+    assert sorted(received) == sorted(mid for mid in ids if mid is not None), (
+        "events sent twice after the cut"
+    )
+    assert back == [], f"deleted segments came back after the cut: {back}"
+
+
+def ledger_offsets(spool: Path) -> dict[str, int] | None:
+    """The segments the committed ledger still records (None: no ledger yet)."""
+    state = ledger.read(spool / "ledger")
+    return None if state is None else dict(state.offsets)
