@@ -7,9 +7,7 @@ codes in a pipe; the rate over the time actually measured; the sender's own proc
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +18,7 @@ import pytest
 
 from rudder_fast import Emitter, __version__
 from tests.support.devserver import DevServer
-from tests.support.processes import clean_env, console_script
+from tests.support.processes import as_nobody, clean_env, console_script
 from tests.support.sender import Senders, sender_env, wait_sender_ready
 from tests.support.spool import status_json
 from tests.support.waiting import wait_for
@@ -94,16 +92,11 @@ def test_a_missing_spool_is_one_line_and_exit_2_for_every_command(tmp_path: Path
 
 
 def test_a_spool_this_user_may_not_read_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the command as another user")
     tmp_path.chmod(0o755)
     spool = tmp_path / "spool"
     Emitter(spool).track(user_id="u", event="e")  # a private spool (0700), owned by root
     for command in ("status", "inspect"):
-        proc = run(
-            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-            console_script("rudder-fast"), command, "--spool-dir", str(spool),
-        )  # fmt: skip
+        proc = run(*as_nobody([console_script("rudder-fast"), command, "--spool-dir", str(spool)]))
         line = one_clear_line(proc)
         assert f"permission denied reading {spool} as uid 65534" in line, line
 
