@@ -317,25 +317,21 @@ class Scenario:
         return NetRun(topo, tmp, rate=self.rate, pad_bytes=self.pad_bytes, **options).start()
 
 
-MID_REQUEST_LATENCY_MS = 300  # the devserver holds each answer this long: a window to cut the wire in
-
-
 def hold(seconds: float = FAULT_S) -> None:
     """Keep the fault in place (the scenario's own duration, not a wait for a condition)."""
     time.sleep(seconds)
 
 
 def blackhole_mid_request(run: NetRun) -> tuple[float, float]:
-    """Every packet dropped while a request waits for its answer (which the data plane has stored)."""
-    run.devserver_control({"latency_ms": MID_REQUEST_LATENCY_MS})
-    wait_for(lambda: run.tcp()["open"] > 0, timeout=10, interval=0.01)
-    run.topo.relay_control(blackhole=True)
-    start = time.time()
-    hold()
+    """Every packet dropped while a request waits for its answer (which the data plane has stored): the
+    TCP relay turns the blackhole on itself, the moment it has handed the next request to the data
+    plane and before it reads the answer, which is then lost on the way back."""
+    blackhole = {"socket": run.topo.relay_socket, "command": {"blackhole": True}}
+    run.tcp(after_request=blackhole)
+    start = wait_for(lambda: run.tcp()["fired"], timeout=10, interval=0.01)
+    hold(max(0.0, start + FAULT_S - time.time()))
     run.topo.relay_control(blackhole=False)
-    end = time.time()
-    run.devserver_control({"latency_ms": 0})
-    return start, end
+    return start, time.time()
 
 
 def blackhole_between_requests(run: NetRun) -> tuple[float, float]:

@@ -18,6 +18,14 @@ Control commands (JSON lines on the UNIX socket, see :mod:`tests.net.control`)::
     {"mode": "trickle"}        {"reset_after": 12}        {"trickle_s": 1.0}
     {"drop_all": true}         reset every client connection now (a load balancer restarting)
     {"since": 0}               the log of exchanges from this index on
+    {"after_request": {"socket": PATH, "command": {...}}}
+                               once the next request is forwarded whole to the upstream (which will
+                               store it), send ``command`` to the helper at ``PATH`` (e.g. the IP
+                               relay's ``{"blackhole": true}``) before reading the upstream's answer;
+                               the state's ``fired`` is then when it was sent
+
+The trigger makes "the wire is cut while the data plane holds a request" an event, not a race: the
+command has taken effect before the answer exists for the relay, so that answer is lost on the way back.
 
 Every exchange is logged with wall-clock times: when the request was complete, and when it ended —
 the answer fully sent, the reset sent, or the client giving up (closing its side). ``wait_s`` is how
@@ -38,6 +46,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tests.net import control
 from tests.net.control import LineServer, die_with_parent
 
 MODES = ("pass", "reset", "never", "trickle")
@@ -151,6 +160,8 @@ class FaultRelay:
         self._conns: dict[int, Conn] = {}
         self._log: list[Exchange] = []
         self._next_conn = 0
+        self._trigger: dict[str, Any] | None = None  # after_request, until it fires
+        self._fired: float | None = None
         self.stopping = threading.Event()
 
     # -- control ---------------------------------------------------------------------------------------
@@ -165,6 +176,8 @@ class FaultRelay:
         if "trickle_s" in cmd:
             self.trickle_s = float(cmd["trickle_s"])
         with self._lock:
+            if "after_request" in cmd:
+                self._trigger, self._fired = dict(cmd["after_request"]), None
             if cmd.get("drop_all"):
                 for conn in self._conns.values():
                     conn.drop.set()
@@ -174,6 +187,7 @@ class FaultRelay:
                 "connections": len(self._conns),
                 "open": sum(1 for ex in self._log if ex.t_end is None),
                 "count": len(self._log),
+                "fired": self._fired,
                 "exchanges": [ex.to_json() for ex in self._log[since:]],
             }
 
@@ -243,12 +257,23 @@ class FaultRelay:
         """The data plane's answer to ``request`` (and the bytes after it); None if it closed first."""
         try:
             upstream.sendall(request)
+            self._fire()
             return read_message(conn, upstream, up_buf)
         except Gone as exc:
             if str(exc) == "dropped":
                 raise
             self._end(ex, "upstream_closed")
             return None
+
+    def _fire(self) -> None:
+        """Send the armed ``after_request`` command, once (the request was just forwarded whole)."""
+        with self._lock:
+            trigger, self._trigger = self._trigger, None
+        if trigger is None:
+            return
+        control.request(str(trigger["socket"]), dict(trigger["command"]))
+        with self._lock:
+            self._fired = time.time()
 
     def _answer(self, conn: Conn, ex: Exchange, mode: str, answer: bytes) -> bool:
         """Give the client the data plane's answer as ``mode`` says; False once the connection is over."""
