@@ -134,12 +134,15 @@ class RetryPolicy:
             return Decision(Action.DISABLED, self.disabled_retry, "404: a wrong path or a disabled source")
         delay = 0.0 if retry_after is None else min(max(retry_after, 0.0), self.retry_after_max)
         if status is None:
-            if error_kind is ErrorKind.TLS:
-                delay = max(delay, self.tls_retry)
-            reason = f"connection error: {error}" if error else "connection error"
-        else:
-            reason = _PLAIN_STATUS.get(status, f"HTTP {status}")
-        return Decision(Action.RETRY, delay, reason)
+            return self._unanswered(delay, error, error_kind)
+        return Decision(Action.RETRY, delay, _PLAIN_STATUS.get(status, f"HTTP {status}"))
+
+    def _unanswered(self, delay: float, error: str, error_kind: ErrorKind) -> Decision:
+        """A request without an HTTP answer: retried; a refused certificate slowly, and said as it is
+        ("TLS certificate verify failed: ..."), not as a connection that failed."""
+        if error_kind is ErrorKind.TLS:
+            return Decision(Action.RETRY, max(delay, self.tls_retry), error or "TLS failure")
+        return Decision(Action.RETRY, delay, f"connection error: {error}" if error else "connection error")
 
 
 # Answers that come from something between the sender and the data plane, said plainly.

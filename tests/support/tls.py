@@ -3,6 +3,7 @@ PEM files the devserver (``--tls-cert/--tls-key``) and the sender (``--ca-bundle
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,19 @@ class Certs:
         return self.cert, self.key
 
 
-def make_certs(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Certs:
-    """A new CA and a server certificate for ``hosts``, written under ``directory``."""
+def make_certs(
+    directory: Path,
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    *,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> Certs:
+    """A new CA and a server certificate for ``hosts``, written under ``directory``; valid from
+    ``not_before`` to ``not_after`` (default: from now on, for years; a past window makes an expired
+    certificate)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
-    leaf = ca.issue_cert(*hosts)
+    leaf = ca.issue_cert(*hosts, not_before=not_before, not_after=not_after)
     certs = Certs(directory / "ca.pem", directory / "server.pem", directory / "server.key")
     ca.cert_pem.write_to_path(str(certs.ca))
     leaf.private_key_pem.write_to_path(str(certs.key))
