@@ -192,10 +192,12 @@ def child_main(spec: dict[str, Any]) -> int:
 
 
 class Child:
-    """A producer process: its JSON lines read by a thread into a queue; ``kill_on``: SIGKILL it from
-    that thread the moment it reports that event."""
+    """A producer process (``script --child SPEC``, this one by default): its JSON lines read by a thread
+    into a queue; ``kill_on``: SIGKILL it from that thread the moment it reports that event."""
 
-    def __init__(self, spec: dict[str, Any], stderr: IO[bytes], kill_on: str | None = None) -> None:
+    def __init__(
+        self, spec: dict[str, Any], stderr: IO[bytes], kill_on: str | None = None, script: Path | None = None
+    ) -> None:
         self.spec = spec
         self.kill_on = kill_on
         self.killed_at: float | None = None
@@ -203,7 +205,7 @@ class Child:
         self.seen: dict[str, dict[str, Any]] = {}
         sys.stdout.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--child", orjson.dumps(spec).decode()],
+            [sys.executable, str(script or Path(__file__).resolve()), "--child", orjson.dumps(spec).decode()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
