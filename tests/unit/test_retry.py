@@ -70,11 +70,15 @@ def test_retry_after_is_the_floor_and_is_bounded() -> None:
     assert decide(429, retry_after=10_000.0).delay == POLICY.retry_after_max
 
 
-def test_a_refused_certificate_is_retried_slowly() -> None:
-    tls = decide(None, error="TLS: the data plane's TLS certificate has expired", error_kind=ErrorKind.TLS)
+def test_a_refused_certificate_is_retried_slowly_and_said_as_it_is() -> None:
+    said = "TLS certificate verify failed: the data plane's TLS certificate has expired"
+    tls = decide(None, error=said, error_kind=ErrorKind.TLS)
     assert tls.action is Action.RETRY
     assert tls.delay == POLICY.tls_retry == 30.0
-    assert decide(None, error="cannot connect", error_kind=ErrorKind.CONNECT).delay == 0.0
+    assert tls.reason == said
+    refused = decide(None, error="cannot connect", error_kind=ErrorKind.CONNECT)
+    assert refused.delay == 0.0
+    assert refused.reason == "connection error: cannot connect"
 
 
 def test_400_bisects_then_quarantines_a_single_event() -> None:
