@@ -143,6 +143,14 @@ def sender_findings(spool: Path, status: dict[str, Any], now: float) -> list[Fin
             found.append(Finding("sender", WARN, f"{text}, but its status is {age:.0f} s old: is it stuck?"))
         elif state in {"ok", "starting"}:
             found.append(Finding("sender", OK, text))
+        elif state == "stalled":
+            oldest = float(status.get("oldest_request_age_s") or 0.0)
+            found.append(
+                Finding(
+                    "sender", WARN, f"{text}: a request has waited {oldest:.0f} s for its answer",
+                    "the network path or the data plane hangs: see the reachability check below",
+                )
+            )  # fmt: skip
         else:
             error = status.get("last_error") or "?"
             found.append(

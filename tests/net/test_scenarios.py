@@ -7,6 +7,7 @@ one-line result of each is printed (``-s``), kept in the test's tmp dir and list
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.net.scenario import (
     ScenarioResult,
     Timeouts,
 )
+from tests.support.processes import clean_env, console_script
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.net
@@ -97,6 +99,12 @@ def test_status_does_not_say_ok_while_requests_go_unanswered(
     wait_for(lambda: unanswered_for(4.0), timeout=15)
     state = run.status()["sender"]["state"]
     assert state != "ok", "status says ok while requests have had no answer for 4 s"
+    doctor = subprocess.run(
+        [console_script("rudder-fast"), "doctor", "--spool-dir", str(run.spool)],
+        capture_output=True, text=True, timeout=60, env=clean_env(), check=False,
+    )  # fmt: skip
+    sender_line = next((line for line in doctor.stdout.splitlines() if line[6:].startswith("sender")), "")
+    assert "a request has waited" in sender_line, doctor.stdout
     run.tcp(mode="pass")
     result = run.run("status while unanswered", lambda r: (start, time.time()))
     record_result.append(result)
