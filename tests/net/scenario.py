@@ -7,7 +7,10 @@
 - the DNS responder (:mod:`tests.net.dns`, SERVFAIL) on the app namespace's loopback;
 - ``rudder-fast-sender`` in the app namespace, posting to ``http://dataplane.rf.test:<relay port>``
   with short ``--connect-timeout`` / ``--read-timeout``;
-- a producer (:mod:`tests.net.produce`) in the root namespace, writing to the shared spool directory.
+- a producer (:mod:`tests.net.produce`) in the root namespace, writing to the shared spool directory;
+- with ``backup=True``, a second devserver on the app namespace's loopback, appending to the same
+  ``--out`` file, given to the sender as its second ``--data-plane-url``: no fault between namespaces
+  reaches it.
 
 A scenario (:data:`SCENARIOS`) is a function that injects one fault while events flow and returns when
 the fault is over, with the traffic to run it under; :meth:`NetRun.run` runs one and returns a
@@ -36,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from rudder_fast.transport import BATCH_PATH
 from tests.net import control
 from tests.net.netns import DATAPLANE_HOST, Topology, stop, wait_line
 from tests.support.processes import console_script
@@ -136,6 +140,7 @@ class NetRun:
         pad_bytes: int = 0,
         concurrency: int = 4,
         dns_mode: str = "servfail",
+        backup: bool = False,
     ) -> None:
         self.topo = topo
         self.tmp = tmp
@@ -152,6 +157,8 @@ class NetRun:
         self.deliveries = Deliveries(self.out)
         self.devserver_port = 0
         self.relay_port = 0
+        self.backup = backup
+        self.backup_port = 0
         self.sender: subprocess.Popen[bytes] | None = None
         self.producer: subprocess.Popen[bytes] | None = None
 
@@ -175,6 +182,11 @@ class NetRun:
         argv += ["--control", self.dns_socket, "--mode", self.dns_mode]
         dns = self.topo.spawn("app", argv, "dns.log", stdout=subprocess.PIPE)
         wait_line(dns, "ready", START_TIMEOUT_S)
+        if self.backup:
+            argv = [console_script("rudder-fast"), "devserver", "--port", "0"]
+            argv += ["--out", str(self.out), "--write-key", WRITE_KEY, "--quiet"]
+            backup = self.topo.spawn("app", argv, "backup-devserver.log", stdout=subprocess.PIPE)
+            self.backup_port = int(wait_line(backup, "listening on", START_TIMEOUT_S).rsplit(":", 1)[1])
         self.start_sender()
         self.start_producer()
         return self
@@ -183,9 +195,19 @@ class NetRun:
     def url(self) -> str:
         return f"http://{DATAPLANE_HOST}:{self.relay_port}"
 
+    @property
+    def backup_url(self) -> str:
+        return f"http://127.0.0.1:{self.backup_port}"
+
+    def in_use(self) -> str | None:
+        """The base URL of the data plane the sender uses, as ``rudder-fast status --json`` says."""
+        planes: list[dict[str, Any]] = self.status()["sender"]["data_planes"]
+        return next((p["url"].removesuffix(BATCH_PATH) for p in planes if p["in_use"]), None)
+
     def start_sender(self, *extra: str) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUDDER_")}
-        env.update(RUDDER_WRITE_KEY=WRITE_KEY, RUDDER_DATA_PLANE_URL=self.url)
+        urls = f"{self.url},{self.backup_url}" if self.backup else self.url
+        env.update(RUDDER_WRITE_KEY=WRITE_KEY, RUDDER_DATA_PLANE_URL=urls)
         argv = [console_script("rudder-fast-sender"), "--spool-dir", str(self.spool)]
         t = self.timeouts
         argv += ["--connect-timeout", str(t.connect_s), "--read-timeout", str(t.read_s)]

@@ -140,3 +140,30 @@ def test_a_silent_nameserver_does_not_hold_a_request_past_the_connect_timeout(
     result = run.run("silent nameserver", lambda r: (start, time.time()))
     record_result.append(result)
     assert result.lost == 0
+
+
+def test_a_blackholed_data_plane_fails_over_to_the_next_and_back(
+    topology: Topology, tmp_path: Path, record_result: list[ScenarioResult]
+) -> None:
+    """Every packet to the first data plane dropped: its requests get no answer by their deadline, the
+    traffic moves to the second (on the app side, out of the blackhole's reach), and comes back to the
+    first once the blackhole is lifted."""
+    run = NetRun(topology, tmp_path, backup=True).start()
+    moved_within = run.timeouts.connect_s + run.timeouts.read_s + SLACK_S + 1.0
+
+    def blackhole_then_back(r: NetRun) -> tuple[float, float]:
+        assert r.in_use() == r.url
+        r.topo.relay_control(blackhole=True)
+        start = time.time()
+        wait_for(lambda: r.in_use() == r.backup_url, timeout=moved_within, interval=0.1)
+        time.sleep(max(0.0, start + FAULT_S - time.time()))  # the fault's own length
+        r.topo.relay_control(blackhole=False)
+        end = time.time()
+        wait_for(lambda: r.in_use() == r.url, timeout=15, interval=0.1)  # probed with the next batches
+        return start, end
+
+    result = run.run("blackhole, failover", blackhole_then_back)
+    record_result.append(result)
+    print(result.line())
+    assert result.lost == 0, result.line()
+    assert result.longest_stall_s <= moved_within, result.line()
