@@ -28,7 +28,10 @@ Modules:
 Tests: ``test_kit.py`` proves each fault is real as a plain client sees it (a 200 ms round trip, ~1 %
 loss, timeouts under a blackhole, RST / silence / trickle from the TCP relay, the name failing and
 resolving again, teardown and stale cleanup); ``test_scenarios.py`` runs the sender through each fault
-and requires every event delivered, and no request waiting past connect + read timeout. Each scenario
+and requires every event delivered, and no request waiting past connect + read timeout; it also checks
+that ``status`` and ``doctor`` show a stalled sender while requests go unanswered, that a silent name
+server holds no attempt past the connect timeout, and that a blackholed data plane fails over to a
+second one (a devserver on the app namespace's loopback) and back. Each scenario
 prints one line (delivered / lost / duplicates, longest stall, longest request), also written to
 ``results.txt`` in its tmp dir, listed at the end of the run, and appended as JSON to
 ``$RUDDER_FAST_NET_RESULTS`` if set.
