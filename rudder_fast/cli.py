@@ -76,26 +76,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     spool = existing_spool(args.spool_dir)
+    if not args.watch:
+        _print_status(spool, args.json, redraw=False, stamp=False)
+        return 0
     # Redrawn in place on a terminal, like top; into a pipe or a file, one plain report after another.
-    redraw = args.watch and sys.stdout.isatty()
-    while True:
-        doc = status.collect(spool)
-        if args.json:
-            sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-            sys.stdout.buffer.flush()
-        else:
-            text = status.render(doc)
-            if redraw:
-                text = "\x1b[H\x1b[2J" + text  # home and clear
-            elif args.watch:
-                text = time.strftime("-- %Y-%m-%d %H:%M:%S --\n") + text
-            print(text, flush=True)
-        if not args.watch:
-            return 0
-        try:
+    redraw = sys.stdout.isatty()
+    try:
+        while True:
+            _print_status(spool, args.json, redraw=redraw, stamp=not redraw)
             time.sleep(args.interval)
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:  # Ctrl-C ends --watch, whether it came during a wait or a report
+        return 0
+
+
+def _print_status(spool: Path, as_json: bool, *, redraw: bool, stamp: bool) -> None:
+    doc = status.collect(spool)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.buffer.flush()
+        return
+    text = status.render(doc)
+    if redraw:
+        text = "\x1b[H\x1b[2J" + text  # home and clear
+    elif stamp:
+        text = time.strftime("-- %Y-%m-%d %H:%M:%S --\n") + text
+    print(text, flush=True)
 
 
 # Every field of every call, by its wire name, but the two replay treats itself: the context (the
