@@ -31,10 +31,10 @@ resolving again, teardown and stale cleanup); ``test_scenarios.py`` runs the sen
 and requires every event delivered, and no request waiting past connect + read timeout; it also checks
 that ``status`` and ``doctor`` show a stalled sender while requests go unanswered, that a silent name
 server holds no attempt past the connect timeout, and that a blackholed data plane fails over to a
-second one (a devserver on the app namespace's loopback) and back. Each scenario
-prints one line (delivered / lost / duplicates, longest stall, longest request), also written to
-``results.txt`` in its tmp dir, listed at the end of the run, and appended as JSON to
-``$RUDDER_FAST_NET_RESULTS`` if set.
+second one (a devserver on the app namespace's loopback) and back. Each scenario prints one line
+(delivered / lost / duplicates, longest stall, longest request, and the states the sender's status went
+through: a fault must show as ``backoff`` or ``stalled``), also written to ``results.txt`` in its tmp
+dir, listed at the end of the run, and appended as JSON to ``$RUDDER_FAST_NET_RESULTS`` if set.
 
 Running: as root, on Linux with ``/dev/net/tun`` and iproute2::
 

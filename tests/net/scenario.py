@@ -31,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,7 @@ from rudder_fast.transport import BATCH_PATH
 from tests.net import control
 from tests.net.netns import DATAPLANE_HOST, Topology, stop, wait_line
 from tests.support.processes import console_script
-from tests.support.spool import status_json
+from tests.support.spool import read_status, status_json
 from tests.support.waiting import wait_for
 
 WRITE_KEY = "net-key"
@@ -73,8 +74,12 @@ class ScenarioResult:
     fault_s: float
     recovered_s: float  # from the end of the fault to the last event delivered
     timeouts: Timeouts = field(default_factory=Timeouts)
+    states: list[str] = field(default_factory=list)  # the sender's states in its status file, in turn
 
     def line(self) -> str:
+        return f"{self._figures()}, states {' > '.join(self.states) or '?'}"
+
+    def _figures(self) -> str:
         return (
             f"{self.name}: delivered {self.delivered}/{self.produced}, lost {self.lost}, "
             f"duplicates {self.duplicates}, longest stall {self.longest_stall_s:.2f} s, "
@@ -125,6 +130,35 @@ class Deliveries:
     def longest_stall(self) -> float:
         times = sorted(self.progress)
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+class StateWatch:
+    """The sender's state as its status file says it, read every 0.05 s by a thread: each change kept."""
+
+    def __init__(self, spool: Path) -> None:
+        self.spool = spool
+        self.states: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="state-watch", daemon=True)
+
+    def __enter__(self) -> StateWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample()  # the state at the end
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._sample()
+
+    def _sample(self) -> None:
+        doc = read_status(self.spool)
+        state = None if doc is None else doc.get("state")
+        if isinstance(state, str) and (not self.states or self.states[-1] != state):
+            self.states.append(state)
 
 
 class NetRun:
@@ -277,28 +311,18 @@ class NetRun:
     def run(self, name: str, inject: Inject) -> ScenarioResult:
         """Wait for events to flow, inject the fault, stop producing, wait until every event is in."""
         self.wait_flowing()
-        fault_start, fault_end = inject(self)
-        produced = self.stop_producing()
-        wanted = set(produced)
-
-        def all_in() -> bool:
-            self.delivered()
-            return wanted.issubset(self.deliveries.counts)
-
-        try:
-            wait_for(all_in, timeout=DELIVERY_TIMEOUT_S, interval=0.05)
-        except AssertionError:
-            missing = len(wanted - set(self.deliveries.counts))
-            raise AssertionError(
-                f"{name}: {missing} of {len(wanted)} events not delivered within {DELIVERY_TIMEOUT_S} s\n"
-                f"status: {self.status()}\nsender log:\n{self.log('sender.log')}"
-            ) from None
-        # The sender publishes its counters once a second: wait until they include every event.
-        status = wait_for(
-            lambda: (doc := self.status())["counters"]["sent"] >= len(wanted) and doc,
-            timeout=30,
-            interval=0.2,
-        )
+        with StateWatch(self.spool) as watch:
+            fault_start, fault_end = inject(self)
+            produced = self.stop_producing()
+            wanted = set(produced)
+            self._wait_all_in(name, wanted)
+            # The sender publishes its counters once a second: wait until they include every event
+            # (the state published with them is the one after the last acknowledgement).
+            status = wait_for(
+                lambda: (doc := self.status())["counters"]["sent"] >= len(wanted) and doc,
+                timeout=30,
+                interval=0.2,
+            )
         last = max(self.deliveries.progress)
         exchanges = self.tcp(since=0)["exchanges"]
         now = time.time()
@@ -317,9 +341,24 @@ class NetRun:
             fault_s=fault_end - fault_start,
             recovered_s=max(0.0, last - fault_end),
             timeouts=self.timeouts,
+            states=watch.states,
         )
         (self.tmp / "result.json").write_bytes(orjson.dumps(result.to_json()))
         return result
+
+    def _wait_all_in(self, name: str, wanted: set[str]) -> None:
+        def all_in() -> bool:
+            self.delivered()
+            return wanted.issubset(self.deliveries.counts)
+
+        try:
+            wait_for(all_in, timeout=DELIVERY_TIMEOUT_S, interval=0.05)
+        except AssertionError:
+            missing = len(wanted - set(self.deliveries.counts))
+            raise AssertionError(
+                f"{name}: {missing} of {len(wanted)} events not delivered within {DELIVERY_TIMEOUT_S} s\n"
+                f"status: {self.status()}\nsender log:\n{self.log('sender.log')}"
+            ) from None
 
 
 # -- the scenarios ---------------------------------------------------------------------------------------

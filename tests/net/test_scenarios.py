@@ -31,8 +31,10 @@ SLACK_S = 1.0  # scheduling on a busy 2-core machine, and the relay's own view o
 
 
 def felt(result: ScenarioResult, run: NetRun) -> None:
-    """The fault reached the sender: it had to retry."""
+    """The fault reached the sender: it had to retry, and its status said so while it lasted."""
     assert result.retried > 0, result.line()
+    assert {"backoff", "stalled"} & set(result.states), f"status never left ok: {result.line()}"
+    assert result.states[-1] == "ok", result.line()
 
 
 def duplicated(result: ScenarioResult, run: NetRun) -> None:
