@@ -230,10 +230,10 @@ def _permission_message(exc: PermissionError) -> str:
     if not path:
         return f"permission denied: {exc}"
     try:
-        owner = f"uid {os.stat(path).st_uid}"
-    except OSError:
-        owner = "its owner"
-    return f"permission denied reading {path}: run this as the spool's owner ({owner}) or as root"
+        owner = f"the spool's owner (uid {os.stat(path).st_uid})"
+    except OSError:  # not even its directory may be looked into
+        owner = "the spool's owner"
+    return f"permission denied reading {path} as uid {os.geteuid()}: run this as {owner} or as root"
 
 
 if __name__ == "__main__":

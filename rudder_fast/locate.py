@@ -63,9 +63,9 @@ class SpoolActivity:
 def probe(spool_dir: Path) -> SpoolActivity | None:
     """What happens in ``spool_dir`` now; None if it is not a spool (or this user may not look)."""
     paths = SpoolPaths(spool_dir)
-    if not paths.segments.is_dir():
-        return None
-    try:
+    try:  # another user's home, a missing directory: not a spool this user can see
+        if not paths.segments.is_dir():
+            return None
         segments = list_segments(paths.segments)
     except OSError:
         return None

@@ -154,7 +154,7 @@ def _single(value: float) -> list[Sample]:
     return [(_NO_LABELS, value)]
 
 
-def _process_families(p: ProcessFigures) -> list[tuple[str, str, str, list[Sample]]]:
+def _process_families(p: ProcessFigures) -> list[Family]:
     """The standard process metrics (the names and help texts client libraries export)."""
     families = [
         ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
@@ -173,12 +173,25 @@ def _process_families(p: ProcessFigures) -> list[tuple[str, str, str, list[Sampl
     return families
 
 
+Family = tuple[str, str, str, list[Sample]]  # name, type, help, samples
+
+
 def render(snapshot: MetricsSnapshot) -> bytes:
     """The snapshot in the Prometheus text exposition format 0.0.4 (UTF-8, ending with a newline)."""
-    s = snapshot
+    families = _counter_families(snapshot) + _gauge_families(snapshot)
+    if snapshot.process is not None:
+        families += _process_families(snapshot.process)
+    out: list[str] = []
+    for name, kind, help_text, samples in families:
+        _family(out, name, kind, help_text, samples)
+    out.append("")
+    return "\n".join(out).encode("utf-8", "replace")
+
+
+def _counter_families(s: MetricsSnapshot) -> list[Family]:
     dropped = dict.fromkeys(KNOWN_DROP_REASONS, 0)
     dropped.update(s.dropped)
-    families: list[tuple[str, str, str, list[Sample]]] = [
+    return [
         (
             "rudder_fast_events_sent_total", "counter", "Events the data plane accepted.",
             _single(s.events_sent),
@@ -203,6 +216,10 @@ def render(snapshot: MetricsSnapshot) -> bytes:
             "Spool bytes skipped as corrupt, torn or unreadable.", _single(s.skipped_bytes),
         ),
     ]  # fmt: skip
+
+
+def _gauge_families(s: MetricsSnapshot) -> list[Family]:
+    families: list[Family] = []
     for name, help_text, value in (
         ("rudder_fast_backlog_events", "Events in the spool not yet delivered.", s.backlog_events),
         ("rudder_fast_backlog_bytes", "Spool bytes not yet acknowledged.", s.backlog_bytes),
@@ -236,13 +253,7 @@ def render(snapshot: MetricsSnapshot) -> bytes:
             [({"version": s.version}, 1)],
         ),
     ]  # fmt: skip
-    if s.process is not None:
-        families += _process_families(s.process)
-    out: list[str] = []
-    for name, kind, help_text, samples in families:
-        _family(out, name, kind, help_text, samples)
-    out.append("")
-    return "\n".join(out).encode("utf-8", "replace")
+    return families
 
 
 # -- the scrape endpoint ------------------------------------------------------------------------------

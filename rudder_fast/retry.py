@@ -97,15 +97,22 @@ class RetryPolicy:
         if status == 401:
             return Decision(Action.HALT, self.halt_retry, "401: the write key was refused")
         if status == 404:
-            return Decision(Action.DISABLED, self.disabled_retry, "404: the source is disabled")
+            return Decision(Action.DISABLED, self.disabled_retry, "404: a wrong path or a disabled source")
         delay = self.backoff(attempt, rng)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.retry_after_max))
         if status is None:
             reason = f"connection error: {error}" if error else "connection error"
         else:
-            reason = f"HTTP {status}"
+            reason = _PLAIN_STATUS.get(status, f"HTTP {status}")
         return Decision(Action.RETRY, delay, reason)
+
+
+# Answers that come from something between the sender and the data plane, said plainly.
+_PLAIN_STATUS: Final = {
+    407: "HTTP 407 from the proxy: it wants credentials (http://user:password@host:port in --proxy)",
+    403: "HTTP 403: refused by the data plane or by a proxy on the way",
+}
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -241,7 +241,7 @@ class Sender:
                 "drain stopped: the data plane %s",
                 "refused the write key (401)"
                 if self.state.state == "halted"
-                else "says the source is disabled (404)",
+                else "answered 404 (a wrong path or a disabled source)",
             )
             return EXIT_DRAIN_FAILED
         if not busy and self._drained():

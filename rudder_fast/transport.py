@@ -297,7 +297,9 @@ def _describe(exc: Exception) -> str:
         if isinstance(cause, ssl.SSLCertVerificationError):
             plain = _CERT_PROBLEMS.get(cause.verify_code)
             detail = cause.verify_message or str(cause)
-            return f"TLS: {plain} ({detail})" if plain else f"TLS: certificate verify failed ({detail})"
+            # "certificate verify failed" first: the words an operator searches for.
+            said = f"{plain} ({detail})" if plain else detail
+            return f"TLS certificate verify failed: {said}"
         if isinstance(cause, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(cause):
             return "TLS: the server does not speak TLS on this port (should the URL be http://?)"
     for cause in _causes(exc):

@@ -737,7 +737,11 @@ def test_readme_celery_command_as_written_delivers_exactly_once(
             stdin=subprocess.DEVNULL,
         )
         assert enqueue.returncode == 0, enqueue.stderr
-        wait_for(lambda: len(inspect_spool(spool_dir)[0]) >= tasks, timeout=60, interval=0.25)
+        wait_for(
+            lambda: spool_dir.is_dir() and len(inspect_spool(spool_dir)[0]) >= tasks,
+            timeout=60,
+            interval=0.25,
+        )
         # SIGTERM (a warm shutdown) to celery's main process: bash itself, if it exec'd the last
         # command, else its child; bash then exits with the worker's status.
         leader = psutil.Process(shell.pid)

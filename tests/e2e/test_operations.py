@@ -91,6 +91,14 @@ def test_metrics_are_served_and_scraped(tmp_path: Path, devserver: DevServer, se
     assert "# TYPE rudder_fast_events_sent_total counter" in body
     assert 'rudder_fast_sender_state{state="ok"} 1' in body
     assert "rudder_fast_sender_up 1" in body
+    # The sender's own process, as Prometheus's standard process_* metrics (read with psutil).
+    for family, kind in (
+        ("process_cpu_seconds_total", "counter"), ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"), ("process_max_fds", "gauge"), ("process_start_time_seconds", "gauge"),
+    ):  # fmt: skip
+        assert f"# TYPE {family} {kind}" in body, family
+    rss = float(re.search(r"^process_resident_memory_bytes (\S+)$", body, re.M)[1])  # type: ignore[index]
+    assert 10 * 2**20 < rss < 2**31, rss
     wait_for(lambda: textfile.exists() and "rudder_fast_events_sent_total 250" in textfile.read_text())
     sender.proc.terminate()
     assert sender.wait(15) == 0

@@ -149,3 +149,47 @@ def test_long_description_renders_without_relative_links_or_images(dist: Path) -
     relative = [t for t in targets if not t.startswith(("https://", "http://", "mailto:", "#"))]
     assert not relative, f"links or images that break on the package index: {relative}"
     assert "<img" not in html, "no images: the charts are in bench/results/report.md"
+
+
+def test_the_wheels_types_let_mypy_catch_a_misspelt_argument(dist: Path, tmp_path: Path) -> None:
+    """``emit`` is an ``Emitter`` and its calls have real signatures: a user's type checker, given the
+    installed wheel (``py.typed``), catches ``propertes=`` before it runs; a correct call passes."""
+    site = tmp_path / "site"
+    with zipfile.ZipFile(only(dist, "*.whl")) as zf:
+        zf.extractall(site)  # noqa: S202 - the wheel this test just built
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "good.py").write_text(
+        "from rudder_fast import emit\n"
+        'mid: str | None = emit.track(user_id="u", event="Signed Up", properties={"plan": "pro"})\n'
+    )
+    (app / "typo.py").write_text(
+        "from rudder_fast import emit\n"
+        'emit.track(user_id="u", event="Signed Up", propertes={"plan": "pro"})\n'
+    )
+
+    def mypy(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent", name],
+            capture_output=True, text=True, timeout=300, cwd=app, stdin=subprocess.DEVNULL, check=False,
+            env={"MYPYPATH": str(site), "PATH": "/usr/bin"},
+        )  # fmt: skip
+
+    good = mypy("good.py")
+    assert good.returncode == 0, good.stdout
+    typo = mypy("typo.py")
+    assert typo.returncode == 1, typo.stdout
+    assert 'Unexpected keyword argument "propertes" for "track" of "Emitter"' in typo.stdout, typo.stdout
+
+
+def test_help_shows_the_calls_signatures_and_docstrings() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "from rudder_fast import emit; help(emit.track); help(emit.identify)"],
+        capture_output=True, text=True, timeout=60, check=False, env={"PAGER": "cat", "PATH": "/usr/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "track(message: 'Mapping[str, Any] | None' = None, /, *, user_id: 'str | None' = None" in proc.stdout
+    )
+    assert "Record that a user did something." in proc.stdout
+    assert "traits: 'Mapping[str, Any] | None' = None" in proc.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import pty
 import ssl
 import subprocess
 import threading
@@ -139,20 +140,23 @@ def test_idle_producers_create_no_files(tmp_path: Path) -> None:
 def test_status_watch_refreshes_in_place(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     Emitter(spool).track(user_id="u", event="e")
+    # On a terminal (a pseudo-terminal here) the screen is cleared and redrawn; into a pipe the reports
+    # are plain (tests/e2e/test_cli.py).
+    controller, terminal = pty.openpty()
     proc = subprocess.Popen(
         [console_script("rudder-fast"), "status", "--watch", "--interval", "0.1", "--spool-dir", str(spool)],
-        stdout=subprocess.PIPE,
+        stdout=terminal,
     )
-    assert proc.stdout is not None
+    os.close(terminal)
     seen = b""
     try:
         deadline = time.monotonic() + 30
         while seen.count(b"\x1b[H\x1b[2J") < 2 and time.monotonic() < deadline:
-            seen += os.read(proc.stdout.fileno(), 4096)
+            seen += os.read(controller, 4096)
     finally:
         proc.terminate()
         proc.wait(10)
-        proc.stdout.close()
+        os.close(controller)
     assert seen.count(b"\x1b[H\x1b[2J") >= 2, seen
     assert b"1 events" in seen
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,24 @@ def require_script(name: str, package: str) -> str:
     if not path.exists():
         pytest.skip(f"{name} is not installed in {BIN} (pip install {package}: the `test` extra)")
     return str(path)
+
+
+NOBODY = 65534
+
+
+def as_nobody(argv: Sequence[str]) -> list[str]:
+    """``argv`` run as user and group nobody (the caller must be root), skipping the test where this
+    interpreter cannot start as another user: a pyenv Python under a private ``/root`` cannot load its
+    ``libpython`` for them. The default interpreter's run covers the test then."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a command as another user")
+    prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "pass"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"{sys.executable} cannot start as uid {NOBODY}: {probe.stderr[:200]}")
+    return [*prefix, *argv]
 
 
 def env_with(**extra: str) -> dict[str, str]:

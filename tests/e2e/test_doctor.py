@@ -1,0 +1,130 @@
+"""``rudder-fast doctor`` against real setups: healthy, and each thing a first deployment gets wrong.
+
+Each test builds the setup for real (a devserver, a sender, a spool), runs the command as a user would,
+and checks its verdict, the line that names the problem, the fix it suggests, and its exit code. No
+event is ever sent by the doctor: the devserver's counters prove it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from rudder_fast import Emitter
+from tests.support.devserver import DevServer
+from tests.support.processes import clean_env, console_script
+from tests.support.sender import Senders, sender_env, wait_sender_ready
+from tests.support.spool import status_json
+from tests.support.tls import make_certs
+from tests.support.waiting import wait_for
+
+KEY = "doctor-key"
+
+
+def doctor(spool: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script("rudder-fast"), "doctor", "--spool-dir", str(spool), *args],
+        capture_output=True, text=True, timeout=60, env=clean_env(**env), stdin=subprocess.DEVNULL,
+        check=False,
+    )  # fmt: skip
+
+
+def line_of(out: str, check: str) -> str:
+    lines = [line for line in out.splitlines() if line[6:].startswith(check)]
+    assert lines, f"no {check!r} line in:\n{out}"
+    return lines[0]
+
+
+def running_sender(spool: Path, dev: DevServer, senders: Senders) -> None:
+    """A sender that has delivered the spool's one event (so the data plane's counts stand still)."""
+    Emitter(spool).track(user_id="u", event="e")
+    sender = senders.start([], sender_env(spool, dev.url, write_key=KEY))
+    wait_sender_ready(spool, sender)
+    wait_for(lambda: status_json(spool)["counters"]["sent"] == 1, timeout=30)
+
+
+def test_a_healthy_setup_exits_0_and_sends_nothing(
+    tmp_path: Path, start_devserver: Callable[..., DevServer], senders: Senders
+) -> None:
+    dev = start_devserver(write_keys=[KEY])
+    spool = tmp_path / "spool"
+    running_sender(spool, dev, senders)
+    events_before = dev.stats()["events"]
+    proc = doctor(spool, RUDDER_WRITE_KEY=KEY, RUDDER_DATA_PLANE_URL=dev.url)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.rstrip().endswith("rudder-fast doctor: healthy: nothing to fix"), proc.stdout
+    for check in ("permissions", "free space", "sender", "write key", "data plane URL", "reachable"):
+        assert line_of(proc.stdout, check).startswith("ok"), proc.stdout
+    assert "answered 400 'empty batch payload'" in line_of(proc.stdout, "reachable")
+    assert dev.stats()["events"] == events_before
+
+
+def test_without_url_or_key_in_its_environment_it_checks_the_running_senders(
+    tmp_path: Path, start_devserver: Callable[..., DevServer], senders: Senders
+) -> None:
+    dev = start_devserver(write_keys=[KEY])
+    spool = tmp_path / "spool"
+    running_sender(spool, dev, senders)
+    proc = doctor(spool)
+    assert proc.returncode == 0, proc.stdout
+    assert "as the running sender reports it" in line_of(proc.stdout, "data plane URL")
+    assert line_of(proc.stdout, "write key").startswith("info")
+    assert "no write key here to check" in line_of(proc.stdout, "reachable")
+
+
+def test_no_spool_no_sender_and_an_unreachable_data_plane_are_each_named_with_their_fix(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "missing"
+    proc = doctor(spool, RUDDER_WRITE_KEY=KEY, RUDDER_DATA_PLANE_URL="http://127.0.0.1:9")
+    assert proc.returncode == 1
+    out = proc.stdout
+    assert f"{spool} does not exist" in out, out
+    assert "sudo install -d" in out
+    assert f"no rudder-fast-sender runs on {spool}" in out
+    assert f"fix: start it: `rudder-fast-sender --spool-dir {spool}`" in out
+    assert "cannot connect to 127.0.0.1:9" in line_of(out, "reachable")
+    assert out.rstrip().endswith("3 problem(s) to fix"), out
+
+
+def test_a_wrong_key_and_a_wrong_path_are_told_apart(
+    tmp_path: Path, start_devserver: Callable[..., DevServer], senders: Senders
+) -> None:
+    dev = start_devserver(write_keys=[KEY])
+    spool = tmp_path / "spool"
+    running_sender(spool, dev, senders)
+    wrong_key = doctor(spool, RUDDER_WRITE_KEY="not-the-key", RUDDER_DATA_PLANE_URL=dev.url)
+    assert wrong_key.returncode == 1
+    assert "the write key is refused" in line_of(wrong_key.stdout, "reachable")
+    assert "differs from the running sender's" in line_of(wrong_key.stdout, "write key")
+    wrong_path = doctor(spool, RUDDER_WRITE_KEY=KEY, RUDDER_DATA_PLANE_URL=dev.url + "/v1/track")
+    assert wrong_path.returncode == 1
+    assert "ends in an endpoint's path" in line_of(wrong_path.stdout, "data plane URL")
+    assert "a wrong path or a disabled source" in line_of(wrong_path.stdout, "reachable")
+
+
+def test_an_unknown_certificate_authority_is_said_plainly_and_ca_bundle_fixes_it(
+    tmp_path: Path, senders: Senders
+) -> None:
+    certs = make_certs(tmp_path / "tls")
+    spool = tmp_path / "spool"
+    with DevServer.start(out=None, stderr=tmp_path / "dev.log", tls=certs.server) as dev:
+        env = {"RUDDER_WRITE_KEY": KEY, "RUDDER_DATA_PLANE_URL": dev.url}
+        proc = doctor(spool, "--timeout", "5", **env)
+        reach = line_of(proc.stdout, "reachable")
+        assert reach.startswith("FAIL"), reach
+        assert "signed by a CA this host does not trust" in reach, reach
+        proc = doctor(spool, **env, RUDDER_FAST_CA_BUNDLE=str(certs.ca))
+        assert line_of(proc.stdout, "reachable").startswith("ok"), proc.stdout
+
+
+def test_events_waiting_in_another_spool_are_found(tmp_path: Path) -> None:
+    """The app wrote to the directory in $RUDDER_FAST_SPOOL_DIR; the doctor is asked about another."""
+    app_spool, other = tmp_path / "app-spool", tmp_path / "sender-spool"
+    Emitter(app_spool).track(user_id="u", event="e")
+    Emitter(other).track(user_id="u", event="e")
+    proc = doctor(other, "--no-network", RUDDER_FAST_SPOOL_DIR=str(app_spool))
+    assert proc.returncode == 1
+    line = line_of(proc.stdout, "other spool")
+    assert f"wait in {app_spool}, which no sender reads" in line, line

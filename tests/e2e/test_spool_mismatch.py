@@ -1,0 +1,97 @@
+"""An app and a sender on different spool directories: the commonest first-deployment mistake, and one
+that must never be silent. The app writes where ``RUDDER_FAST_SPOOL_DIR`` points; the sender (or the
+operator's ``status``) is pointed elsewhere. Each side says so:
+
+* ``status`` and ``inspect`` note when no sender runs on the spool they look at, and name another
+  well-known spool where a producer writes and no sender reads;
+* the sender warns at start about such a spool, naming both directories;
+* (the producer's own warning after a minute without a sender: tests/io/test_no_sender_warning.py.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.support.devserver import DevServer
+from tests.support.processes import clean_env, console_script
+from tests.support.producers import ProducerChild
+from tests.support.sender import Senders, sender_env, wait_sender_ready
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture
+def app_producer(tmp_path: Path) -> Iterator[tuple[Path, ProducerChild]]:
+    """A live producer process writing to the app's spool (its segment stays open: it is live)."""
+    app_spool = tmp_path / "app-spool"
+    child = ProducerChild(app_spool)
+    try:
+        assert all(child.emit("mismatch", 5))
+        yield app_spool, child
+    finally:
+        child.stop()
+
+
+def toolbox(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [console_script("rudder-fast"), *args], capture_output=True, text=True, timeout=60,
+        env=clean_env(**env), stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+
+
+def test_status_and_inspect_say_no_sender_runs_and_where_the_producers_write(
+    tmp_path: Path, app_producer: tuple[Path, ProducerChild]
+) -> None:
+    app_spool, _ = app_producer
+    ops_spool = tmp_path / "ops-spool"
+    ops_spool.mkdir(mode=0o700)
+    (ops_spool / "segments").mkdir(mode=0o700)
+    env = {"RUDDER_FAST_SPOOL_DIR": str(app_spool)}  # the app's setting, in the operator's shell
+
+    proc = toolbox("status", "--json", "--spool-dir", str(ops_spool), **env)
+    assert proc.returncode == 0, proc.stderr
+    notes = orjson.loads(proc.stdout)["notes"]
+    assert any(f"no sender is running on {ops_spool}" in note for note in notes), notes
+    assert any(f"1 live producer(s) write to {app_spool}, which no sender reads" in n for n in notes), notes
+
+    text = toolbox("status", "--spool-dir", str(ops_spool), **env).stdout
+    assert f"note       1 live producer(s) write to {app_spool}" in text, text
+    summary = toolbox("inspect", "--spool-dir", str(ops_spool), **env).stderr
+    assert f"note: 1 live producer(s) write to {app_spool}" in summary, summary
+
+    # Looking at the app's own spool: the only note is that no sender reads it.
+    doc = orjson.loads(toolbox("status", "--json", "--spool-dir", str(app_spool), **env).stdout)
+    assert doc["notes"] == [
+        f"no sender is running on {app_spool}: its events wait there until one starts "
+        f"(`rudder-fast-sender --spool-dir {app_spool}`)"
+    ]
+
+
+def test_a_sender_started_on_another_directory_warns_naming_both(
+    tmp_path: Path, app_producer: tuple[Path, ProducerChild], devserver: DevServer, senders: Senders
+) -> None:
+    app_spool, _ = app_producer
+    sender_spool = tmp_path / "sender-spool"
+    env = sender_env(sender_spool, devserver.url, RUDDER_FAST_SPOOL_DIR=str(app_spool))
+    sender = senders.start(["--spool-dir", str(sender_spool)], env)
+    wait_sender_ready(sender_spool, sender)
+    expected = (
+        f"1 live producer(s) write to {app_spool}, which no sender reads: run the sender on that "
+        f"directory, or point the app here (this sender reads {sender_spool})"
+    )
+    wait_for(lambda: expected in sender.stderr(), timeout=10)
+
+
+def test_with_a_sender_on_the_apps_spool_nothing_is_noted(
+    tmp_path: Path, app_producer: tuple[Path, ProducerChild], devserver: DevServer, senders: Senders
+) -> None:
+    app_spool, _ = app_producer
+    sender = senders.start([], sender_env(app_spool, devserver.url))
+    wait_sender_ready(app_spool, sender)
+    doc = orjson.loads(toolbox("status", "--json", "--spool-dir", str(app_spool)).stdout)
+    assert doc["notes"] == []
+    assert "no sender reads" not in sender.stderr()
