@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import config
-from .batching import Batch, fits_alone
+from .batching import Batch, fits_alone, total_size
 from .book import Book, Track
 from .counts import DROP_NOT_KEPT, DROP_TOO_LARGE
 from .delivery import Quarantine, Recurring
@@ -83,6 +83,7 @@ class Intake:
         self.batch: Batch | None = None  # being filled
         self.ready: Batch | None = None  # closed, waiting for a free worker
         self.usage_bytes = 0  # unacknowledged segment bytes at the last scan
+        self.bytes_read = 0  # from every segment, since the start: the sender paces its loop by it
         self.unreadable = Recurring(
             logging.WARNING, "unreadable records were skipped (counted as skipped bytes)"
         )
@@ -161,6 +162,7 @@ class Intake:
         if tail.read_pos < seg.size:
             got = tail.read_at_most(config.READ_CHUNK)
             if got:
+                self.bytes_read += got
                 if got == config.READ_CHUNK:
                     seg.size = max(seg.size, tail.read_pos + 1)  # probably more: keep reading
                 return got
@@ -226,6 +228,11 @@ class Intake:
         book = self.book
         batch = self.batch
         stubs = self.encoder.stubs(run, track.nonce)
+        size = total_size(stubs)
+        if batch is not None and size is not None and batch.has_room_for(len(stubs), size):
+            batch.extend(stubs, size)  # type: ignore[arg-type]  # none is None: size is not None
+            book.add_events(track, batch.id, run[-1][2], len(stubs))
+            return True
         begin = start  # where the frame being handled starts
         added = 0  # events added to ``batch`` not yet written in the book
         for (_, _, end), stub in zip(run, stubs, strict=True):

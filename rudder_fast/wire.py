@@ -36,6 +36,7 @@ LIBRARY_NAME: Final = "rudder-fast"
 _EPOCH: Final = _dt.datetime(1970, 1, 1)
 _MILLIS: Final = tuple(f"{ms:03d}Z" for ms in range(1000))  # formatting ".345Z" is a table lookup
 _ALL_INTEGRATIONS: Final = orjson.Fragment(b'{"All":true}')
+TEXT_CACHE: Final = 4096  # strings whose JSON StubEncoder remembers (ids, event names); then it starts over
 
 
 class IsoClock:
@@ -146,12 +147,13 @@ class StubEncoder:
         for kind, (name, fields, traits_at) in mapper._layouts.items():
             head = b'{"type":' + orjson.dumps(name) + b',"messageId":'
             keys = tuple(
-                (pos, b"," + orjson.dumps(wire) + b":", is_json, always)
+                (pos - R_FIELDS, b"," + orjson.dumps(wire) + b":", is_json, always)
                 for pos, wire, is_json, always in fields
             )
-            self._kinds[kind] = (head, keys, traits_at)
-        self._ms: int | None = None  # the millisecond whose "originalTimestamp" value is in _iso
+            self._kinds[kind] = (head, keys, traits_at - R_FIELDS if traits_at >= 0 else -1)
+        self._ms: int | None = None  # the millisecond whose "originalTimestamp" member is in _iso
         self._iso = b""
+        self._texts: dict[str, bytes] = {}  # see _text
         self._clock = IsoClock()
 
     def stubs(self, run: EventRun, nonce: str) -> list[bytes | None]:
@@ -190,37 +192,46 @@ class StubEncoder:
                 return self._context
         return None
 
+    def _text(self, value: Any) -> bytes:
+        """``orjson.dumps(value)``, remembered for strings: ids and event names recur."""
+        encoded = orjson.dumps(value)
+        if type(value) is str:
+            texts = self._texts
+            if len(texts) >= TEXT_CACHE:
+                texts.clear()
+            texts[value] = encoded
+        return encoded
+
     def _assemble(self, record: list[Any], generated: bytes, seq: int) -> bytes | None:
         """The stub, or None where the mapper must build it."""
-        dumps = orjson.dumps
-        head, fields, traits_at = self._kinds[record[R_KIND]]
-        call_ns = record[R_CALL_NS]
+        kind, call_ns, user_id, anon_id, message_id, ts, context, integrations, *values = record
+        head, fields, traits_at = self._kinds[kind]
         if type(call_ns) is not int:
             return None
-        message_id = record[R_MESSAGE_ID]
-        parts = [head, dumps(message_id) if message_id is not None else b'%b%d"' % (generated, seq)]
-        if record[R_USER_ID] is not None:
-            parts += (b',"userId":', dumps(record[R_USER_ID]))
-        if record[R_ANON_ID] is not None:
-            parts += (b',"anonymousId":', dumps(record[R_ANON_ID]))
-        context = self._context_of(record[R_CONTEXT], record[traits_at] if traits_at >= 0 else None)
-        if context is None:
+        texts = self._texts
+        parts = [head, b'%b%d"' % (generated, seq) if message_id is None else orjson.dumps(message_id)]
+        if user_id is not None:
+            parts += (b',"userId":', texts.get(user_id) or self._text(user_id))
+        if anon_id is not None:
+            parts += (b',"anonymousId":', texts.get(anon_id) or self._text(anon_id))
+        spliced = self._context_of(context, values[traits_at] if traits_at >= 0 else None)
+        if spliced is None:
             return None
-        parts.append(context)
-        integrations = record[R_INTEGRATIONS]
-        parts += (b',"integrations":', integrations if integrations is not None else b'{"All":true}')
-        ms = call_ns // 1_000_000
-        if ms != self._ms:
-            self._iso = self._clock.format_ns(call_ns).encode()
-            self._ms = ms
-        parts += (b',"originalTimestamp":"', self._iso, b'"')
-        ts = record[R_TIMESTAMP]
+        parts.append(spliced)
+        parts += (b',"integrations":', b'{"All":true}' if integrations is None else integrations)
+        if call_ns // 1_000_000 != self._ms:
+            self._iso = b',"originalTimestamp":"' + self._clock.format_ns(call_ns).encode() + b'"'
+            self._ms = call_ns // 1_000_000
+        parts.append(self._iso)
         if ts is not None:
-            parts += (b',"timestamp":', dumps(ts if isinstance(ts, str) else self._clock.format_ns(ts)))
-        for position, key, is_json, always in fields:
-            value = record[position]
+            parts += (
+                b',"timestamp":',
+                orjson.dumps(ts if isinstance(ts, str) else self._clock.format_ns(ts)),
+            )
+        for index, key, is_json, always in fields:
+            value = values[index]
             if value is not None:
-                parts += (key, value if is_json else dumps(value))
+                parts += (key, value if is_json else texts.get(value) or self._text(value))
             elif always:
                 parts += (key, b"null")
         return b"".join(parts)
