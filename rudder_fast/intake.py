@@ -83,7 +83,6 @@ class Intake:
         self.batch: Batch | None = None  # being filled
         self.ready: Batch | None = None  # closed, waiting for a free worker
         self.usage_bytes = 0  # unacknowledged segment bytes at the last scan
-        self.bytes_read = 0  # from every segment, since the start: the sender paces its loop by it
         self.unreadable = Recurring(
             logging.WARNING, "unreadable records were skipped (counted as skipped bytes)"
         )
@@ -162,7 +161,6 @@ class Intake:
         if tail.read_pos < seg.size:
             got = tail.read_at_most(config.READ_CHUNK)
             if got:
-                self.bytes_read += got
                 if got == config.READ_CHUNK:
                     seg.size = max(seg.size, tail.read_pos + 1)  # probably more: keep reading
                 return got
