@@ -36,6 +36,9 @@ LIBRARY_NAME: Final = "rudder-fast"
 _EPOCH: Final = _dt.datetime(1970, 1, 1)
 _MILLIS: Final = tuple(f"{ms:03d}Z" for ms in range(1000))  # formatting ".345Z" is a table lookup
 _ALL_INTEGRATIONS: Final = orjson.Fragment(b'{"All":true}')
+KIND_TRACK: Final = CALLS["track"].kind
+_TRACK_FIELDS: Final = ("event", "properties")  # the plain track's layout (a test holds it to CALLS)
+_TRACK_HEAD: Final = b'{"type":"track","messageId":'
 TEXT_CACHE: Final = 4096  # strings whose JSON StubEncoder remembers (ids, event names); then it starts over
 
 
@@ -154,6 +157,10 @@ class StubEncoder:
         self._ms: int | None = None  # the millisecond whose "originalTimestamp" member is in _iso
         self._iso = b""
         self._texts: dict[str, bytes] = {}  # see _text
+        self._user_ids: dict[Any, bytes] = {}  # see _member
+        self._anon_ids: dict[Any, bytes] = {}
+        self._events: dict[Any, bytes] = {}
+        self._plain_tail = self._context + b',"integrations":{"All":true}'
         self._clock = IsoClock()
 
     def stubs(self, run: EventRun, nonce: str) -> list[bytes | None]:
@@ -202,12 +209,59 @@ class StubEncoder:
             texts[value] = encoded
         return encoded
 
+    def _member(self, cache: dict[Any, bytes], key: bytes, value: Any) -> bytes:
+        """``key`` + ``orjson.dumps(value)``, remembered for strings (ids and event names recur)."""
+        encoded = key + orjson.dumps(value)
+        if type(value) is str:
+            if len(cache) >= TEXT_CACHE:
+                cache.clear()
+            cache[value] = encoded
+        return encoded
+
     def _assemble(self, record: list[Any], generated: bytes, seq: int) -> bytes | None:
         """The stub, or None where the mapper must build it."""
         kind, call_ns, user_id, anon_id, message_id, ts, context, integrations, *values = record
-        head, fields, traits_at = self._kinds[kind]
         if type(call_ns) is not int:
             return None
+        if call_ns // 1_000_000 != self._ms:
+            self._iso = b',"originalTimestamp":"' + self._clock.format_ns(call_ns).encode() + b'"'
+            self._ms = call_ns // 1_000_000
+        if not (
+            kind == KIND_TRACK
+            and message_id is None
+            and context is None
+            and integrations is None
+            and ts is None
+            and len(values) == len(_TRACK_FIELDS)
+            and type(values[0]) is str
+        ):
+            return self._general(record, values, generated, seq)
+        # The most common record by far, a track with neither a messageId, a timestamp, a context nor
+        # integrations of its own: one join of pieces encoded once.
+        event, properties = values
+        return b"".join(
+            (
+                _TRACK_HEAD,
+                generated,
+                b'%d"' % seq,
+                b""
+                if user_id is None
+                else self._user_ids.get(user_id) or self._member(self._user_ids, b',"userId":', user_id),
+                b""
+                if anon_id is None
+                else self._anon_ids.get(anon_id) or self._member(self._anon_ids, b',"anonymousId":', anon_id),
+                self._plain_tail,
+                self._iso,
+                self._events.get(event) or self._member(self._events, b',"event":', event),
+                b"" if properties is None else b',"properties":',
+                b"" if properties is None else properties,
+            )
+        )
+
+    def _general(self, record: list[Any], values: list[Any], generated: bytes, seq: int) -> bytes | None:
+        """Any other record: its pieces one by one, as the mapper lays them out."""
+        kind, _, user_id, anon_id, message_id, ts, context, integrations = record[:R_FIELDS]
+        head, fields, traits_at = self._kinds[kind]
         texts = self._texts
         parts = [head, b'%b%d"' % (generated, seq) if message_id is None else orjson.dumps(message_id)]
         if user_id is not None:
@@ -219,9 +273,6 @@ class StubEncoder:
             return None
         parts.append(spliced)
         parts += (b',"integrations":', b'{"All":true}' if integrations is None else integrations)
-        if call_ns // 1_000_000 != self._ms:
-            self._iso = b',"originalTimestamp":"' + self._clock.format_ns(call_ns).encode() + b'"'
-            self._ms = call_ns // 1_000_000
         parts.append(self._iso)
         if ts is not None:
             parts += (

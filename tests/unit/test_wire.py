@@ -518,3 +518,11 @@ def test_stub_encoder_fast_path_covers_the_benchmark_event() -> None:
         wire(with_context, 1),
         wire(identify, 2),
     ]
+
+
+def test_the_plain_track_layout_is_the_tables() -> None:
+    from rudder_fast import wire as wire_module
+    from rudder_fast.schema import CALLS
+
+    assert tuple(f.name for f in CALLS["track"].fields) == wire_module._TRACK_FIELDS
+    assert CALLS["track"].kind == wire_module.KIND_TRACK == KIND_TRACK
