@@ -38,6 +38,7 @@ _MILLIS: Final = tuple(f"{ms:03d}Z" for ms in range(1000))  # formatting ".345Z"
 _ALL_INTEGRATIONS: Final = orjson.Fragment(b'{"All":true}')
 KIND_TRACK: Final = CALLS["track"].kind
 _TRACK_FIELDS: Final = ("event", "properties")  # the plain track's layout (a test holds it to CALLS)
+_PLAIN_LEN: Final = R_FIELDS + len(_TRACK_FIELDS)
 _TRACK_HEAD: Final = b'{"type":"track","messageId":'
 TEXT_CACHE: Final = 4096  # strings whose JSON StubEncoder remembers (ids, event names); then it starts over
 
@@ -169,16 +170,56 @@ class StubEncoder:
         out: list[bytes | None] = []
         append = out.append
         unpackb = msgpack.unpackb
+        plain = self._plain_track
         generated = orjson.dumps(nonce + "-")[:-1]  # the default messageId, "<nonce>-<seq>", open
         for seq, payload, _ in run:
             try:
-                stub = self._assemble(unpackb(payload), generated, seq)
+                record = unpackb(payload)
+                stub = plain(record, generated, seq) if len(record) == _PLAIN_LEN else None
+                if stub is None:
+                    stub = self._assemble(record, generated, seq)
             except Exception:  # noqa: BLE001 - a record this version cannot read, in any way: told below
                 stub = None
             if stub is None:
                 stub = self._by_the_mapper(payload, nonce, seq)
             append(stub)
         return out
+
+    def _plain_track(self, record: list[Any], generated: bytes, seq: int) -> bytes | None:
+        """The most common record by far, a track with neither a messageId, a timestamp, a context nor
+        integrations of its own: one join of pieces encoded once. None for any other record."""
+        kind, call_ns, user_id, anon_id, message_id, ts, context, integrations, event, properties = record
+        if not (
+            kind == KIND_TRACK
+            and message_id is None
+            and ts is None
+            and context is None
+            and integrations is None
+            and type(event) is str
+            and type(call_ns) is int
+        ):
+            return None
+        if call_ns // 1_000_000 != self._ms:
+            self._iso = b',"originalTimestamp":"' + self._clock.format_ns(call_ns).encode() + b'"'
+            self._ms = call_ns // 1_000_000
+        return b"".join(
+            (
+                _TRACK_HEAD,
+                generated,
+                b'%d"' % seq,
+                b""
+                if user_id is None
+                else self._user_ids.get(user_id) or self._member(self._user_ids, b',"userId":', user_id),
+                b""
+                if anon_id is None
+                else self._anon_ids.get(anon_id) or self._member(self._anon_ids, b',"anonymousId":', anon_id),
+                self._plain_tail,
+                self._iso,
+                self._events.get(event) or self._member(self._events, b',"event":', event),
+                b"" if properties is None else b',"properties":',
+                b"" if properties is None else properties,
+            )
+        )
 
     def _by_the_mapper(self, payload: bytes, nonce: str, seq: int) -> bytes | None:
         try:
@@ -219,48 +260,14 @@ class StubEncoder:
         return encoded
 
     def _assemble(self, record: list[Any], generated: bytes, seq: int) -> bytes | None:
-        """The stub, or None where the mapper must build it."""
+        """Any other record: its pieces one by one, as the mapper lays them out; None where the mapper
+        must build it."""
         kind, call_ns, user_id, anon_id, message_id, ts, context, integrations, *values = record
         if type(call_ns) is not int:
             return None
         if call_ns // 1_000_000 != self._ms:
             self._iso = b',"originalTimestamp":"' + self._clock.format_ns(call_ns).encode() + b'"'
             self._ms = call_ns // 1_000_000
-        if not (
-            kind == KIND_TRACK
-            and message_id is None
-            and context is None
-            and integrations is None
-            and ts is None
-            and len(values) == len(_TRACK_FIELDS)
-            and type(values[0]) is str
-        ):
-            return self._general(record, values, generated, seq)
-        # The most common record by far, a track with neither a messageId, a timestamp, a context nor
-        # integrations of its own: one join of pieces encoded once.
-        event, properties = values
-        return b"".join(
-            (
-                _TRACK_HEAD,
-                generated,
-                b'%d"' % seq,
-                b""
-                if user_id is None
-                else self._user_ids.get(user_id) or self._member(self._user_ids, b',"userId":', user_id),
-                b""
-                if anon_id is None
-                else self._anon_ids.get(anon_id) or self._member(self._anon_ids, b',"anonymousId":', anon_id),
-                self._plain_tail,
-                self._iso,
-                self._events.get(event) or self._member(self._events, b',"event":', event),
-                b"" if properties is None else b',"properties":',
-                b"" if properties is None else properties,
-            )
-        )
-
-    def _general(self, record: list[Any], values: list[Any], generated: bytes, seq: int) -> bytes | None:
-        """Any other record: its pieces one by one, as the mapper lays them out."""
-        kind, _, user_id, anon_id, message_id, ts, context, integrations = record[:R_FIELDS]
         head, fields, traits_at = self._kinds[kind]
         texts = self._texts
         parts = [head, b'%b%d"' % (generated, seq) if message_id is None else orjson.dumps(message_id)]
