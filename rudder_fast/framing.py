@@ -275,16 +275,21 @@ class FrameDecoder:
         run: EventRun = []
         append = run.append
         unpack = FRAME_HEAD.unpack_from
-        while limit > 0 and pos + FRAME_HEAD_SIZE <= size:
+        crc32 = zlib.crc32
+        head, sync_word, event, max_payload = FRAME_HEAD_SIZE, SYNC, FRAME_EVENT, MAX_PAYLOAD  # locals
+        last = size - head  # the last position a frame's head fits at
+        for _ in range(limit):
+            if pos > last:
+                break
             sync, crc, n, frame_type, seq = unpack(buf, pos)
-            end = pos + FRAME_HEAD_SIZE + n
-            if sync != SYNC or frame_type != FRAME_EVENT or n > MAX_PAYLOAD or end > size:
+            start = pos + head
+            end = start + n
+            if sync != sync_word or frame_type != event or n > max_payload or end > size:
                 break
-            if zlib.crc32(buf[pos + 8 : end]) != crc:
+            if crc32(buf[pos + 8 : end]) != crc:
                 break
-            append((seq, buf[pos + FRAME_HEAD_SIZE : end], base + end))
+            append((seq, buf[start:end], base + end))
             pos = end
-            limit -= 1
         self._pos = pos
         self.offset = base + pos
         return run
