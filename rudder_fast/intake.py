@@ -239,7 +239,7 @@ class Intake:
                     book.add_events(track, batch.id, begin, added)
                     added = 0
                 if stub is None:
-                    self.unreadable.note(f"{track.name}:{begin}: a record this version cannot read")
+                    self.unreadable.note(f"{track.name}:{begin}: {self.encoder.last_error}")
                     book.add_resolved(track, end, skipped=end - begin, now=now)
                     begin = end
                     continue

@@ -158,6 +158,7 @@ class StubEncoder:
         self._ms: int | None = None  # the millisecond whose "originalTimestamp" member is in _iso
         self._iso = b""
         self._texts: dict[str, bytes] = {}  # see _text
+        self.last_error = ""  # why the last record that could not be read could not
         self._user_ids: dict[Any, bytes] = {}  # see _member
         self._anon_ids: dict[Any, bytes] = {}
         self._events: dict[Any, bytes] = {}
@@ -224,7 +225,8 @@ class StubEncoder:
     def _by_the_mapper(self, payload: bytes, nonce: str, seq: int) -> bytes | None:
         try:
             return orjson.dumps(self.mapper.event(msgpack.unpackb(payload), nonce, seq))[:-1]
-        except Exception:  # noqa: BLE001 - msgpack, the mapper and orjson each raise their own types
+        except Exception as exc:  # noqa: BLE001 - msgpack, the mapper and orjson each raise their own types
+            self.last_error = f"{type(exc).__name__}: {exc}"
             return None
 
     def _context_of(self, context: bytes | None, traits: bytes | None) -> bytes | None:

@@ -526,3 +526,11 @@ def test_the_plain_track_layout_is_the_tables() -> None:
 
     assert tuple(f.name for f in CALLS["track"].fields) == wire_module._TRACK_FIELDS
     assert CALLS["track"].kind == wire_module.KIND_TRACK == KIND_TRACK
+
+
+def test_stub_encoder_says_why_a_record_cannot_be_read() -> None:
+    encoder = StubEncoder(WireMapper(VERSION))
+    assert encoder.stubs([(1, msgpack.packb([99, CALL_NS]), 0), (2, b"\xc1", 0)], NONCE) == [None, None]
+    assert encoder.last_error.startswith(("ExtraData", "FormatError", "ValueError", "UnpackValueError"))
+    encoder.stubs([(1, msgpack.packb([99, CALL_NS, None, None, None, None, None, None]), 0)], NONCE)
+    assert encoder.last_error == "ValueError: unknown record kind 99"
