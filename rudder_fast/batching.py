@@ -84,6 +84,27 @@ class Batch:
         self.stubs.append(stub)
         self.stub_bytes += len(stub)
 
+    def has_room_for(self, count: int, stub_bytes: int) -> bool:
+        """Whether ``count`` more events, whose stubs total ``stub_bytes``, all fit: exactly when adding
+        them one by one, each checked with :meth:`has_room`, would (the bounds only grow)."""
+        total = len(self.stubs) + count
+        return total <= self.max_events and (
+            total == 1 or body_size(self.stub_bytes + stub_bytes, total) <= self.max_bytes
+        )
+
+    def extend(self, stubs: list[bytes], stub_bytes: int) -> None:
+        """Add events that :meth:`has_room_for` said fit (``stub_bytes``: their stubs' total size)."""
+        self.stubs += stubs
+        self.stub_bytes += stub_bytes
+
+
+def total_size(stubs: Sequence[bytes | None]) -> int | None:
+    """The stubs' total size; None if one is missing (an unreadable record)."""
+    try:
+        return sum(map(len, stubs))  # type: ignore[arg-type]  # None raises: the rare case
+    except TypeError:
+        return None
+
 
 def halves(count: int) -> tuple[range, range]:
     """The two halves of a batch of ``count`` events (for a 413 split or a 400 bisection)."""

@@ -20,19 +20,20 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import msgpack
-import orjson
-
 from . import config
-from .batching import Batch, fits_alone
+from .batching import Batch, fits_alone, total_size
 from .book import Book, Track
 from .counts import DROP_NOT_KEPT, DROP_TOO_LARGE
 from .delivery import Quarantine, Recurring
-from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, Frame, NeedData, Skip, decode_drops
+from .framing import FRAME_DROPS, FRAME_EVENT, FRAME_SEAL, EventRun, Frame, NeedData, Skip, decode_drops
 from .tail import SegmentTail, scan_segments, writer_alive
-from .wire import WireMapper
+from .wire import StubEncoder, WireMapper
 
 log = logging.getLogger("rudder_fast.sender")
+
+# Event frames decoded and encoded together: enough to amortise the per-run work, few enough that a run
+# cut short by a full pipeline wastes little.
+RUN_EVENTS = 256
 
 
 class Segment:
@@ -71,6 +72,7 @@ class Intake:
         self.segments_dir = segments_dir
         self.book = book
         self.mapper = mapper
+        self.encoder = StubEncoder(mapper)
         self.quarantine = quarantine
         self.submit = submit  # hand a closed batch to a worker; False while all are busy
         self.max_bytes = cfg.max_batch_bytes
@@ -170,49 +172,91 @@ class Intake:
 
     def _consume(self, seg: Segment, now: float) -> bool:
         """Decode the buffered frames of one segment into batches, until more data is needed or the
-        pipeline is full. The sender's hot loop: an event frame is handled inline."""
+        pipeline is full. The sender's hot loop: runs of event frames go the fast way (:meth:`_add_run`);
+        anything else, and every frame of a segment read again after a restart, one at a time."""
         tail = seg.tail
         decoder = tail.decoder
         track = seg.track
-        to_event = self.mapper.event
-        unpackb = msgpack.unpackb
-        dumps = orjson.dumps
-        book = self.book
         consumed = False
         while True:
+            if not track.ahead:
+                start = decoder.offset
+                run = decoder.take_events(RUN_EVENTS)
+                if run:
+                    consumed = True
+                    if not (self._add_run(seg, run, start, now) and self.submit_ready()):
+                        return consumed
+                    continue
             item = decoder.next()
             if isinstance(item, NeedData):
                 return consumed
             consumed = True
-            if type(item) is Skip and not tail.writer_gone and seg.reread_at != item.offset:
-                # Corruption in a file whose writer is alive is most likely a race, not damage: the
-                # writer rolled back a short write (ftruncate) and wrote again where this reader had
-                # already buffered the old bytes. Re-read from the disk once before believing it.
-                seg.reread_at = item.offset
-                tail.rewind(item.offset)
-                seg.size = max(seg.size, item.offset + 1)
+            if not self._handle(seg, item, now):
                 return consumed
-            if track.ahead and self._resolved_before_restart(seg, item, now):
-                continue
-            if type(item) is not Frame or item.type != FRAME_EVENT:
-                self._account(seg, item, now)
-            else:
-                try:
-                    stub = dumps(to_event(unpackb(item.payload), track.nonce, item.seq))[:-1]
-                except Exception as exc:  # noqa: BLE001 - a CRC-valid frame this version cannot read
-                    self.unreadable.note(f"{track.name}:{item.offset}: {exc}")
-                    book.add_resolved(track, item.end, skipped=item.end - item.offset, now=now)
+
+    def _handle(self, seg: Segment, item: Frame | Skip, now: float) -> bool:
+        """One item the slow way; False when reading must stop (a re-read, or the pipeline is full)."""
+        if type(item) is Skip and self._reread(seg, item):
+            return False
+        if seg.track.ahead and self._resolved_before_restart(seg, item, now):
+            return True
+        if type(item) is not Frame or item.type != FRAME_EVENT:
+            self._account(seg, item, now)
+        elif not self._add_run(seg, [(item.seq, item.payload, item.end)], item.offset, now):
+            return False
+        return self.submit_ready()
+
+    def _reread(self, seg: Segment, skip: Skip) -> bool:
+        """Corruption in a file whose writer is alive is most likely a race, not damage: the writer
+        rolled back a short write (ftruncate) and wrote again where this reader had already buffered
+        the old bytes. Re-read from the disk once before believing it."""
+        tail = seg.tail
+        if tail.writer_gone or seg.reread_at == skip.offset:
+            return False
+        seg.reread_at = skip.offset
+        tail.rewind(skip.offset)
+        seg.size = max(seg.size, skip.offset + 1)
+        return True
+
+    def _add_run(self, seg: Segment, run: EventRun, start: int, now: float) -> bool:
+        """Event frames (from ``start``, the first one's offset) into batches, each encoded once into
+        its stub. False when the pipeline filled before the run's end: the decoder is stepped back to
+        the first event not batched, which the next call reads again."""
+        track = seg.track
+        book = self.book
+        batch = self.batch
+        stubs = self.encoder.stubs(run, track.nonce)
+        size = total_size(stubs)
+        if batch is not None and size is not None and batch.has_room_for(len(stubs), size):
+            batch.extend(stubs, size)  # type: ignore[arg-type]  # none is None: size is not None
+            book.add_events(track, batch.id, run[-1][2], len(stubs))
+            return True
+        begin = start  # where the frame being handled starts
+        added = 0  # events added to ``batch`` not yet written in the book
+        for (_, _, end), stub in zip(run, stubs, strict=True):
+            if stub is None or batch is None or not batch.has_room(len(stub)):
+                if added and batch is not None:
+                    book.add_events(track, batch.id, begin, added)
+                    added = 0
+                if stub is None:
+                    self.unreadable.note(f"{track.name}:{begin}: {self.encoder.last_error}")
+                    book.add_resolved(track, end, skipped=end - begin, now=now)
+                    begin = end
                     continue
-                batch = self.batch
-                if batch is None or not batch.has_room(len(stub)):
-                    batch = self._start_batch(stub, now)
-                    if batch is None:
-                        self._too_large(track, item.end, stub, now)
-                        continue
-                batch.add(stub)
-                book.add_events(track, batch.id, item.end, 1)
-            if self.ready is not None and not self.submit_ready():
-                return consumed
+                if not self.submit_ready():
+                    seg.tail.decoder.unread(begin)  # every worker busy and one batch waiting
+                    return False
+                batch = self._start_batch(stub, now)
+                if batch is None:
+                    self._too_large(track, end, stub, now)
+                    begin = end
+                    continue
+            batch.add(stub)
+            added += 1
+            begin = end
+        if added and batch is not None:
+            book.add_events(track, batch.id, begin, added)
+        return True
 
     def _account(self, seg: Segment, item: Frame | Skip, now: float) -> None:
         """A frame that is not an event (a drop marker, a seal), or bytes skipped: resolved at once."""

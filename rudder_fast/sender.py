@@ -46,6 +46,9 @@ EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
 EXIT_LOCKED: Final = 3
 EXIT_DRAIN_FAILED: Final = 4
+# A ledger commit (an fsync, twice) is put off while few batches are in flight, for at most this long:
+# see Sender._commit_if_dirty.
+COMMIT_COALESCE_S: Final = 0.5
 
 
 class Sender:
@@ -93,6 +96,8 @@ class Sender:
         self.publisher = Publisher(self.paths.status, cfg, self.state)
         self.commit_failures = Recurring(logging.ERROR, "ledger commits failed; retried every second")
         self._commit_retry_at = 0.0
+        self._committed_at = 0.0  # when the ledger was last committed
+        self._acked = 0  # batches resolved since then
         self._lock_fd = -1
         self._signalled = False
         self._stop_deadline: float | None = None  # set by a signal under --drain-on-stop
@@ -289,7 +294,7 @@ class Sender:
         if not self._unsafe:
             self.upkeep.reap_settled()
             self._commit_retry_at = 0.0  # a last try, whatever the back-off
-            self._commit_if_dirty(time.monotonic())
+            self._commit_if_dirty(time.monotonic(), now_or_never=True)
         for recurring in (
             self.quarantine.kept, self.quarantine.full, self.quarantine.splits, self.commit_failures,
             self.intake.unreadable, self.intake.too_large, self.upkeep.oldest_deleted,
@@ -334,14 +339,28 @@ class Sender:
 
     def _apply(self, batch: Batch, outcome: Outcome) -> None:
         self.inflight -= 1
+        self._acked += 1
         now = time.monotonic()
         self.book.resolve(batch.id, outcome, time.time())
         if not outcome.abandoned:
             self.publisher.delivered(now, outcome.delivered)
         batch.stubs = []  # the memory is freed at once, whoever still holds the batch
 
-    def _commit_if_dirty(self, now: float) -> None:
+    def _commit_if_dirty(self, now: float, *, now_or_never: bool = False) -> None:
+        """Commit the ledger if the book changed, coalescing commits while that keeps the crash bound.
+
+        After a crash, the events sent twice are those of the batches in flight and of those resolved
+        since the last commit: committing once they add up to more than ``concurrency`` keeps them
+        within the bound of ``concurrency`` batches in flight plus one, as a commit after every
+        resolved batch did, while a sender with few batches in flight (steady state) commits a few
+        times less often. Nothing waits longer than COMMIT_COALESCE_S."""
         if not self.book.dirty or now < self._commit_retry_at:
+            return
+        if (
+            not now_or_never
+            and self._acked + self.inflight <= self.cfg.concurrency
+            and now < self._committed_at + COMMIT_COALESCE_S
+        ):
             return
         try:
             self.upkeep.before_commit()  # the deletions the new ledger forgets are durable first
@@ -353,6 +372,8 @@ class Sender:
             self._commit_retry_at = now + config.COMMIT_RETRY_S
             self.commit_failures.note(str(exc))
             return
+        self._committed_at = now
+        self._acked = 0
         if self._commit_retry_at:
             self._commit_retry_at = 0.0
             log.warning(

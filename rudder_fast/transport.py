@@ -23,7 +23,6 @@ import socket
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -35,6 +34,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 
+from . import compression
 from .retry import ErrorKind
 
 BATCH_PATH: Final = "/v1/batch"
@@ -62,8 +62,7 @@ def redact_url(url: str) -> str:
 
 
 def gzip_bytes(body: bytes, level: int = GZIP_LEVEL) -> bytes:
-    comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: a gzip container
-    return comp.compress(body) + comp.flush()
+    return compression.gzip(body, level)  # ISA-L's when installed: see rudder_fast.compression
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,11 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rudder_fast import config
-from rudder_fast.batching import SERVER_MAX_BODY, body_size, build_body, halves, stub_of
+from rudder_fast.batching import SERVER_MAX_BODY, Batch, body_size, build_body, halves, stub_of, total_size
 from rudder_fast.errors import ConfigurationError
 
 SENT_AT = "2026-11-26T10:01:02.345Z"
@@ -55,3 +55,44 @@ def test_halves_cover_the_batch_without_overlap(n: int) -> None:
     assert list(a) + list(b) == list(range(n))
     assert len(a) >= 1
     assert len(b) >= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 400), max_size=20),
+    st.lists(st.integers(1, 400), min_size=1, max_size=20),
+    st.integers(1, 30),
+    st.integers(200, 6_000),
+)
+def test_room_for_a_run_is_room_for_each_of_its_events_in_turn(
+    held: list[int], run: list[int], max_events: int, max_bytes: int
+) -> None:
+    """has_room_for + extend (the sender's path for a run of events) decide and do exactly what
+    has_room + add one event at a time would, whatever the batch already holds."""
+    one_by_one = Batch(1, 0.0, max_bytes, max_events)
+    for size in held:
+        if one_by_one.has_room(size):
+            one_by_one.add(b"x" * size)
+    bulk = Batch(1, 0.0, max_bytes, max_events)
+    bulk.extend(list(one_by_one.stubs), one_by_one.stub_bytes)
+    stubs = [b"y" * size for size in run]
+    fits_each = True
+    for stub in stubs:
+        if not one_by_one.has_room(len(stub)):
+            fits_each = False
+            break
+        one_by_one.add(stub)
+    assert bulk.has_room_for(len(stubs), sum(run)) == fits_each
+    if fits_each:
+        bulk.extend(stubs, sum(run))
+        assert (bulk.stubs, bulk.stub_bytes, bulk.size) == (
+            one_by_one.stubs,
+            one_by_one.stub_bytes,
+            one_by_one.size,
+        )
+
+
+def test_total_size_is_none_when_a_stub_is_missing() -> None:
+    assert total_size([b"ab", b"c"]) == 3
+    assert total_size([]) == 0
+    assert total_size([b"ab", None, b"c"]) is None

@@ -624,3 +624,130 @@ def test_feeding_after_partial_draining_matches_whole(frames: list[Written], cut
     items: list[Frame | Skip] = []
     drain(decoder, items, len(data))
     assert [key(f) for f in items] == [(f.type, f.seq, f.payload) for f in frames]
+
+
+# -- the event-run fast path: take_events agrees with next() -----------------------------------------
+
+
+def decode_with_runs(
+    data: bytes, chunks: list[bytes], limits: list[int], *, start: int, finish: bool
+) -> tuple[list[tuple[object, ...]], FrameDecoder]:
+    """Decode as the sender does: ``take_events`` first, ``next()`` for whatever it stops before; each
+    item as (offset, end, key)."""
+    decoder = FrameDecoder(start)
+    out: list[tuple[object, ...]] = []
+    turns = itertools.cycle(limits or [1])
+
+    def drain_runs() -> None:
+        for _ in range(2 * len(data) + 4):
+            before = decoder.offset
+            for seq, payload, end in decoder.take_events(next(turns)):
+                out.append((before, end, (FRAME_EVENT, seq, payload)))
+                before = end
+            assert decoder.offset == before
+            item = decoder.next()
+            if item is NEED_DATA:
+                return
+            assert isinstance(item, (Frame, Skip))
+            out.append(
+                (item.offset, item.end if isinstance(item, Frame) else item.offset + item.length, key(item))
+            )
+        raise AssertionError("the decoder did not reach NEED_DATA: it loops")
+
+    for chunk in chunks:
+        decoder.feed(chunk)
+        drain_runs()
+    if finish:
+        decoder.finish()
+        drain_runs()
+    return out, decoder
+
+
+def reference(
+    data: bytes, chunks: list[bytes], *, start: int, finish: bool
+) -> tuple[list[tuple[object, ...]], FrameDecoder]:
+    """``next()`` alone, fed the same chunks."""
+    items, decoder = decode(data, chunks, start=start, finish=finish)
+    return [
+        (i.offset, i.end if isinstance(i, Frame) else i.offset + i.length, key(i)) for i in items
+    ], decoder
+
+
+event_heavy_frames = st.lists(
+    st.builds(
+        Written,
+        type=st.sampled_from((FRAME_EVENT, FRAME_EVENT, FRAME_EVENT, FRAME_DROPS, FRAME_SEAL)),
+        seq=st.integers(0, U64),
+        payload=payloads,
+    ),
+    max_size=16,
+)
+run_limits = st.lists(st.integers(0, 20), max_size=6)
+
+
+@PROPERTY
+@given(event_heavy_frames, corruptions() | st.just([]), cut_points, starts, run_limits, st.data())
+def test_take_events_then_next_gives_exactly_what_next_alone_gives(
+    frames: list[Written],
+    ops: list[tuple[str, int, Any]],
+    cuts: list[int],
+    start: int,
+    limits: list[int],
+    data: st.DataObject,
+) -> None:
+    """The fast path returns the same frames at the same offsets, and the same skips, whatever the
+    damage, the truncation, the chunking and the run lengths asked for."""
+    clean, _ = stream_of(frames)
+    damaged, _ = apply_corruption(clean, ops) if ops and clean else (clean, [])
+    cut = data.draw(st.integers(0, len(damaged)), label="cut")
+    stream = damaged[:cut]
+    for finish in (False, True):
+        chunks = split(stream, cuts)
+        got, decoder = decode_with_runs(stream, chunks, limits, start=start, finish=finish)
+        want, ref = reference(stream, chunks, start=start, finish=finish)
+        assert got == want
+        assert (decoder.offset, decoder.buffered, decoder.skipped_bytes) == (
+            ref.offset,
+            ref.buffered,
+            ref.skipped_bytes,
+        )
+
+
+def test_take_events_stops_before_other_frames_and_respects_its_limit() -> None:
+    data = b"".join(
+        encode_frame(t, s, p)
+        for t, s, p in [
+            (FRAME_EVENT, 1, b"a"),
+            (FRAME_EVENT, 2, b"b"),
+            (FRAME_DROPS, 3, b""),
+            (FRAME_EVENT, 4, b"c"),
+        ]
+    )
+    decoder = FrameDecoder(100)
+    decoder.feed(data)
+    first = decoder.take_events(1)
+    assert [(s, p) for s, p, _ in first] == [(1, b"a")]
+    assert first[0][2] == decoder.offset == 100 + FRAME_HEAD_SIZE + 1
+    assert [(s, p) for s, p, _ in decoder.take_events(10)] == [(2, b"b")]
+    assert decoder.take_events(10) == []
+    item = decoder.next()
+    assert isinstance(item, Frame)
+    assert item.type == FRAME_DROPS
+    assert [(s, p) for s, p, _ in decoder.take_events(10)] == [(4, b"c")]
+    assert decoder.next() is NEED_DATA
+
+
+def test_unread_returns_the_frames_again_and_refuses_what_is_no_longer_buffered() -> None:
+    data = b"".join(encode_frame(FRAME_EVENT, s, bytes([s]) * s) for s in range(1, 6))
+    decoder = FrameDecoder(10)
+    decoder.feed(data)
+    run = decoder.take_events(5)
+    third_start = run[1][2]
+    decoder.unread(third_start)
+    assert decoder.offset == third_start
+    assert [s for s, _, _ in decoder.take_events(5)] == [3, 4, 5]
+    with pytest.raises(ValueError, match="cannot step back"):
+        decoder.unread(9)
+    decoder.feed(encode_frame(FRAME_EVENT, 6, b"x"))
+    with pytest.raises(ValueError, match="cannot step back"):
+        decoder.unread(third_start)  # the bytes before the feed are gone

@@ -31,7 +31,7 @@ from rudder_fast.events import (
     encode_json_field,
     iso_utc_ms,
 )
-from rudder_fast.wire import IsoClock, WireMapper
+from rudder_fast.wire import IsoClock, StubEncoder, WireMapper
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UTC = dt.timezone.utc
@@ -411,3 +411,126 @@ def test_any_record_maps_to_its_inputs(
         KIND_ALIAS: {"type": "alias", "previousId": "P"},
     }[kind]
     assert {k: got[k] for k in names} == names
+
+
+# -- the sender's fast path: StubEncoder gives the mapper's bytes ------------------------------------
+
+
+def reference_stub(mapper: WireMapper, payload: bytes, seq: int) -> bytes | None:
+    """What the sender sent before the fast path: the mapper's dict, encoded, without its brace."""
+    try:
+        return orjson.dumps(mapper.event(msgpack.unpackb(payload), NONCE, seq))[:-1]
+    except Exception:  # noqa: BLE001 - any failure is an unreadable record: None
+        return None
+
+
+contexts = st.one_of(
+    st.none(),
+    json_object,
+    st.builds(lambda d, lib: {**d, "library": lib}, json_object, json_value),  # the caller's library wins
+    st.builds(lambda d: {"traits": d}, json_object),
+    st.just({}),
+)
+timestamps = st.one_of(st.none(), st.integers(0, 2**63 - 1), st.just("2026-11-26T10:01:02.345Z"))
+
+
+def any_record(
+    kind: int, uid: Any, aid: Any, mid: Any, ts: Any, ctx: Any, integ: Any, payload: Any, call_ns: int
+) -> list[Any]:
+    fields: dict[int, list[Any]] = {
+        KIND_TRACK: ["Ev", encode_json_field("p", payload)],
+        KIND_IDENTIFY: [encode_json_field("t", payload)],
+        KIND_PAGE: ["N", None, encode_json_field("p", payload)],
+        KIND_SCREEN: [None, "C", encode_json_field("p", payload)],
+        KIND_GROUP: ["G", encode_json_field("t", payload)],
+        KIND_ALIAS: ["P"],
+    }
+    common = [kind, call_ns, uid, aid, mid, ts, encode_json_field("c", ctx), encode_json_field("i", integ)]
+    return common + fields[kind]
+
+
+records = st.builds(
+    any_record,
+    st.sampled_from([KIND_TRACK, KIND_IDENTIFY, KIND_PAGE, KIND_SCREEN, KIND_GROUP, KIND_ALIAS]),
+    st.one_of(st.none(), ids),
+    st.one_of(st.none(), ids),
+    st.one_of(st.none(), ids),
+    timestamps,
+    contexts,
+    st.one_of(st.none(), json_object),
+    st.one_of(st.none(), json_object),
+    st.one_of(st.integers(0, 2**63 - 1), st.integers(1_764_000_000_000_000_000, 1_764_000_000_100_000_000)),
+)
+# Records this version cannot read, or reads only the slow way: wrong shapes and types anywhere.
+odd_records = st.one_of(
+    st.lists(st.one_of(json_leaf, st.binary(max_size=8)), max_size=12),
+    records.flatmap(
+        lambda r: st.tuples(st.integers(0, len(r) - 1), st.one_of(json_leaf, st.binary(max_size=8))).map(
+            lambda change: [*r[: change[0]], change[1], *r[change[0] + 1 :]]
+        )
+    ),
+    records.map(lambda r: r[: len(r) - 1]),
+    json_leaf,
+)
+
+
+@PROPERTY
+@given(st.lists(st.one_of(records, records, records, odd_records), max_size=8), st.integers(0, 2**63))
+def test_stub_encoder_gives_exactly_the_mappers_bytes(items: list[Any], first_seq: int) -> None:
+    """Each stub is byte for byte the reference encoding of the mapper's event; an unreadable record is
+    None exactly where the mapper refuses it. Several records per run exercise the per-run caches."""
+    mapper = WireMapper(VERSION)
+    encoder = StubEncoder(WireMapper(VERSION))
+    run = []
+    for i, item in enumerate(items):
+        try:
+            payload = msgpack.packb(item)
+        except (TypeError, ValueError, OverflowError):
+            continue
+        run.append((first_seq + i, payload, 0))
+    got = encoder.stubs(run, NONCE)
+    assert got == [reference_stub(mapper, payload, seq) for seq, payload, _ in run]
+    assert len(got) == len(run)
+
+
+def test_stub_encoder_fast_path_covers_the_benchmark_event() -> None:
+    """The common record shapes are assembled, not handed to the mapper (which would be correct, slow)."""
+    encoder = StubEncoder(WireMapper(VERSION))
+    calls = 0
+    slow = encoder._by_the_mapper
+
+    def counting(payload: bytes, nonce: str, seq: int) -> bytes | None:
+        nonlocal calls
+        calls += 1
+        return slow(payload, nonce, seq)
+
+    encoder._by_the_mapper = counting  # type: ignore[method-assign]
+    props = encode_json_field("properties", {"a": 1, "b": [1, 2], "c": {"d": "e"}})
+    context = encode_json_field("context", {"ip": "1.2.3.4"})
+    plain = rec(KIND_TRACK, "Ev", props)
+    with_context = rec(KIND_TRACK, "Ev", props, context=context, message_id="m-1", timestamp=CALL_NS)
+    identify = rec(KIND_IDENTIFY, encode_json_field("traits", {"x": 1}))
+    run = [(i, msgpack.packb(r), 0) for i, r in enumerate([plain, with_context, identify])]
+    stubs = encoder.stubs(run, NONCE)
+    assert calls == 0
+    assert [orjson.loads(s + b"}") for s in stubs if s is not None] == [
+        wire(plain, 0),
+        wire(with_context, 1),
+        wire(identify, 2),
+    ]
+
+
+def test_the_plain_track_layout_is_the_tables() -> None:
+    from rudder_fast import wire as wire_module
+    from rudder_fast.schema import CALLS
+
+    assert tuple(f.name for f in CALLS["track"].fields) == wire_module._TRACK_FIELDS
+    assert CALLS["track"].kind == wire_module.KIND_TRACK == KIND_TRACK
+
+
+def test_stub_encoder_says_why_a_record_cannot_be_read() -> None:
+    encoder = StubEncoder(WireMapper(VERSION))
+    assert encoder.stubs([(1, msgpack.packb([99, CALL_NS]), 0), (2, b"\xc1", 0)], NONCE) == [None, None]
+    assert encoder.last_error.startswith(("ExtraData", "FormatError", "ValueError", "UnpackValueError"))
+    encoder.stubs([(1, msgpack.packb([99, CALL_NS, None, None, None, None, None, None]), 0)], NONCE)
+    assert encoder.last_error == "ValueError: unknown record kind 99"

@@ -1,0 +1,37 @@
+"""Gzip of request bodies: ISA-L's deflate (the ``isal`` package) when it is installed, else zlib's.
+Pure.
+
+Both write one standard gzip member (RFC 1952), which the data plane's ``gzip.Reader`` reads, so the
+choice changes speed only. It matters: at level 1, zlib takes about 1 µs per benchmark event (~440
+bytes of JSON), as much as everything else the sender does per event, where ISA-L takes about 0.07 µs
+and compresses no worse (README: Performance). Where ``isal`` cannot be installed the standard library's
+zlib is used, unchanged.
+"""
+
+from __future__ import annotations
+
+import zlib
+from types import ModuleType
+from typing import Final
+
+
+def _deflate_module() -> ModuleType:
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - a dependency; zlib where its wheel cannot be installed
+        return zlib
+    return isal_zlib
+
+
+_deflate: Final = _deflate_module()  # isal_zlib mirrors zlib's interface
+GZIP_WBITS: Final = 31  # a gzip container: header, deflate stream, CRC-32 and size trailer
+IMPLEMENTATION: Final = "isal" if _deflate is not zlib else "zlib"
+
+
+def gzip(data: bytes, level: int) -> bytes:
+    """``data`` as one gzip member. ``level`` is zlib's 0-9; ISA-L has 0-3, so above 3 it uses 3."""
+    if _deflate is not zlib:
+        level = min(level, 3)
+    comp = _deflate.compressobj(level, zlib.DEFLATED, GZIP_WBITS)
+    packed: bytes = comp.compress(data) + comp.flush()
+    return packed
