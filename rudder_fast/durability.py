@@ -10,8 +10,11 @@ the disk after it. Producers never wait for this: fdatasync writes dirty pages b
 go on (only a file system that needs stable pages makes a write to a page under writeback wait).
 
 The thread works on duplicates of the sender's own descriptors, handed over by the main loop
-(:meth:`Syncer.follow`), so a segment replaced by name is never synced in its stead, and a descriptor
-is closed only by the thread, after its pass: never while a sync uses it.
+(:meth:`Syncer.follow`), so a segment replaced by name is never synced in its stead. A descriptor is
+never closed while a pass may use it: a segment that leaves the directory scan is closed by the thread
+after its pass, and a segment the sender deletes is closed at once, once any pass in progress is over
+(:meth:`Syncer.deleted`): an open descriptor keeps a deleted file's blocks, and on a full disk the
+ledger commit that follows the deletion needs them.
 
 Deletions go the other way: before the ledger forgets a deleted segment, the deletion must be durable
 (:meth:`Syncer.sync_deletions`), or a cut could bring the file back with no ledger entry, and every one
@@ -48,6 +51,8 @@ class Syncer:
         self.file_syncs = 0
         self.dir_syncs = 0
         self._lock = threading.Lock()
+        self._pass_over = threading.Condition(self._lock)
+        self._in_pass = False  # the thread is syncing descriptors it took from _followed
         self._followed: dict[str, _Followed] = {}
         self._gone: list[int] = []  # descriptors to close after the current pass
         self._new_names = False  # a segment appeared since the last directory sync
@@ -84,9 +89,18 @@ class Syncer:
                     self._followed[name] = _Followed(fd)
                     self._new_names = True
 
-    def deleted(self) -> None:
-        """A segment was deleted (main thread): the next ledger commit must sync the deletion first."""
+    def deleted(self, name: str) -> None:
+        """The sender deleted segment ``name`` (main thread): the next ledger commit must sync the
+        deletion first, and its descriptor is closed now (after the pass in progress, if one is), so
+        that the file's space is free at once."""
         self._deleted = True
+        with self._pass_over:
+            item = self._followed.pop(name, None)
+            if item is None:
+                return
+            while self._in_pass:
+                self._pass_over.wait()
+        os.close(item.fd)
 
     def sync_deletions(self) -> None:
         """Make the deletions since the last call durable (main thread, before a ledger commit that
@@ -123,8 +137,17 @@ class Syncer:
             gone, self._gone = self._gone, []
             followed = list(self._followed.values())
             new_names, self._new_names = self._new_names, False
+            self._in_pass = True
         for fd in gone:
             os.close(fd)
+        try:
+            self._sync(followed, new_names)
+        finally:
+            with self._pass_over:
+                self._in_pass = False
+                self._pass_over.notify_all()
+
+    def _sync(self, followed: list[_Followed], new_names: bool) -> None:
         try:
             for item in followed:
                 size = os.fstat(item.fd).st_size

@@ -130,7 +130,7 @@ class Upkeep:
                 continue
             events, drops = count_events(tail, seg.track.acked, seg.track.ahead)
             tail.unlink()
-            self.syncer.deleted()
+            self.syncer.deleted(seg.name)
             self.intake.remove(seg)
             book.counters.add_drops(drops)
             book.counters.add_drops({DROP_OLDEST: events})
@@ -148,7 +148,7 @@ class Upkeep:
         for seg in list(self.intake.segments.values()):
             if self.intake.settled(seg):
                 seg.tail.unlink()
-                self.syncer.deleted()
+                self.syncer.deleted(seg.name)
                 self.intake.remove(seg)
 
     def sweep_tmp(self) -> None:
