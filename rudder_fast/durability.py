@@ -23,6 +23,7 @@ of its events would be sent again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -138,9 +139,10 @@ class Syncer:
             followed = list(self._followed.values())
             new_names, self._new_names = self._new_names, False
             self._in_pass = True
-        for fd in gone:
-            os.close(fd)
         try:
+            for fd in gone:
+                with contextlib.suppress(OSError):  # closed whatever close() says (EIO, EINTR)
+                    os.close(fd)
             self._sync(followed, new_names)
         finally:
             with self._pass_over:

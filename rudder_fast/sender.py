@@ -46,8 +46,8 @@ EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
 EXIT_LOCKED: Final = 3
 EXIT_DRAIN_FAILED: Final = 4
-# A ledger commit (an fsync, twice) is put off while few batches are in flight, for at most this long:
-# see Sender._commit_if_dirty.
+# A ledger commit (an fsync, twice) is put off while one resolved batch waits for it and the workers
+# are not all busy, for at most this long: see Sender._commit_if_dirty.
 COMMIT_COALESCE_S: Final = 0.5
 
 
@@ -350,14 +350,15 @@ class Sender:
         """Commit the ledger if the book changed, coalescing commits while that keeps the crash bound.
 
         After a crash, the events sent twice are those of the batches in flight and of those resolved
-        since the last commit: committing once they add up to more than ``concurrency`` keeps them
-        within the bound of ``concurrency`` batches in flight plus one, as a commit after every
-        resolved batch did, while a sender with few batches in flight (steady state) commits a few
-        times less often. Nothing waits longer than COMMIT_COALESCE_S."""
+        since the last commit. The promise is the batches in flight plus one, so a commit is put off
+        only while one resolved batch waits for it and the workers are not all busy (halving the
+        commits, two fsyncs each, in steady state), and never longer than COMMIT_COALESCE_S. A stop
+        commits at once."""
         if not self.book.dirty or now < self._commit_retry_at:
             return
         if (
             not now_or_never
+            and self._acked <= 1
             and self._acked + self.inflight <= self.cfg.concurrency
             and now < self._committed_at + COMMIT_COALESCE_S
         ):
