@@ -4,8 +4,10 @@ commit that follows needs that space; tests/e2e/test_fault_disk.py shows it end 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,19 @@ import pytest
 from rudder_fast.durability import Syncer
 
 
-def _open_segment(segments: Path, name: str) -> int:
-    path = segments / name
+@contextlib.contextmanager
+def following(segments: Path, interval: float) -> Iterator[Syncer]:
+    """A syncer following one real segment, ``a.seg``, through the sender's own descriptor."""
+    path = segments / "a.seg"
     path.write_bytes(b"x" * 4096)
-    return os.open(path, os.O_RDONLY)
+    reader = os.open(path, os.O_RDONLY)
+    syncer = Syncer(segments, interval=interval)
+    try:
+        syncer.follow({"a.seg": reader})
+        yield syncer
+    finally:
+        os.close(reader)
+        syncer.close()
 
 
 def _is_open(fd: int) -> bool:
@@ -35,10 +46,7 @@ def segments(tmp_path: Path) -> Path:
 
 
 def test_a_deleted_segment_is_let_go_at_once(segments: Path) -> None:
-    syncer = Syncer(segments, interval=3600)  # no pass runs during the test
-    reader = _open_segment(segments, "a.seg")
-    try:
-        syncer.follow({"a.seg": reader})
+    with following(segments, interval=3600) as syncer:  # no pass runs during the test
         held = syncer._followed["a.seg"].fd
         assert _is_open(held)
         (segments / "a.seg").unlink()
@@ -46,17 +54,11 @@ def test_a_deleted_segment_is_let_go_at_once(segments: Path) -> None:
         assert not _is_open(held), "the syncer still holds the deleted segment (its blocks stay in use)"
         syncer.sync_deletions()
         assert syncer.dir_syncs == 1
-    finally:
-        os.close(reader)
-        syncer.close()
 
 
 def test_deletion_waits_for_the_pass_in_progress(segments: Path) -> None:
     """A pass syncs descriptors it took under the lock: the one being deleted is closed only after it."""
-    syncer = Syncer(segments, interval=3600)
-    reader = _open_segment(segments, "a.seg")
-    try:
-        syncer.follow({"a.seg": reader})
+    with following(segments, interval=3600) as syncer:
         held = syncer._followed["a.seg"].fd
         with syncer._lock:
             syncer._in_pass = True  # as the thread sets it when a pass starts
@@ -76,20 +78,12 @@ def test_deletion_waits_for_the_pass_in_progress(segments: Path) -> None:
         assert done.wait(10)
         worker.join(10)
         assert not _is_open(held)
-    finally:
-        os.close(reader)
-        syncer.close()
 
 
 def test_interval_zero_follows_nothing(segments: Path) -> None:
-    syncer = Syncer(segments, interval=0)
-    reader = _open_segment(segments, "a.seg")
-    try:
-        syncer.follow({"a.seg": reader})
+    with following(segments, interval=0) as syncer:
+        assert syncer._followed == {}
         syncer.deleted("a.seg")  # nothing held: only the deletion is remembered for the next commit
         syncer.sync_deletions()
         assert syncer.dir_syncs == 1
         assert syncer.file_syncs == 0
-    finally:
-        os.close(reader)
-        syncer.close()

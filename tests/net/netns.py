@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.net import control
+from tests.support.processes import stop_process
 
 PREFIX = "rfnet-"
 APP_ADDR = "10.201.0.1"
@@ -370,14 +371,5 @@ def wait_line(proc: subprocess.Popen[bytes], expected: str, timeout: float) -> s
 
 
 def stop(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM, wait, SIGKILL: the process is reaped whatever happens."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
-    return proc.returncode
+    """SIGTERM, wait, SIGKILL (the kit's processes get a shorter wait than the suite's default)."""
+    return stop_process(proc, timeout)
