@@ -7,11 +7,19 @@ retry, as the server's clock-skew correction needs) and its closing brace::
     {"batch":[<stub>,"sentAt":"<t>"},<stub>,"sentAt":"<t>"}]}
 
 so a retry never re-encodes an event, and the body's exact size is known before it is built.
+
+The sender never holds a whole body: :func:`body_pieces` yields it in pieces of about 64 KiB, which the
+gzip stream takes one at a time. A body is up to 4 MB, and an allocation that large is a fresh mapping
+from the kernel each time, zero-filled page by page: joining the whole body cost more than the
+compression itself (about 0.5 µs per benchmark event, against 0.1 µs). Pieces this small are reused
+from the allocator's free lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from typing import Final
 
 # The data plane refuses a decompressed body above this many bytes (its maxReqSizeInKB = 4000).
@@ -21,6 +29,7 @@ _OPEN: Final = b'{"batch":['
 _SENT_AT_KEY: Final = b',"sentAt":"'
 _ISO_LEN: Final = len("2026-11-26T10:01:02.345Z")
 # Bytes each event adds to the body beyond its stub: ,"sentAt":"<24>"} plus the comma between events.
+PIECE_BYTES: Final = 64 * 1024  # see the module docstring
 PER_EVENT_OVERHEAD: Final = len(_SENT_AT_KEY) + _ISO_LEN + len(b'"}') + 1
 BODY_OVERHEAD: Final = len(_OPEN) + len(b"]}") - 1
 
@@ -34,10 +43,27 @@ def body_size(stub_bytes: int, count: int) -> int:
 
 def build_body(stubs: Sequence[bytes], sent_at: str) -> bytes:
     """The request body for these events, each stamped with ``sent_at``."""
+    return b"".join(body_pieces(stubs, sent_at))
+
+
+def body_pieces(stubs: Sequence[bytes], sent_at: str, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
+    """The request body for these events, each stamped with ``sent_at``, in consecutive pieces of whole
+    events, each about ``piece_bytes`` (one event at least): joined, they are :func:`build_body`'s bytes."""
     if not stubs:
-        return _OPEN + b"]}"
+        yield _OPEN + b"]}"
+        return
     close = _SENT_AT_KEY + sent_at.encode("ascii") + b'"}'
-    return _OPEN + (close + b",").join(stubs) + close + b"]}"
+    between = close + b","
+    ends = list(accumulate(map(len, stubs)))  # stub bytes up to each event: the cuts fall by size
+    start = 0
+    while start < len(stubs):
+        before = ends[start - 1] if start else 0
+        stop = max(start + 1, bisect_right(ends, before + piece_bytes, start))
+        piece = between.join(stubs[start:stop])
+        if start == 0:
+            piece = _OPEN + piece
+        yield piece + (close + b"]}" if stop == len(stubs) else between)
+        start = stop
 
 
 def stub_of(event_json: bytes) -> bytes:

@@ -11,6 +11,7 @@ zlib is used, unchanged.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Final
 
@@ -28,10 +29,15 @@ GZIP_WBITS: Final = 31  # a gzip container: header, deflate stream, CRC-32 and s
 IMPLEMENTATION: Final = "isal" if _deflate is not zlib else "zlib"
 
 
-def gzip(data: bytes, level: int) -> bytes:
-    """``data`` as one gzip member. ``level`` is zlib's 0-9; ISA-L has 0-3, so above 3 it uses 3."""
+def gzip(data: bytes | Iterable[bytes], level: int) -> bytes:
+    """``data`` (bytes, or consecutive pieces of them) as one gzip member. ``level`` is zlib's 0-9;
+    ISA-L has 0-3, so above 3 it uses 3."""
     if _deflate is not zlib:
         level = min(level, 3)
     comp = _deflate.compressobj(level, zlib.DEFLATED, GZIP_WBITS)
-    packed: bytes = comp.compress(data) + comp.flush()
-    return packed
+    if isinstance(data, bytes):
+        packed: bytes = comp.compress(data) + comp.flush()
+        return packed
+    out = [comp.compress(piece) for piece in data]
+    out.append(comp.flush())
+    return b"".join(out)

@@ -27,7 +27,7 @@ from typing import Any, Final
 import orjson
 
 from . import config, gate, safefile
-from .batching import Batch, build_body, halves
+from .batching import Batch, body_pieces, halves
 from .book import Outcome
 from .gate import Gate, Permit
 from .retry import ANSWERED, Action, Decision, ErrorKind, RandomSource, RetryPolicy, parse_retry_after
@@ -416,8 +416,7 @@ class Deliverer:
         response: Response | None = None
         error, kind = "", None
         try:
-            body = build_body(stubs, self.clock.format_ns(time.time_ns()))
-            response = transport.post(body)
+            response = transport.post(body_pieces(stubs, self.clock.format_ns(time.time_ns())))
             status: int | None = response.status
         except TransportError as exc:
             status, error, kind = None, str(exc), exc.kind

@@ -20,8 +20,10 @@ resynchronises on the next sync word and counts the bytes it skipped. It never r
 
 The sender's hot path reads runs of event frames with :meth:`FrameDecoder.take_events`: one tight
 loop over the buffer (``struct.unpack_from``, one CRC call over the covered bytes, a slice of the
-payload) with no object per frame. It stops before anything else, which ``next()`` then returns: the
-two together return exactly what ``next()`` alone would.
+payload) with no object per frame, which returns the run a column at a time (:class:`EventRun`). It
+stops before anything else, which ``next()`` then returns: the two together return exactly what
+``next()`` alone would. (Splitting the buffer at sync words and checking the pieces with C-level
+``map`` passes was measured too: no faster than this loop on Python 3.11.)
 
 This module is pure: no I/O, no clock.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -159,8 +162,36 @@ class NeedData:
 NEED_DATA: Final = NeedData()
 
 Item = Frame | Skip | NeedData
-# An event frame as take_events returns it: (seq, payload, end), ``end`` a stream position.
-EventRun = list[tuple[int, bytes, int]]
+
+
+class EventRun:
+    """Event frames as :meth:`FrameDecoder.take_events` returns them, a column each: their ``seqs``,
+    ``payloads``, and ``ends`` (stream positions). Iterating gives ``(seq, payload, end)`` per frame."""
+
+    __slots__ = ("ends", "payloads", "seqs")
+
+    def __init__(self, seqs: Sequence[int], payloads: Sequence[bytes], ends: Sequence[int]) -> None:
+        self.seqs = seqs
+        self.payloads = payloads
+        self.ends = ends
+
+    @classmethod
+    def of(cls, frames: Iterable[tuple[int, bytes, int]]) -> EventRun:
+        """A run from ``(seq, payload, end)`` tuples."""
+        listed = list(frames)
+        if not listed:
+            return cls((), (), ())
+        seqs, payloads, ends = zip(*listed, strict=True)
+        return cls(seqs, payloads, ends)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __iter__(self) -> Iterator[tuple[int, bytes, int]]:
+        return zip(self.seqs, self.payloads, self.ends, strict=True)
+
+    def __repr__(self) -> str:
+        return f"EventRun({list(self)!r})"
 
 
 class FrameDecoder:
@@ -262,8 +293,8 @@ class FrameDecoder:
         return Frame(type=frame_type, seq=seq, payload=payload, offset=start, end=self.offset)
 
     def take_events(self, limit: int) -> EventRun:
-        """Up to ``limit`` whole, checked event frames from the current position, as ``(seq, payload,
-        end)``: the frames ``next()`` would return, without a :class:`Frame` each.
+        """Up to ``limit`` whole, checked event frames from the current position: the frames ``next()``
+        would return, without a :class:`Frame` each.
 
         It stops before anything that is not a whole, valid event frame (another frame type, bytes to
         skip, an incomplete frame, the end of the buffer): ``next()`` returns that.
@@ -272,8 +303,9 @@ class FrameDecoder:
         pos = self._pos
         size = len(buf)
         base = self.offset - pos  # the stream position of buf[0]
-        run: EventRun = []
-        append = run.append
+        seqs: list[int] = []
+        payloads: list[bytes] = []
+        ends: list[int] = []
         unpack = FRAME_HEAD.unpack_from
         crc32 = zlib.crc32
         head, sync_word, event, max_payload = FRAME_HEAD_SIZE, SYNC, FRAME_EVENT, MAX_PAYLOAD  # locals
@@ -288,11 +320,13 @@ class FrameDecoder:
                 break
             if crc32(buf[pos + 8 : end]) != crc:
                 break
-            append((seq, buf[start:end], base + end))
+            seqs.append(seq)
+            payloads.append(buf[start:end])
+            ends.append(base + end)
             pos = end
         self._pos = pos
         self.offset = base + pos
-        return run
+        return EventRun(seqs, payloads, ends)
 
     def unread(self, offset: int) -> None:
         """Step back to stream position ``offset``, the start of a frame returned since the last

@@ -202,7 +202,7 @@ class Intake:
             return True
         if type(item) is not Frame or item.type != FRAME_EVENT:
             self._account(seg, item, now)
-        elif not self._add_run(seg, [(item.seq, item.payload, item.end)], item.offset, now):
+        elif not self._add_run(seg, EventRun((item.seq,), (item.payload,), (item.end,)), item.offset, now):
             return False
         return self.submit_ready()
 
@@ -229,11 +229,11 @@ class Intake:
         size = total_size(stubs)
         if batch is not None and size is not None and batch.has_room_for(len(stubs), size):
             batch.extend(stubs, size)  # type: ignore[arg-type]  # none is None: size is not None
-            book.add_events(track, batch.id, run[-1][2], len(stubs))
+            book.add_events(track, batch.id, run.ends[-1], len(stubs))
             return True
         begin = start  # where the frame being handled starts
         added = 0  # events added to ``batch`` not yet written in the book
-        for (_, _, end), stub in zip(run, stubs, strict=True):
+        for end, stub in zip(run.ends, stubs, strict=True):
             if stub is None or batch is None or not batch.has_room(len(stub)):
                 if added and batch is not None:
                     book.add_events(track, batch.id, begin, added)

@@ -42,7 +42,7 @@ from .framing import (
 )
 from .layout import SEGMENT_SUFFIX
 
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 16
 
 
 def list_segments(segments_dir: Path) -> list[Path]:

@@ -23,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
@@ -61,7 +61,7 @@ def redact_url(url: str) -> str:
     return scheme + sep + rest
 
 
-def gzip_bytes(body: bytes, level: int = GZIP_LEVEL) -> bytes:
+def gzip_bytes(body: bytes | Iterable[bytes], level: int = GZIP_LEVEL) -> bytes:
     return compression.gzip(body, level)  # ISA-L's when installed: see rudder_fast.compression
 
 
@@ -357,8 +357,11 @@ class Transport:
         via = f" proxy={self.proxy!r}" if self.proxy else ""
         return f"<Transport url={redact_url(self.url)!r} gzip={self.gzip}{via}>"
 
-    def post(self, body: bytes) -> Response:
-        data = gzip_bytes(body) if self.gzip else body
+    def post(self, body: bytes | Iterable[bytes]) -> Response:
+        """POST ``body`` (bytes, or consecutive pieces of it: see :func:`batching.body_pieces`)."""
+        if isinstance(body, bytes):
+            body = (body,)  # joining one bytes object returns it: no copy
+        data = gzip_bytes(body) if self.gzip else b"".join(body)
         with self._deadlines.guard(self.deadline_s) as guard:
             try:
                 resp = self._pool.request("POST", self.url, body=data, headers=self._headers, redirect=False)

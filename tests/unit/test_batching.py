@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rudder_fast import config
-from rudder_fast.batching import SERVER_MAX_BODY, Batch, body_size, build_body, halves, stub_of, total_size
+from rudder_fast.batching import (
+    SERVER_MAX_BODY,
+    Batch,
+    body_pieces,
+    body_size,
+    build_body,
+    halves,
+    stub_of,
+    total_size,
+)
 from rudder_fast.errors import ConfigurationError
 
 SENT_AT = "2026-11-26T10:01:02.345Z"
@@ -40,6 +50,24 @@ def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(
     for sent, original in zip(doc["batch"], evts, strict=True):
         assert sent["sentAt"] == SENT_AT
         assert {k: v for k, v in sent.items() if k != "sentAt"} == {"type": "track", **original}
+
+
+@given(events, st.integers(1, 400))
+def test_body_pieces_join_to_the_body_and_each_is_about_the_piece_size(
+    evts: list[dict[str, Any]], piece_bytes: int
+) -> None:
+    """The body the sender gzips piece by piece is the body, byte for byte; a piece holds whole events,
+    ``piece_bytes`` of stubs at most, or one event."""
+    stubs = [stub_of(orjson.dumps({"type": "track", **e})) for e in evts]
+    assume(all(b'"sentAt"' not in stub for stub in stubs))  # the pieces' events are counted by it
+    pieces = list(body_pieces(stubs, SENT_AT, piece_bytes))
+    assert b"".join(pieces) == build_body(stubs, SENT_AT)
+    cuts = [0]
+    for piece in pieces:
+        cuts.append(cuts[-1] + piece.count(b'"sentAt"'))
+    assert cuts[-1] == len(stubs)
+    for start, stop in itertools.pairwise(cuts):
+        assert stop - start == 1 or sum(map(len, stubs[start:stop])) <= piece_bytes
 
 
 def test_limits_never_exceed_the_server_limit() -> None:

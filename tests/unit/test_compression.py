@@ -30,6 +30,17 @@ def test_one_standard_gzip_member_that_decompresses_to_the_input(data: bytes, le
     assert d.unused_data == b""
 
 
+@PROPERTY
+@given(st.lists(st.binary(max_size=3_000), max_size=8), st.integers(0, 9))
+def test_pieces_make_one_gzip_member_of_their_concatenation(pieces: list[bytes], level: int) -> None:
+    """The sender gzips a body in pieces (batching.body_pieces): the same one member as the whole."""
+    packed = compression.gzip(iter(pieces), level)
+    d = zlib.decompressobj(compression.GZIP_WBITS)
+    assert d.decompress(packed) == b"".join(pieces)
+    assert d.eof
+    assert d.unused_data == b""
+
+
 def test_isal_is_used_where_it_is_installed() -> None:
     """The dependency is declared: the fast deflate must be the one in use, not the fallback."""
     expected = "isal" if importlib.util.find_spec("isal") else "zlib"

@@ -673,12 +673,18 @@ def reference(
     ], decoder
 
 
+# Payloads and seqs that hold sync words: no boundary may be found inside a frame.
+laced_payloads = st.lists(st.one_of(st.binary(max_size=24), st.just(SYNC_BYTES)), max_size=4).map(b"".join)
+laced_seqs = st.one_of(st.integers(0, U64), st.just(SYNC), st.just(SYNC << 32), st.just(SYNC << 16))
 event_heavy_frames = st.lists(
-    st.builds(
-        Written,
-        type=st.sampled_from((FRAME_EVENT, FRAME_EVENT, FRAME_EVENT, FRAME_DROPS, FRAME_SEAL)),
-        seq=st.integers(0, U64),
-        payload=payloads,
+    st.one_of(
+        st.builds(
+            Written,
+            type=st.sampled_from((FRAME_EVENT, FRAME_EVENT, FRAME_EVENT, FRAME_DROPS, FRAME_SEAL)),
+            seq=st.integers(0, U64),
+            payload=payloads,
+        ),
+        st.builds(Written, type=st.just(FRAME_EVENT), seq=laced_seqs, payload=laced_payloads | payloads),
     ),
     max_size=16,
 )
@@ -727,9 +733,9 @@ def test_take_events_stops_before_other_frames_and_respects_its_limit() -> None:
     decoder.feed(data)
     first = decoder.take_events(1)
     assert [(s, p) for s, p, _ in first] == [(1, b"a")]
-    assert first[0][2] == decoder.offset == 100 + FRAME_HEAD_SIZE + 1
+    assert first.ends[0] == decoder.offset == 100 + FRAME_HEAD_SIZE + 1
     assert [(s, p) for s, p, _ in decoder.take_events(10)] == [(2, b"b")]
-    assert decoder.take_events(10) == []
+    assert len(decoder.take_events(10)) == 0
     item = decoder.next()
     assert isinstance(item, Frame)
     assert item.type == FRAME_DROPS
@@ -737,12 +743,27 @@ def test_take_events_stops_before_other_frames_and_respects_its_limit() -> None:
     assert decoder.next() is NEED_DATA
 
 
+def test_a_sync_word_inside_a_frame_is_found_and_the_frame_still_taken() -> None:
+    inner = SYNC_BYTES + b"x" * 30
+    data = b"".join(
+        encode_frame(FRAME_EVENT, seq, payload)
+        for seq, payload in [(1, b"a"), (SYNC, inner), (3, inner + SYNC_BYTES), (4, b"b")]
+    )
+    decoder = FrameDecoder(0)
+    decoder.feed(data)
+    got = []
+    while run := decoder.take_events(256):
+        got += list(run)
+    assert [(s, p) for s, p, _ in got] == [(1, b"a"), (SYNC, inner), (3, inner + SYNC_BYTES), (4, b"b")]
+    assert decoder.offset == len(data)
+
+
 def test_unread_returns_the_frames_again_and_refuses_what_is_no_longer_buffered() -> None:
     data = b"".join(encode_frame(FRAME_EVENT, s, bytes([s]) * s) for s in range(1, 6))
     decoder = FrameDecoder(10)
     decoder.feed(data)
     run = decoder.take_events(5)
-    third_start = run[1][2]
+    third_start = run.ends[1]
     decoder.unread(third_start)
     assert decoder.offset == third_start
     assert [s for s, _, _ in decoder.take_events(5)] == [3, 4, 5]

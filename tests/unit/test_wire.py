@@ -31,7 +31,8 @@ from rudder_fast.events import (
     encode_json_field,
     iso_utc_ms,
 )
-from rudder_fast.wire import IsoClock, StubEncoder, WireMapper
+from rudder_fast.framing import EventRun
+from rudder_fast.wire import COLUMN_RUN, IsoClock, StubEncoder, WireMapper
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UTC = dt.timezone.utc
@@ -488,9 +489,70 @@ def test_stub_encoder_gives_exactly_the_mappers_bytes(items: list[Any], first_se
         except (TypeError, ValueError, OverflowError):
             continue
         run.append((first_seq + i, payload, 0))
-    got = encoder.stubs(run, NONCE)
+    got = encoder.stubs(EventRun.of(run), NONCE)
     assert got == [reference_stub(mapper, payload, seq) for seq, payload, _ in run]
     assert len(got) == len(run)
+
+
+plain_tracks = st.builds(
+    lambda uid, aid, event, props, call_ns: [
+        KIND_TRACK,
+        call_ns,
+        uid,
+        aid,
+        None,
+        None,
+        None,
+        None,
+        event,
+        props,
+    ],
+    st.one_of(st.none(), ids, st.sampled_from(["u-1", "u-2", 'q"\\\u2028'])),
+    st.one_of(st.none(), ids),
+    st.one_of(st.text(max_size=12), st.sampled_from(["Order Completed", "Signed Up"])),
+    st.one_of(st.none(), json_object.map(lambda o: encode_json_field("p", o))),
+    st.one_of(
+        st.integers(0, 2**63 - 1),
+        st.integers(1_764_000_000_000_000_000, 1_764_000_000_010_000_000),  # many share a millisecond
+    ),
+)
+
+
+@PROPERTY
+@given(
+    st.lists(plain_tracks, min_size=COLUMN_RUN, max_size=COLUMN_RUN + 8),
+    st.lists(
+        st.one_of(
+            records.filter(lambda r: r[0] != KIND_TRACK),
+            odd_records.filter(lambda r: not (isinstance(r, list) and len(r) == 10)),  # a plain track has 10
+        ),
+        max_size=2,
+    ),
+    st.integers(0, 2**63 - 100),
+    st.integers(1, 3),
+)
+def test_runs_of_plain_tracks_are_encoded_a_column_at_a_time_to_the_mappers_bytes(
+    plain: list[Any], others: list[Any], first_seq: int, repeats: int
+) -> None:
+    """The column-at-a-time path (a run of plain tracks only) gives the reference bytes; any other
+    record in the run sends the run the one-by-one way, which gives them too. Encoding the run again
+    exercises the caches."""
+    mapper = WireMapper(VERSION)
+    encoder = StubEncoder(WireMapper(VERSION))
+    by_one = encoder._one_by_one
+    taken_one_by_one = 0
+
+    def counting(*args: Any) -> list[bytes | None]:
+        nonlocal taken_one_by_one
+        taken_one_by_one += 1
+        return by_one(*args)
+
+    encoder._one_by_one = counting  # type: ignore[method-assign,assignment]
+    items = plain + others
+    run = EventRun.of((first_seq + i, msgpack.packb(item), 0) for i, item in enumerate(items))
+    for _ in range(repeats):
+        assert encoder.stubs(run, NONCE) == [reference_stub(mapper, p, s) for s, p, _ in run]
+    assert taken_one_by_one == (repeats if others else 0)
 
 
 def test_stub_encoder_fast_path_covers_the_benchmark_event() -> None:
@@ -511,7 +573,7 @@ def test_stub_encoder_fast_path_covers_the_benchmark_event() -> None:
     with_context = rec(KIND_TRACK, "Ev", props, context=context, message_id="m-1", timestamp=CALL_NS)
     identify = rec(KIND_IDENTIFY, encode_json_field("traits", {"x": 1}))
     run = [(i, msgpack.packb(r), 0) for i, r in enumerate([plain, with_context, identify])]
-    stubs = encoder.stubs(run, NONCE)
+    stubs = encoder.stubs(EventRun.of(run), NONCE)
     assert calls == 0
     assert [orjson.loads(s + b"}") for s in stubs if s is not None] == [
         wire(plain, 0),
@@ -530,7 +592,12 @@ def test_the_plain_track_layout_is_the_tables() -> None:
 
 def test_stub_encoder_says_why_a_record_cannot_be_read() -> None:
     encoder = StubEncoder(WireMapper(VERSION))
-    assert encoder.stubs([(1, msgpack.packb([99, CALL_NS]), 0), (2, b"\xc1", 0)], NONCE) == [None, None]
+    assert encoder.stubs(EventRun.of([(1, msgpack.packb([99, CALL_NS]), 0), (2, b"\xc1", 0)]), NONCE) == [
+        None,
+        None,
+    ]
     assert encoder.last_error.startswith(("ExtraData", "FormatError", "ValueError", "UnpackValueError"))
-    encoder.stubs([(1, msgpack.packb([99, CALL_NS, None, None, None, None, None, None]), 0)], NONCE)
+    encoder.stubs(
+        EventRun.of([(1, msgpack.packb([99, CALL_NS, None, None, None, None, None, None]), 0)]), NONCE
+    )
     assert encoder.last_error == "ValueError: unknown record kind 99"
