@@ -208,6 +208,7 @@ class Deadlines:
         self._local = threading.local()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._wake_at = math.inf  # when the watcher, asleep, wakes next: a later deadline need not wake it
 
     def __repr__(self) -> str:
         return f"<Deadlines active={len(self._guards)}>"
@@ -221,7 +222,9 @@ class Deadlines:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._watch, name="rudder-fast-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if guard.deadline < self._wake_at:
+                self._wake_at = guard.deadline  # (the watcher sets its own when it goes back to sleep)
+                self._cond.notify()
         try:
             yield guard
         finally:
@@ -257,6 +260,7 @@ class Deadlines:
                         guard.shut()
                     else:
                         wake = min(wake, guard.deadline)
+                self._wake_at = wake
                 self._cond.wait(None if wake == math.inf else wake - now)
 
 

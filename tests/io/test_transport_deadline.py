@@ -158,3 +158,25 @@ def test_a_deadline_ends_only_its_own_request() -> None:
             assert isinstance(outcome[0], TransportError), outcome
         finally:
             transport.close()
+
+
+def test_a_request_after_an_answered_one_is_still_cut_at_its_deadline() -> None:
+    """The watchdog is woken only for a deadline earlier than the one it sleeps until: a later request's
+    deadline is found when it wakes for the earlier one, and enforced."""
+
+    def prompt(conn: socket.socket, served: Served) -> None:
+        conn.sendall(ANSWER)
+
+    with server(prompt, trickle(0.25)) as (port, served):
+        transport = Transport(f"http://127.0.0.1:{port}", "key", connect_timeout=0.5, read_timeout=1.0)
+        try:
+            assert transport.post(b"{}").status == 200
+            transport.drop_idle()  # the second request on a new connection: the trickling one
+            started = time.monotonic()
+            with pytest.raises(TransportError, match=r"no complete answer within 1\.5 s"):
+                transport.post(b"{}")
+            assert time.monotonic() - started < 5.0  # the trickle alone would take ~16 s
+            assert served.done.wait(30)
+        finally:
+            transport.close()
+    assert served.client_left[-1] is True
