@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Iterable, Sequence
 from itertools import repeat
-from operator import floordiv
+from operator import floordiv, itemgetter
 from typing import Any, Final
 
 import msgpack
@@ -165,9 +165,10 @@ class StubEncoder:
         self._iso = b""
         self._texts: dict[str, bytes] = {}  # see _text
         self.last_error = ""  # why the last record that could not be read could not
-        self._user_ids: dict[Any, bytes] = {}  # see _member
-        self._anon_ids: dict[Any, bytes] = {}
-        self._events: dict[Any, bytes] = {}
+        self._user_ids: dict[Any, bytes] = {None: b""}  # see _member
+        self._anon_ids: dict[Any, bytes] = {None: b""}
+        self._events: dict[Any, bytes] = {None: b""}
+        self._events_with_key: dict[Any, bytes] = {None: b""}  # see _member
         self._tails: dict[int, bytes] = {}  # see _tail
         self._plain_tail = self._context + b',"integrations":{"All":true}'
         self._clock = IsoClock()
@@ -234,49 +235,38 @@ class StubEncoder:
             and set(map(type, call_ns)) == {int}
         ):
             return None
-        tails = self._column(self._tails, call_ns, None)  # per millisecond: see _tail
-        users = self._column(self._user_ids, user_ids, b',"userId":')
-        anons = self._column(self._anon_ids, anon_ids, b',"anonymousId":')
-        names = self._column(self._events, events, b',"event":')
+        # The pieces of each stub, a column each: "...messageId":"<nonce>-<seq>", the ids (a column only
+        # where one is given), the tail (per millisecond: see _tail), the event's name (with the
+        # properties' key when every event has properties), the properties.
+        template = (_TRACK_HEAD + generated).replace(b"%", b"%%") + b'%d"'
+        columns: list[Iterable[bytes]] = [map(template.__mod__, seqs)]
+        if user_ids.count(None) != n:
+            columns.append(self._column(self._user_ids, user_ids, b',"userId":'))
+        if anon_ids.count(None) != n:
+            columns.append(self._column(self._anon_ids, anon_ids, b',"anonymousId":'))
+        columns.append(self._column(self._tails, call_ns, None))
         if properties.count(None) == 0:
-            keys: Iterable[bytes] = repeat(b',"properties":', n)
+            columns.append(self._column(self._events_with_key, events, b',"event":'))
         else:
-            keys = [b"" if p is None else b',"properties":' for p in properties]
+            columns.append(self._column(self._events, events, b',"event":'))
+            columns.append([b"" if p is None else b',"properties":' for p in properties])
             properties = tuple(b"" if p is None else p for p in properties)
-        ids = map(b'%d"'.__mod__, seqs)
-        return list(
-            map(
-                b"".join,
-                zip(
-                    repeat(_TRACK_HEAD + generated, n),
-                    ids,
-                    users,
-                    anons,
-                    tails,
-                    names,
-                    keys,
-                    properties,
-                    strict=True,
-                ),
-            )
-        )
+        columns.append(properties)
+        return list(map(b"".join, zip(*columns, strict=True)))
 
-    def _column(self, cache: dict[Any, bytes], values: tuple[Any, ...], key: bytes | None) -> Iterable[bytes]:
+    def _column(self, cache: dict[Any, bytes], values: tuple[Any, ...], key: bytes | None) -> Sequence[bytes]:
         """Each value's member (``key`` + its JSON; b"" for None), from ``cache`` where it can; with no
-        ``key``, the values are call times and the members their _tail."""
-        if key is not None and values.count(None) == len(values):
-            return repeat(b"", len(values))
+        ``key``, the values are call times and the members their _tail. ``values`` holds two or more."""
         if key is None:
             values = tuple(map(floordiv, values, repeat(1_000_000, len(values))))
-        got = list(map(cache.get, values))
-        if None in got:
-            for i, value in enumerate(values):
-                if got[i] is None:
-                    if key is None:
-                        got[i] = cache.get(value) or self._tail(value)
-                    else:
-                        got[i] = b"" if value is None else cache.get(value) or self._member(cache, key, value)
-        return got  # type: ignore[return-value]  # every None was replaced
+        try:
+            found: tuple[bytes, ...] = itemgetter(*values)(cache)  # every lookup in one C call
+        except KeyError:  # one at least is new: look them up one by one
+            return [
+                cache.get(value) or (self._tail(value) if key is None else self._member(cache, key, value))
+                for value in values
+            ]
+        return found
 
     def _tail(self, ms: int) -> bytes:
         """What follows the ids in a plain track: the library's context, the default integrations, and
@@ -359,11 +349,18 @@ class StubEncoder:
         return encoded
 
     def _member(self, cache: dict[Any, bytes], key: bytes, value: Any) -> bytes:
-        """``key`` + ``orjson.dumps(value)``, remembered for strings (ids and event names recur)."""
+        """``key`` + ``orjson.dumps(value)``, remembered for strings (ids and event names recur); b""
+        for None (an id not given), which every cache holds. The event names of ``_events_with_key``
+        are followed by the properties' key."""
+        if value is None:
+            return b""
         encoded = key + orjson.dumps(value)
+        if cache is self._events_with_key:
+            encoded += b',"properties":'
         if type(value) is str:
             if len(cache) >= TEXT_CACHE:
                 cache.clear()
+                cache[None] = b""
             cache[value] = encoded
         return encoded
 

@@ -555,6 +555,39 @@ def test_runs_of_plain_tracks_are_encoded_a_column_at_a_time_to_the_mappers_byte
     assert taken_one_by_one == (repeats if others else 0)
 
 
+@pytest.mark.parametrize(
+    ("user", "anon", "props"),
+    [
+        (lambda i: f"u{i % 7}", lambda i: None, lambda i: encode_json_field("p", {"i": i})),  # the usual
+        (lambda i: None, lambda i: f"a{i}", lambda i: None),  # no user ids, no properties
+        (
+            lambda i: f"u{i}" if i % 3 else None,
+            lambda i: "a" if i % 2 else None,
+            lambda i: None if i % 5 else b"{}",
+        ),
+    ],
+    ids=["users-and-properties", "anonymous-without-properties", "mixed"],
+)
+def test_each_column_shape_of_a_run_of_plain_tracks_gives_the_mappers_bytes(
+    user: Any, anon: Any, props: Any
+) -> None:
+    """Columns that are skipped (every id None) or merged (every event with properties) included;
+    twice, the second time from the caches."""
+    mapper = WireMapper(VERSION)
+    encoder = StubEncoder(WireMapper(VERSION))
+    records = [
+        [KIND_TRACK, CALL_NS + i * 300_000, user(i), anon(i), None, None, None, None, f"E{i % 3}", props(i)]
+        for i in range(COLUMN_RUN * 2)
+    ]
+    run = EventRun.of((1000 + i, msgpack.packb(r), 0) for i, r in enumerate(records))
+    want = [reference_stub(mapper, p, s) for s, p, _ in run]
+    assert encoder._plain_tracks(
+        [msgpack.unpackb(p) for p in run.payloads], run.seqs, b'"' + NONCE.encode() + b"-"
+    )
+    assert encoder.stubs(run, NONCE) == want
+    assert encoder.stubs(run, NONCE) == want
+
+
 def test_stub_encoder_fast_path_covers_the_benchmark_event() -> None:
     """The common record shapes are assembled, not handed to the mapper (which would be correct, slow)."""
     encoder = StubEncoder(WireMapper(VERSION))
