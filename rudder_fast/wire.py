@@ -187,8 +187,8 @@ class StubEncoder:
                 column = (
                     self._plain_tracks(records, run.seqs, generated) if len(records) >= COLUMN_RUN else None
                 )
-            except TypeError:  # an id that is not hashable, or not bytes where bytes belong
-                column = None
+            except Exception:  # noqa: BLE001 - a value no producer writes (an unhashable id, a time out of
+                column = None  # range, ...): the run goes one by one, where each record is told apart
             if column is not None:
                 return column  # type: ignore[return-value]  # list is invariant; no None in it
         return self._one_by_one(run, records, generated, nonce)
@@ -217,8 +217,8 @@ class StubEncoder:
         """A run made only of plain tracks (see :meth:`_plain_track`), the usual case by far, a column
         at a time: each step is one C-level pass over the run (``map``, ``zip``, ``count``), and one
         ``join`` per event puts the pieces together, byte for byte what :meth:`_plain_track` gives.
-        None if any record of the run is not a plain track; ``TypeError`` for a value of a type no
-        producer writes there."""
+        None if any record of the run is not a plain track; an exception for a value no producer writes
+        there."""
         n = len(records)
         if n == 0 or set(map(type, records)) != {list} or set(map(len, records)) != {_PLAIN_LEN}:
             return None

@@ -588,6 +588,27 @@ def test_each_column_shape_of_a_run_of_plain_tracks_gives_the_mappers_bytes(
     assert encoder.stubs(run, NONCE) == want
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [-(2**63), 2**64 - 1, ["a", "list"]],
+    ids=["time-in-1677", "time-in-2554", "unhashable-user-id"],
+)
+def test_an_odd_value_in_a_long_run_of_plain_tracks_gives_the_mappers_bytes(odd: Any) -> None:
+    """Extreme times and a value no producer writes: the column-at-a-time path never raises, and the
+    stubs are the mapper's (None only where it refuses the record)."""
+    mapper = WireMapper(VERSION)
+    encoder = StubEncoder(WireMapper(VERSION))
+    records = [rec(KIND_TRACK, "E", b"{}", user_id=f"u{i}") for i in range(COLUMN_RUN * 2)]
+    if isinstance(odd, list):
+        records[5][2] = odd
+    else:
+        records[5][1] = odd
+    run = EventRun.of((i, msgpack.packb(r), 0) for i, r in enumerate(records))
+    got = encoder.stubs(run, NONCE)
+    assert got == [reference_stub(mapper, p, s) for s, p, _ in run]
+    assert sum(stub is not None for stub in got) >= len(records) - 1
+
+
 def test_stub_encoder_fast_path_covers_the_benchmark_event() -> None:
     """The common record shapes are assembled, not handed to the mapper (which would be correct, slow)."""
     encoder = StubEncoder(WireMapper(VERSION))
