@@ -177,7 +177,9 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 POLL_MIN_S: Final = 0.005  # idle polling starts fast (new events are found within milliseconds)...
 POLL_MAX_S: Final = 0.05  # ...and slows to this when nothing arrives
 PROBE_INTERVAL_S: Final = 1.0  # how often an idle live segment's writer lock is probed
-READ_CHUNK: Final = 1 << 16  # bytes read from a segment at a time (see tail.READ_CHUNK)
+# Bytes read from a segment at a time. Below glibc's 128 KiB mmap threshold: a larger read buffer is a
+# fresh mapping of zero-filled pages each time, which cost the sender ~0.2 us per event in page faults.
+READ_CHUNK: Final = 64 * 1024
 TMP_MAX_AGE_S: Final = 60.0  # a tmp/ entry this old whose creator is gone is debris: removed
 TMP_SWEEP_S: Final = 30.0  # how often tmp/ is swept
 COMMIT_RETRY_S: Final = 1.0  # a failing ledger commit (a full disk) is tried again this often

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import counts
+from . import config, counts
 from .framing import (
     FRAME_DROPS,
     FRAME_EVENT,
@@ -41,8 +41,6 @@ from .framing import (
     decode_header,
 )
 from .layout import SEGMENT_SUFFIX
-
-READ_CHUNK = 1 << 16
 
 
 def list_segments(segments_dir: Path) -> list[Path]:
@@ -196,7 +194,7 @@ class SegmentTail:
             self.decoder.feed(data)
         return len(data)
 
-    def read_more(self, max_bytes: int = READ_CHUNK) -> int:
+    def read_more(self, max_bytes: int = config.READ_CHUNK) -> int:
         """Read up to ``max_bytes`` new bytes into the decoder; returns how many were read.
 
         When nothing new is there and the writer is gone, marks the tail final (the decoder then
