@@ -101,7 +101,8 @@ class Syncer:
                 return
             while self._in_pass:
                 self._pass_over.wait()
-        os.close(item.fd)
+        with contextlib.suppress(OSError):  # closed whatever close() says (EIO, EINTR), as in a pass
+            os.close(item.fd)
 
     def sync_deletions(self) -> None:
         """Make the deletions since the last call durable (main thread, before a ledger commit that

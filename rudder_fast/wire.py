@@ -12,7 +12,8 @@ event directly from the record's pieces, byte for byte what encoding the mapper'
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from itertools import repeat
 from operator import floordiv, itemgetter
 from typing import Any, Final
@@ -168,7 +169,7 @@ class StubEncoder:
         self._user_ids: dict[Any, bytes] = {None: b""}  # see _member
         self._anon_ids: dict[Any, bytes] = {None: b""}
         self._events: dict[Any, bytes] = {None: b""}
-        self._events_with_key: dict[Any, bytes] = {None: b""}  # see _member
+        self._events_with_key: dict[Any, bytes] = {None: b""}  # each followed by ,"properties":
         self._tails: dict[int, bytes] = {}  # see _tail
         self._plain_tail = self._context + b',"integrations":{"All":true}'
         self._clock = IsoClock()
@@ -241,32 +242,38 @@ class StubEncoder:
         template = (_TRACK_HEAD + generated).replace(b"%", b"%%") + b'%d"'
         columns: list[Iterable[bytes]] = [map(template.__mod__, seqs)]
         if user_ids.count(None) != n:
-            columns.append(self._column(self._user_ids, user_ids, b',"userId":'))
+            columns.append(self._members(self._user_ids, user_ids, b',"userId":'))
         if anon_ids.count(None) != n:
-            columns.append(self._column(self._anon_ids, anon_ids, b',"anonymousId":'))
-        columns.append(self._column(self._tails, call_ns, None))
+            columns.append(self._members(self._anon_ids, anon_ids, b',"anonymousId":'))
+        columns.append(
+            self._column(self._tails, tuple(map(floordiv, call_ns, repeat(1_000_000, n))), self._tail)
+        )
         if properties.count(None) == 0:
-            columns.append(self._column(self._events_with_key, events, b',"event":'))
+            columns.append(self._members(self._events_with_key, events, b',"event":', b',"properties":'))
         else:
-            columns.append(self._column(self._events, events, b',"event":'))
+            columns.append(self._members(self._events, events, b',"event":'))
             columns.append([b"" if p is None else b',"properties":' for p in properties])
             properties = tuple(b"" if p is None else p for p in properties)
         columns.append(properties)
         return list(map(b"".join, zip(*columns, strict=True)))
 
-    def _column(self, cache: dict[Any, bytes], values: tuple[Any, ...], key: bytes | None) -> Sequence[bytes]:
-        """Each value's member (``key`` + its JSON; b"" for None), from ``cache`` where it can; with no
-        ``key``, the values are call times and the members their _tail. ``values`` holds two or more."""
-        if key is None:
-            values = tuple(map(floordiv, values, repeat(1_000_000, len(values))))
+    @staticmethod
+    def _column(
+        cache: dict[Any, bytes], values: tuple[Any, ...], make: Callable[[Any], bytes]
+    ) -> Sequence[bytes]:
+        """Each value's piece from ``cache``, or made (and remembered) by ``make`` where it is new.
+        ``values`` holds two or more."""
         try:
             found: tuple[bytes, ...] = itemgetter(*values)(cache)  # every lookup in one C call
         except KeyError:  # one at least is new: look them up one by one
-            return [
-                cache.get(value) or (self._tail(value) if key is None else self._member(cache, key, value))
-                for value in values
-            ]
+            return [cache.get(value) or make(value) for value in values]
         return found
+
+    def _members(
+        self, cache: dict[Any, bytes], values: tuple[Any, ...], key: bytes, suffix: bytes = b""
+    ) -> Sequence[bytes]:
+        """Each value's member (see :meth:`_member`), a column at a time."""
+        return self._column(cache, values, partial(self._member, cache, key, suffix=suffix))
 
     def _tail(self, ms: int) -> bytes:
         """What follows the ids in a plain track: the library's context, the default integrations, and
@@ -348,15 +355,12 @@ class StubEncoder:
             texts[value] = encoded
         return encoded
 
-    def _member(self, cache: dict[Any, bytes], key: bytes, value: Any) -> bytes:
-        """``key`` + ``orjson.dumps(value)``, remembered for strings (ids and event names recur); b""
-        for None (an id not given), which every cache holds. The event names of ``_events_with_key``
-        are followed by the properties' key."""
+    def _member(self, cache: dict[Any, bytes], key: bytes, value: Any, suffix: bytes = b"") -> bytes:
+        """``key`` + ``orjson.dumps(value)`` + ``suffix``, remembered for strings (ids and event names
+        recur); b"" for None (an id not given), which every cache holds."""
         if value is None:
             return b""
-        encoded = key + orjson.dumps(value)
-        if cache is self._events_with_key:
-            encoded += b',"properties":'
+        encoded = key + orjson.dumps(value) + suffix
         if type(value) is str:
             if len(cache) >= TEXT_CACHE:
                 cache.clear()
