@@ -3,8 +3,9 @@
 Three ways to record the same realistic ``track`` call, timed call by call with ``perf_counter_ns``:
 
 * **floor**: the least any durable per-call append can do: ``msgpack.packb`` of a plain record (the
-  properties as a dict), ``zlib.crc32``, one ``os.write`` to an ``O_APPEND`` file in the same directory
-  (same filesystem) as the spool. No validation, no framing, no lock, no fork check.
+  properties as a dict), a CRC-32 by the function the product uses (``framing.crc32``), one
+  ``os.write`` to an ``O_APPEND`` file in the same directory (same filesystem) as the spool. No
+  validation, no framing, no lock, no fork check.
 * **rudder_fast**: ``Emitter(spool).track(...)``: validate, encode, frame, one ``os.write``.
 * **rudder-sdk-python** 2.1.9: ``Client.track(...)`` (gzip on, its default), posting to a local sink
   (``_sinkserver.py``, in a subprocess) from its background thread. Only the call is timed; its thread
@@ -38,7 +39,6 @@ import tempfile
 import threading
 import time
 import timeit
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +53,7 @@ from _sinkserver import SinkServer
 
 from rudder_fast import Emitter
 from rudder_fast.events import _JSON_OPTIONS, KIND_TRACK
-from rudder_fast.framing import FRAME_EVENT, FRAME_META, FRAME_PREFIX, SYNC, Frame
+from rudder_fast.framing import FRAME_EVENT, FRAME_META, FRAME_PREFIX, SYNC, Frame, crc32
 from rudder_fast.layout import SpoolPaths
 from rudder_fast.tail import list_segments, read_whole
 
@@ -120,7 +120,7 @@ class FloorWriter:
 
     def track(self, *, user_id: str, event: str, properties: dict[str, Any]) -> int:
         payload = msgpack.packb([1, time.time_ns(), user_id, None, None, None, None, None, event, properties])
-        zlib.crc32(payload)
+        crc32(payload)
         return os.write(self.fd, payload)
 
     def close(self) -> None:
@@ -446,13 +446,13 @@ def run_breakdown(plan: Plan, spool_dir: Path, scratch: Path) -> tuple[list[tupl
     packer = msgpack.Packer()
     payload = packer.pack(record)
     body = FRAME_META.pack(len(payload), FRAME_EVENT, 1) + payload
-    frame = FRAME_PREFIX.pack(SYNC, zlib.crc32(body)) + body
+    frame = FRAME_PREFIX.pack(SYNC, crc32(body)) + body
     fd = os.open(scratch / "breakdown.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     emitter.track(user_id=USER_ID, event=EVENT, properties=PROPERTIES)  # opens the segment
     env: dict[str, Any] = {
         "emitter": emitter, "bare": bare, "writer": writer, "record": record, "plain": plain,
         "packer": packer, "payload": payload, "body": body, "frame": frame, "fd": fd, "os": os,
-        "time": time, "zlib": zlib, "msgpack": msgpack, "orjson": orjson, "P": PROPERTIES,
+        "time": time, "crc32": crc32, "msgpack": msgpack, "orjson": orjson, "P": PROPERTIES,
         "U": USER_ID, "E": EVENT, "O": _JSON_OPTIONS, "lock": threading.Lock(),
         "meta": FRAME_META.pack, "prefix": FRAME_PREFIX.pack, "SYNC": SYNC, "T": FRAME_EVENT,
         "getpid": spool_mod._getpid, "NOW": time.time_ns(),
@@ -466,10 +466,10 @@ def run_breakdown(plan: Plan, spool_dir: Path, scratch: Path) -> tuple[list[tupl
         ("    of which threading.Lock acquire+release", "with lock: pass"),
         ("    of which Packer.pack(record, properties as JSON bytes)", "packer.pack(record)"),
         ("    of which frame: 2 struct packs + crc32 + 2 concats",
-         "b = meta(len(payload), T, 1) + payload; prefix(SYNC, zlib.crc32(b)) + b"),
+         "b = meta(len(payload), T, 1) + payload; prefix(SYNC, crc32(b)) + b"),
         ("    of which os.write(frame) to an O_APPEND file", "os.write(fd, frame)"),
         ("floor parts: msgpack.packb(record, properties as dict)", "msgpack.packb(plain)"),
-        ("floor parts: zlib.crc32(payload)", "zlib.crc32(payload)"),
+        ("floor parts: crc32(payload)", "crc32(payload)"),
     ]  # fmt: skip
     try:
         result = [(label, per_op_ns(stmt, env, plan.breakdown_repeat)) for label, stmt in rows]

@@ -8,7 +8,7 @@ A segment file is a header followed by frames, appended by exactly one writer pr
             nonce 16s (ASCII) | crc32 u32                                        (48 bytes)
     frame:  sync u32 | crc32 u32 | len u32 | type u8 | 3 reserved | seq u64 | payload[len]
 
-All integers are little-endian. A frame's ``crc32`` (zlib) covers every byte after it (``len``, ``type``,
+All integers are little-endian. A frame's ``crc32`` (CRC-32) covers every byte after it (``len``, ``type``,
 the reserved bytes, ``seq`` and the payload), so a frame is only accepted whole and unaltered; keeping
 the covered bytes contiguous lets the writer compute it in one call. ``len`` is bounded by
 ``MAX_PAYLOAD`` before it is trusted, so a corrupt length can never make the reader wait for gigabytes.
@@ -25,6 +25,12 @@ stops before anything else, which ``next()`` then returns: the two together retu
 ``next()`` alone would. (Splitting the buffer at sync words and checking the pieces with C-level
 ``map`` passes was measured too: no faster than this loop on Python 3.11.)
 
+The checksum is computed by :func:`crc32`: zlib-ng's where the ``zlib-ng`` package is installed (a
+dependency), the standard library's zlib otherwise. Both compute the same CRC-32, so either reads what
+the other wrote; zlib-ng's is about three times as fast on a frame of a few hundred bytes (zlib's folds
+a byte or two per nanosecond and zlib-ng's uses carry-less multiplication), which is a quarter of this
+decoder's time per event and a few percent of ``emit.track``'s.
+
 This module is pure: no I/O, no clock.
 """
 
@@ -32,11 +38,23 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import msgpack
+
+
+def _crc32_function() -> Callable[[bytes], int]:
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:  # pragma: no cover - a dependency; zlib where its wheel cannot be installed
+        return zlib.crc32
+    return zlib_ng.crc32
+
+
+crc32: Final = _crc32_function()  # see the module docstring
+CRC32_IMPLEMENTATION: Final = "zlib" if crc32 is zlib.crc32 else "zlib-ng"
 
 MAGIC: Final = b"RFSPOOL\x00"
 VERSION: Final = 1
@@ -74,7 +92,7 @@ def encode_header(header: SegmentHeader) -> bytes:
     if len(nonce) != NONCE_LEN:
         raise ValueError(f"nonce must be {NONCE_LEN} ASCII characters")
     body = HEADER.pack(MAGIC, VERSION, 0, header.pid, header.index, header.created_ns, nonce, 0)[:-4]
-    return body + struct.pack("<I", zlib.crc32(body))
+    return body + struct.pack("<I", crc32(body))
 
 
 def decode_header(data: bytes) -> SegmentHeader | None:
@@ -82,7 +100,7 @@ def decode_header(data: bytes) -> SegmentHeader | None:
     if len(data) < HEADER_SIZE:
         return None
     magic, version, _, pid, index, created_ns, nonce, crc = HEADER.unpack_from(data)
-    if magic != MAGIC or version != VERSION or zlib.crc32(data[: HEADER_SIZE - 4]) != crc:
+    if magic != MAGIC or version != VERSION or crc32(data[: HEADER_SIZE - 4]) != crc:
         return None
     try:
         text = nonce.decode("ascii")
@@ -105,7 +123,7 @@ def decode_drops(payload: bytes) -> dict[str, int]:
 def encode_frame(frame_type: int, seq: int, payload: bytes) -> bytes:
     """One complete frame. The producer's hot path inlines the same two lines."""
     body = FRAME_META.pack(len(payload), frame_type, seq) + payload
-    return FRAME_PREFIX.pack(SYNC, zlib.crc32(body)) + body
+    return FRAME_PREFIX.pack(SYNC, crc32(body)) + body
 
 
 class Frame:
@@ -284,7 +302,7 @@ class FrameDecoder:
             if self._final:
                 return self._skip_to_sync(pos + 1, "torn")
             return NEED_DATA
-        if zlib.crc32(buf[pos + 8 : end]) != crc:
+        if crc32(buf[pos + 8 : end]) != crc:
             return self._skip_to_sync(pos + 1, "corrupt")
         start = self.offset
         self._pos = end
@@ -307,7 +325,7 @@ class FrameDecoder:
         payloads: list[bytes] = []
         ends: list[int] = []
         unpack = FRAME_HEAD.unpack_from
-        crc32 = zlib.crc32
+        check = crc32
         head, sync_word, event, max_payload = FRAME_HEAD_SIZE, SYNC, FRAME_EVENT, MAX_PAYLOAD  # locals
         last = size - head  # the last position a frame's head fits at
         for _ in range(limit):
@@ -318,7 +336,7 @@ class FrameDecoder:
             end = start + n
             if sync != sync_word or frame_type != event or n > max_payload or end > size:
                 break
-            if crc32(buf[pos + 8 : end]) != crc:
+            if check(buf[pos + 8 : end]) != crc:
                 break
             seqs.append(seq)
             payloads.append(buf[start:end])

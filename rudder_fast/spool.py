@@ -33,7 +33,6 @@ import os
 import threading
 import time
 import weakref
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -51,6 +50,7 @@ from .framing import (
     FRAME_SEAL,
     SYNC,
     SegmentHeader,
+    crc32,
     encode_frame,
     encode_header,
 )
@@ -66,7 +66,7 @@ _OVER_QUOTA: Final = "over quota"  # from ``_append_locked``: the quota stops th
 
 _meta_pack = FRAME_META.pack
 _prefix_pack = FRAME_PREFIX.pack
-_crc32 = zlib.crc32
+_crc32 = crc32  # zlib-ng's where installed: see framing
 _getpid = os.getpid
 _write = os.write
 

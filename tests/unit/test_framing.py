@@ -6,6 +6,7 @@ drained after each one, and ``finish()`` is called once the writer is known to b
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import struct
 import zlib
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from rudder_fast import framing
 from rudder_fast.framing import (
     FRAME_DROPS,
     FRAME_EVENT,
@@ -311,6 +313,36 @@ def test_frame_layout() -> None:
     assert frame[:4] == SYNC_BYTES
     assert crc == zlib.crc32(frame[8:])  # covers len, type, reserved, seq and payload
     assert frame[FRAME_HEAD_SIZE:] == b"abc"
+
+
+def test_zlib_ng_computes_the_checksums_where_it_is_installed() -> None:
+    """The dependency is declared: the fast CRC-32 must be the one in use, not the fallback."""
+    expected = "zlib-ng" if importlib.util.find_spec("zlib_ng") else "zlib"
+    assert expected == framing.CRC32_IMPLEMENTATION
+    assert (framing.crc32 is zlib.crc32) == (expected == "zlib")
+
+
+@PROPERTY
+@given(st.binary(max_size=5_000))
+def test_the_checksum_is_zlibs_crc32(data: bytes) -> None:
+    """Whichever library computes it, the checksum is the one zlib gives: a spool written with either
+    reads with the other."""
+    assert framing.crc32(data) == zlib.crc32(data)
+
+
+def test_frames_and_header_checked_by_zlib_decode() -> None:
+    """A segment whose checksums zlib computed (as every version before zlib-ng did) still reads."""
+    body = struct.pack("<IB3xQ", 5, FRAME_EVENT, 9) + b"hello"
+    frame = struct.pack("<II", SYNC, zlib.crc32(body)) + body
+    header = HEADER.pack(MAGIC, VERSION, 0, 42, 3, 7, b"n" * NONCE_LEN, 0)[:-4]
+    header += struct.pack("<I", zlib.crc32(header))
+    assert decode_header(header) == SegmentHeader(pid=42, index=3, created_ns=7, nonce="n" * NONCE_LEN)
+    decoder = FrameDecoder(HEADER_SIZE)
+    decoder.feed(frame * 2)
+    assert list(decoder.take_events(1)) == [(9, b"hello", HEADER_SIZE + len(frame))]
+    assert decoder.next() == Frame(
+        FRAME_EVENT, 9, b"hello", HEADER_SIZE + len(frame), HEADER_SIZE + 2 * len(frame)
+    )
 
 
 def test_decode_single_frame_with_file_offsets() -> None:
