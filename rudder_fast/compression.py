@@ -1,5 +1,5 @@
 """Gzip of request bodies: ISA-L's deflate (the ``isal`` package) when it is installed, else zlib's.
-Pure.
+Pure. The devserver reads bodies with the same library (:func:`gzip_reader`).
 
 Both write one standard gzip member (RFC 1952), which the data plane's ``gzip.Reader`` reads, so the
 choice changes speed only. It matters: at level 1, zlib takes about 1 µs per benchmark event (~440
@@ -13,7 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Final
+from typing import Any, Final
 
 
 def _deflate_module() -> ModuleType:
@@ -27,6 +27,10 @@ def _deflate_module() -> ModuleType:
 _deflate: Final = _deflate_module()  # isal_zlib mirrors zlib's interface
 GZIP_WBITS: Final = 31  # a gzip container: header, deflate stream, CRC-32 and size trailer
 IMPLEMENTATION: Final = "isal" if _deflate is not zlib else "zlib"
+# What a reader from gzip_reader() raises for a stream that is not a valid gzip member: ISA-L has its own.
+READ_ERRORS: Final[tuple[type[Exception], ...]] = (
+    (zlib.error, _deflate.error) if _deflate is not zlib else (zlib.error,)
+)
 
 
 def gzip(data: bytes | Iterable[bytes], level: int) -> bytes:
@@ -41,3 +45,10 @@ def gzip(data: bytes | Iterable[bytes], level: int) -> bytes:
     out = [comp.compress(piece) for piece in data]
     out.append(comp.flush())
     return b"".join(out)
+
+
+def gzip_reader() -> Any:
+    """A decompressor of one gzip member, zlib's ``decompressobj`` interface (``decompress``, ``eof``,
+    ``unused_data``): ISA-L's inflate is about ten times as fast as zlib's. It raises one of
+    :data:`READ_ERRORS` for a stream that is not a gzip member."""
+    return _deflate.decompressobj(GZIP_WBITS)

@@ -5,14 +5,13 @@ line and exit code 2 rather than a traceback."""
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import resource
 import signal
 import sys
 from collections.abc import Sequence
 
-from . import __version__, config, metrics
+from . import __version__, config, gcpolicy, metrics
 from .errors import ConfigurationError
 from .sender import EXIT_LOCKED, EXIT_USAGE, Sender
 
@@ -67,19 +66,6 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
-# The cyclic garbage collector's default runs a collection every 700 net allocations. The sender
-# allocates a few short-lived containers per event (a record, tuples), which reference counting frees,
-# so those collections find almost nothing and cost the main thread 3-8 %. Objects from start-up are
-# frozen out of its scans, and it runs about 140x less often. Reference cycles are still collected
-# (a young generation of 100,000 objects is a few MB at most).
-GC_THRESHOLDS = (100_000, 50, 100)
-
-
-def _tune_gc() -> None:
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -113,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("metrics at %s", server.url)
     signal.signal(signal.SIGTERM, sender.request_stop)
     signal.signal(signal.SIGINT, sender.request_stop)
-    _tune_gc()
+    gcpolicy.tune()
     try:
         code = sender.run()
     finally:

@@ -1,5 +1,5 @@
-"""The sender's cyclic garbage collector: tuned to run rarely (see ``sender_cli.GC_THRESHOLDS``), and
-still collecting reference cycles."""
+"""The cyclic garbage collector of the sender and the devserver: tuned to run rarely (see
+``rudder_fast.gcpolicy``), and still collecting reference cycles."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rudder_fast import sender_cli
+from rudder_fast import gcpolicy
 
 
 @pytest.fixture
@@ -24,19 +24,19 @@ def restored_gc() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restored_gc")
-def test_the_sender_freezes_its_start_up_objects_and_collects_less_often() -> None:
-    sender_cli._tune_gc()
-    assert gc.get_threshold() == sender_cli.GC_THRESHOLDS
+def test_tuning_freezes_the_start_up_objects_and_collects_less_often() -> None:
+    gcpolicy.tune()
+    assert gc.get_threshold() == gcpolicy.THRESHOLDS
     assert gc.get_freeze_count() > 0
 
 
-def test_reference_cycles_are_still_collected_with_the_senders_thresholds() -> None:
-    """A process making a million cycles, as the tuned sender would: they are collected, and memory
-    stays bounded by the young generation, not by what was made."""
+def test_reference_cycles_are_still_collected_with_the_tuned_thresholds() -> None:
+    """A process making a million cycles, tuned as the sender and the devserver are: they are
+    collected, and memory stays bounded by the young generation, not by what was made."""
     code = (
         "import gc\n"
-        "from rudder_fast import sender_cli\n"
-        "sender_cli._tune_gc()\n"
+        "from rudder_fast import gcpolicy\n"
+        "gcpolicy.tune()\n"
         "for _ in range(1_000_000):\n"
         "    a = [None] * 8\n"
         "    a.append(a)\n"
