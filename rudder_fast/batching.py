@@ -47,23 +47,28 @@ def build_body(stubs: Sequence[bytes], sent_at: str) -> bytes:
 
 
 def body_pieces(stubs: Sequence[bytes], sent_at: str, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
-    """The request body for these events, each stamped with ``sent_at``, in consecutive pieces of whole
-    events, each about ``piece_bytes`` (one event at least): joined, they are :func:`build_body`'s bytes."""
+    """The request body for these events, each stamped with ``sent_at``, in consecutive pieces: joined,
+    they are :func:`build_body`'s bytes. Each piece but the two short ends (the body's opening, and the
+    last event's close) holds whole events, about ``piece_bytes`` of stubs (one event at least), each
+    made by one ``join`` and never copied again."""
     if not stubs:
         yield _OPEN + b"]}"
         return
     close = _SENT_AT_KEY + sent_at.encode("ascii") + b'"}'
     between = close + b","
     ends = list(accumulate(map(len, stubs)))  # stub bytes up to each event: the cuts fall by size
+    count = len(stubs)
+    yield _OPEN
     start = 0
-    while start < len(stubs):
+    while start < count:
         before = ends[start - 1] if start else 0
         stop = max(start + 1, bisect_right(ends, before + piece_bytes, start))
-        piece = between.join(stubs[start:stop])
-        if start == 0:
-            piece = _OPEN + piece
-        yield piece + (close + b"]}" if stop == len(stubs) else between)
+        events = list(stubs[start:stop])
+        if stop < count:
+            events.append(b"")  # the join then ends with ``between``, ready for the next piece
+        yield between.join(events)
         start = stop
+    yield close + b"]}"
 
 
 def stub_of(event_json: bytes) -> bytes:

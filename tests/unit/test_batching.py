@@ -56,15 +56,21 @@ def test_body_is_the_batch_with_sent_at_on_every_event_and_its_size_is_exact(
 def test_body_pieces_join_to_the_body_and_each_is_about_the_piece_size(
     evts: list[dict[str, Any]], piece_bytes: int
 ) -> None:
-    """The body the sender gzips piece by piece is the body, byte for byte; a piece holds whole events,
-    ``piece_bytes`` of stubs at most, or one event."""
+    """The body the sender gzips piece by piece is the body, byte for byte. Between its opening and the
+    last event's close, a piece holds whole events, ``piece_bytes`` of stubs at most, or one event."""
     stubs = [stub_of(orjson.dumps({"type": "track", **e})) for e in evts]
     assume(all(b'"sentAt"' not in stub for stub in stubs))  # the pieces' events are counted by it
     pieces = list(body_pieces(stubs, SENT_AT, piece_bytes))
     assert b"".join(pieces) == build_body(stubs, SENT_AT)
+    if not stubs:
+        assert pieces == [b'{"batch":[]}']
+        return
+    assert pieces[0] == b'{"batch":['
+    assert pieces[-1] == b',"sentAt":"' + SENT_AT.encode() + b'"}]}'
+    events = pieces[1:-1]
     cuts = [0]
-    for piece in pieces:
-        cuts.append(cuts[-1] + piece.count(b'"sentAt"'))
+    for i, piece in enumerate(events, 1):  # each ends with an event's close but the last: pieces[-1]
+        cuts.append(cuts[-1] + piece.count(b'"sentAt"') + (i == len(events)))
     assert cuts[-1] == len(stubs)
     for start, stop in itertools.pairwise(cuts):
         assert stop - start == 1 or sum(map(len, stubs[start:stop])) <= piece_bytes
