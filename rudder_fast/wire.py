@@ -236,11 +236,12 @@ class StubEncoder:
             and set(map(type, call_ns)) == {int}
         ):
             return None
-        # The pieces of each stub, a column each: "...messageId":"<nonce>-<seq>", the ids (a column only
-        # where one is given), the tail (per millisecond: see _tail), the event's name (with the
-        # properties' key when every event has properties), the properties.
-        template = (_TRACK_HEAD + generated).replace(b"%", b"%%") + b'%d"'
-        columns: list[Iterable[bytes]] = [map(template.__mod__, seqs)]
+        # The pieces of each stub, a column each: "...messageId":"<nonce>- then the seq's digits (one
+        # orjson.dumps of them all, split at the commas: half the time of a b"%d" each) and ", the ids (a
+        # column only where one is given), the tail (per millisecond: see _tail), the event's name (with
+        # the properties' key when every event has properties), the properties.
+        digits = orjson.dumps(seqs)[1:-1].split(b",")
+        columns: list[Iterable[bytes]] = [repeat(_TRACK_HEAD + generated, n), digits, repeat(b'"', n)]
         if user_ids.count(None) != n:
             columns.append(self._members(self._user_ids, user_ids, b',"userId":'))
         if anon_ids.count(None) != n:
