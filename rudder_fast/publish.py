@@ -12,6 +12,7 @@ import collections
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,12 @@ class Publisher:
             window.popleft()
         return sum(n for _, n in window) / self.rate_window(now)
 
-    def publish_if_due(self, now: float, moment: Moment) -> None:
-        """Once a second, and at once when the delivery state changed (a stall, a failover)."""
+    def publish_if_due(self, now: float, take: Callable[[], Moment]) -> None:
+        """Once a second, and at once when the delivery state changed (a stall, a failover). ``take``
+        makes the moment to publish: only then, since the sender's loop asks every turn."""
         if now >= self.next_at or self.state.changes != self._changes:
             self.next_at = now + config.STATUS_INTERVAL_S
+            moment = take()
             self._watch_drops(now, moment.counters)
             self.publish(moment)
 

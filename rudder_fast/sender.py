@@ -227,7 +227,7 @@ class Sender:
         self.upkeep.reap_settled()
         self._commit_if_dirty(now)
         self.state.watch(now)
-        self.publisher.publish_if_due(now, self._moment())
+        self.publisher.publish_if_due(now, self._moment)
         return progressed or bool(got)
 
     def _drain_before_stopping(self, now: float) -> float | None:
