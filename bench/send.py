@@ -57,7 +57,7 @@ from typing import IO, Any, Final
 import orjson
 import psutil
 
-from rudder_fast import Emitter, __version__, compression, config
+from rudder_fast import Emitter, __version__, compression, config, framing
 from rudder_fast.batching import Batch, build_body
 from rudder_fast.book import Book
 from rudder_fast.delivery import Quarantine
@@ -1102,7 +1102,8 @@ def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
     print(
         f"rudder_fast send benchmark ({plan.name}): Python {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}, {cpus} CPU(s), load average {load()}, "
-        f"spools on {filesystem_of(base)} ({base}); the sender gzips with {compression.IMPLEMENTATION}",
+        f"spools on {filesystem_of(base)} ({base}); the sender gzips with {compression.IMPLEMENTATION}, "
+        f"CRC-32 by {framing.CRC32_IMPLEMENTATION}",
         flush=True,
     )
 
@@ -1151,6 +1152,7 @@ def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
         "cpus": cpus,
         "filesystem": filesystem_of(base),
         "gzip": compression.IMPLEMENTATION,
+        "crc32": framing.CRC32_IMPLEMENTATION,
         "load_average_start": load_start,
         "load_average_end": list(os.getloadavg()),
         "fill": {"events": fill.accepted, "seconds": fill.seconds, "processes": fill_procs},

@@ -25,11 +25,11 @@ stops before anything else, which ``next()`` then returns: the two together retu
 ``next()`` alone would. (Splitting the buffer at sync words and checking the pieces with C-level
 ``map`` passes was measured too: no faster than this loop on Python 3.11.)
 
-The checksum is computed by :func:`crc32`: zlib-ng's where the ``zlib-ng`` package is installed (a
+The checksum is computed by :func:`crc32`: zlib-ng's where the ``zlib-ng`` package can be imported (a
 dependency), the standard library's zlib otherwise. Both compute the same CRC-32, so either reads what
 the other wrote; zlib-ng's is about three times as fast on a frame of a few hundred bytes (zlib's folds
-a byte or two per nanosecond and zlib-ng's uses carry-less multiplication), which is a quarter of this
-decoder's time per event and a few percent of ``emit.track``'s.
+a byte or two per nanosecond, zlib-ng's uses carry-less multiplication). zlib's CRC was a quarter of
+this decoder's time per event, and a few percent of ``emit.track``'s.
 
 This module is pure: no I/O, no clock.
 """
@@ -48,7 +48,7 @@ import msgpack
 def _crc32_function() -> Callable[[bytes], int]:
     try:
         from zlib_ng import zlib_ng
-    except ImportError:  # pragma: no cover - a dependency; zlib where its wheel cannot be installed
+    except ImportError:  # pragma: no cover - a dependency; zlib where it cannot be imported
         return zlib.crc32
     return zlib_ng.crc32
 

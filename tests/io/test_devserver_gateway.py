@@ -110,14 +110,22 @@ def test_concatenated_gzip_members_are_one_body(server: DevServer) -> None:
         gzip.compress(b'{"batch": []}') + b"trailing",  # bytes after a member must be another member
         gzip.compress(b'{"batch": []}')[:-4],  # truncated trailer
         b"\x1f\x8b\x08",  # a header cut short
+        gzip.compress(b'{"batch": []}')[:-8] + b"\0\0\0\0" + gzip.compress(b'{"batch": []}')[-4:],  # bad CRC
     ],
-    ids=["zlib", "trailing-bytes", "truncated", "short-header"],
+    ids=["zlib", "trailing-bytes", "truncated", "short-header", "bad-crc"],
 )
 def test_a_broken_gzip_stream_is_a_read_failure(server: DevServer, raw: bytes) -> None:
     assert post(server, raw, headers={"Content-Encoding": "gzip"}) == (
         500,
         b"failed to read body from request\n",
     )
+
+
+def test_reserved_flag_bits_in_a_gzip_header_are_ignored(server: DevServer) -> None:
+    """Go's gzip.Reader reads the flags it knows and ignores the reserved ones (zlib refuses them)."""
+    raw = bytearray(gzip.compress(batch(EVENT)))
+    raw[3] |= 0xE0  # FLG bits 5-7: reserved
+    assert post(server, bytes(raw), headers={"Content-Encoding": "gzip"}) == (200, b"ok")
 
 
 @pytest.mark.parametrize("sent", [0, 10])

@@ -528,7 +528,7 @@ plain_tracks = st.builds(
         ),
         max_size=2,
     ),
-    st.integers(0, 2**63 - 100),
+    st.integers(0, 2**64 - 1 - (COLUMN_RUN + 10)),  # a frame's seq is a u64
     st.integers(1, 3),
 )
 def test_runs_of_plain_tracks_are_encoded_a_column_at_a_time_to_the_mappers_bytes(
