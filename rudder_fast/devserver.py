@@ -43,7 +43,7 @@ from typing import IO, Any, Final
 import orjson
 
 from . import gcpolicy
-from .compression import READ_ERRORS, gzip_reader
+from .compression import gunzip
 from .events import is_blank
 
 MAX_BODY: Final = 4_096_000  # the gateway's maxReqSizeInKB = 4000
@@ -132,31 +132,6 @@ def validate_batch(body: bytes, max_body: int) -> tuple[int, str, list[dict[str,
     if not events:
         return 400, "empty batch payload", []
     return 200, "ok", events
-
-
-def gunzip(raw: bytes) -> bytes:
-    """The body as the gateway's ``middleware/uncompress.go`` reads it: Go's ``gzip.Reader``, which
-    reads every concatenated gzip member, takes an empty body for an empty stream (its header read
-    returns io.EOF, which ``io.ReadAll`` treats as the end) and refuses anything else that is not a
-    gzip member — a zlib stream, trailing bytes — with an error the gateway answers with 500.
-
-    Raises ``zlib.error`` where the gateway answers 500 ``failed to read body from request``. Inflated
-    by ISA-L where it is installed (:func:`compression.gzip_reader`): 0.07 µs per benchmark event where
-    zlib's took 0.7, on the two cores this server shares with the sender in the benchmarks. Like Go's
-    reader and unlike zlib, ISA-L ignores the header's reserved flag bits.
-    """
-    out = []
-    rest = raw
-    while rest:
-        d = gzip_reader()  # a gzip member only
-        try:
-            out.append(d.decompress(rest))
-        except READ_ERRORS as exc:
-            raise zlib.error(str(exc)) from None
-        if not d.eof:
-            raise zlib.error("truncated gzip member")
-        rest = d.unused_data
-    return b"".join(out)
 
 
 def _names(events: list[dict[str, Any]], user_id: str | None) -> bool:

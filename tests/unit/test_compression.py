@@ -7,6 +7,7 @@ import importlib.util
 import zlib
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,3 +63,13 @@ def test_the_devservers_reader_is_isals_where_it_is_installed() -> None:
     assert reader.decompress(packed) == b"abc" * 1000
     assert reader.eof
     assert reader.unused_data == b"next"
+
+
+def test_gunzip_reads_concatenated_members_and_refuses_anything_else() -> None:
+    """Go's gzip.Reader, as the gateway reads a body: every member, an empty body as empty, and a
+    zlib.error for what is not gzip (ISA-L's own errors included)."""
+    assert compression.gunzip(gzip.compress(b"ab") + gzip.compress(b"cd")) == b"abcd"
+    assert compression.gunzip(b"") == b""
+    for broken in (zlib.compress(b"ab"), gzip.compress(b"ab")[:-4], gzip.compress(b"ab") + b"x"):
+        with pytest.raises(zlib.error):
+            compression.gunzip(broken)

@@ -23,6 +23,8 @@ from rudder_fast.framing import (
     FRAME_EVENT,
     FRAME_HEAD,
     FRAME_HEAD_SIZE,
+    FRAME_META,
+    FRAME_PREFIX,
     FRAME_SEAL,
     HEADER,
     HEADER_SIZE,
@@ -332,8 +334,8 @@ def test_the_checksum_is_zlibs_crc32(data: bytes) -> None:
 
 def test_frames_and_header_checked_by_zlib_decode() -> None:
     """A segment whose checksums zlib computed (as every version before zlib-ng did) still reads."""
-    body = struct.pack("<IB3xQ", 5, FRAME_EVENT, 9) + b"hello"
-    frame = struct.pack("<II", SYNC, zlib.crc32(body)) + body
+    body = FRAME_META.pack(5, FRAME_EVENT, 9) + b"hello"
+    frame = FRAME_PREFIX.pack(SYNC, zlib.crc32(body)) + body
     header = HEADER.pack(MAGIC, VERSION, 0, 42, 3, 7, b"n" * NONCE_LEN, 0)[:-4]
     header += struct.pack("<I", zlib.crc32(header))
     assert decode_header(header) == SegmentHeader(pid=42, index=3, created_ns=7, nonce="n" * NONCE_LEN)
