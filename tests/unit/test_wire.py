@@ -32,7 +32,7 @@ from rudder_fast.events import (
     iso_utc_ms,
 )
 from rudder_fast.framing import EventRun
-from rudder_fast.wire import COLUMN_RUN, IsoClock, StubEncoder, WireMapper
+from rudder_fast.wire import COLUMN_RUN, PLAIN_TRACK_DECODER, IsoClock, StubEncoder, WireMapper
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UTC = dt.timezone.utc
@@ -518,6 +518,7 @@ plain_tracks = st.builds(
 )
 
 
+@pytest.mark.parametrize("reader", ["msgspec", "msgpack"])
 @PROPERTY
 @given(
     st.lists(plain_tracks, min_size=COLUMN_RUN, max_size=COLUMN_RUN + 8),
@@ -532,13 +533,15 @@ plain_tracks = st.builds(
     st.integers(1, 3),
 )
 def test_runs_of_plain_tracks_are_encoded_a_column_at_a_time_to_the_mappers_bytes(
-    plain: list[Any], others: list[Any], first_seq: int, repeats: int
+    reader: str, plain: list[Any], others: list[Any], first_seq: int, repeats: int
 ) -> None:
-    """The column-at-a-time path (a run of plain tracks only) gives the reference bytes; any other
-    record in the run sends the run the one-by-one way, which gives them too. Encoding the run again
-    exercises the caches."""
+    """The column-at-a-time path (a run of plain tracks only) gives the reference bytes, whether msgspec
+    or msgpack reads the records; any other record in the run sends the run the one-by-one way, which
+    gives them too. Encoding the run again exercises the caches."""
     mapper = WireMapper(VERSION)
     encoder = StubEncoder(WireMapper(VERSION))
+    if reader == "msgpack":
+        encoder.decode_plain_track = None  # as without msgspec
     by_one = encoder._one_by_one
     taken_one_by_one = 0
 
@@ -607,6 +610,33 @@ def test_an_odd_value_in_a_long_run_of_plain_tracks_gives_the_mappers_bytes(odd:
     got = encoder.stubs(run, NONCE)
     assert got == [reference_stub(mapper, p, s) for s, p, _ in run]
     assert sum(stub is not None for stub in got) >= len(records) - 1
+
+
+def test_msgspec_reads_runs_of_plain_tracks_and_msgpack_the_runs_it_refuses() -> None:
+    """msgspec (a dependency) reads a run of plain tracks, checking each record's layout as it reads it;
+    a run holding one record it refuses (an id that is not a string, a messageId of the caller's) is
+    read again by msgpack. Both give the mapper's bytes."""
+    assert PLAIN_TRACK_DECODER is not None
+    mapper = WireMapper(VERSION)
+    encoder = StubEncoder(WireMapper(VERSION))
+    typed_runs = 0
+    columns = encoder._plain_tracks
+
+    def counting(records: Any, seqs: Any, generated: bytes, *, typed: bool = False) -> list[bytes] | None:
+        nonlocal typed_runs
+        typed_runs += typed
+        return columns(records, seqs, generated, typed=typed)
+
+    encoder._plain_tracks = counting  # type: ignore[method-assign]
+    plain = [rec(KIND_TRACK, "E", b"{}", user_id=f"u{i}") for i in range(COLUMN_RUN)]
+    for change, typed in [(None, 1), ((2, 42), 0), ((4, "m-1"), 0), ((1, 2.5), 0)]:
+        records = [list(r) for r in plain]
+        if change is not None:
+            records[3][change[0]] = change[1]
+        run = EventRun.of((i, msgpack.packb(r), 0) for i, r in enumerate(records))
+        typed_runs = 0
+        assert encoder.stubs(run, NONCE) == [reference_stub(mapper, p, s) for s, p, _ in run]
+        assert typed_runs == typed, change
 
 
 def test_stub_encoder_fast_path_covers_the_benchmark_event() -> None:
