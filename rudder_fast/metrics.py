@@ -10,12 +10,13 @@ Three pieces, each usable alone:
   the sender's live state.
 * :func:`write_textfile` writes the same bytes atomically for node-exporter's textfile collector.
 
-Why no ``prometheus_client``: the project's runtime dependencies are orjson, urllib3, msgpack and
-psutil, and what the sender exposes is a fixed set of about fifteen families whose values it already
-keeps. The format is a short line-based text specification (``# HELP``, ``# TYPE``, one sample per
-line, three escapes in label values), so a few dozen lines written from the specification cost less
-than a dependency, its global registry and its collector protocol. The tests parse the output back with
-their own parser and, when installed, with ``prometheus_client``'s as an independent check.
+Why no ``prometheus_client``: the project's runtime dependencies are few, each for a speed measured
+where it is used (pyproject.toml), and what the sender exposes is a fixed set of about fifteen
+families whose values it already keeps. The format is a short line-based text specification
+(``# HELP``, ``# TYPE``, one sample per line, three escapes in label values), so a few dozen lines
+written from the specification cost less than a dependency, its global registry and its collector
+protocol. The tests parse the output back with their own parser and, when installed, with
+``prometheus_client``'s as an independent check.
 
 The counters (sent, retries, rejected, dropped, skipped bytes) are those of the sender's ledger: they
 survive restarts and only go back to zero if the ledger is lost, which Prometheus treats as a counter
