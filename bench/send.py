@@ -65,7 +65,7 @@ from rudder_fast.intake import Intake
 from rudder_fast.layout import SpoolPaths, ensure_spool
 from rudder_fast.tail import list_segments
 from rudder_fast.transport import GZIP_LEVEL, gzip_bytes
-from rudder_fast.wire import PLAIN_TRACK_DECODER, WireMapper
+from rudder_fast.wire import WireMapper, plain_track_decoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the helpers shared with the tests
@@ -76,7 +76,7 @@ from tests.support.processes import HOST, console_script
 
 USER_COUNT: Final = 1_000  # each producer cycles through this many user ids
 
-RECORD_READER: Final = "msgpack" if PLAIN_TRACK_DECODER is None else "msgspec"
+RECORD_READER: Final = "msgpack" if plain_track_decoder() is None else "msgspec"
 TARGET_CPU_VS_ZLIB: Final = 2.5  # sender CPU per event <= 2.5x zlib level 1 over the same JSON
 TARGET_VS_SDK: Final = 8.0  # rudder_fast delivered events/s >= 8x rudder-sdk-python's, 4 producers
 TARGET_RSS_GROWTH: Final = 1.25  # "flat": max RSS with the large backlog within 1.25x the small one's

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from functools import cache, partial
 from itertools import repeat
 from operator import floordiv, itemgetter
 from typing import Any, Final
@@ -59,16 +59,16 @@ TEXT_CACHE: Final = 4096  # strings whose JSON StubEncoder remembers (ids, event
 PlainTrack = tuple[int, int, str | None, str | None, None, None, None, None, str, bytes | None]
 
 
-def _plain_track_decoder() -> Callable[[bytes], PlainTrack] | None:
-    """msgspec's decoder of a plain track's record, which refuses any other; None without msgspec."""
+@cache
+def plain_track_decoder() -> Callable[[bytes], PlainTrack] | None:
+    """msgspec's decoder of a plain track's record, which refuses any other; None without msgspec.
+    Made on first use, by the sender: an app's processes, which only write records, never import
+    msgspec."""
     try:
         import msgspec
     except ImportError:  # pragma: no cover - a dependency; msgpack alone reads every record without it
         return None
     return msgspec.msgpack.Decoder(PlainTrack).decode
-
-
-PLAIN_TRACK_DECODER: Final = _plain_track_decoder()
 
 
 class IsoClock:
@@ -194,7 +194,7 @@ class StubEncoder:
         self._tails: dict[int, bytes] = {}  # see _tail
         self._plain_tail = self._context + b',"integrations":{"All":true}'
         self._clock = IsoClock()
-        self.decode_plain_track = PLAIN_TRACK_DECODER  # None: msgpack reads every record
+        self.decode_plain_track = plain_track_decoder()  # None: msgpack reads every record
 
     def stubs(self, run: EventRun, nonce: str) -> list[bytes | None]:
         """The stub of each event frame of ``run`` (see :meth:`FrameDecoder.take_events`), in order;

@@ -50,6 +50,7 @@ PROBE = textwrap.dedent(
     steps["first"] = first
     steps["stats"] = rudder_fast.emit.stats()
     look("first call")
+    steps["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("msgspec", "urllib3", "psutil"))
     print(json.dumps(steps))
     """
 )
@@ -105,3 +106,9 @@ def test_first_call_creates_the_spool_and_still_no_thread(tmp_path: Path) -> Non
     assert not any(p.startswith(("home", "xdg")) for p in after["paths"])
     events, _ = inspect_spool(tmp_path / "state" / "spool")
     assert [(e["messageId"], e["event"]) for e in events] == [(first, "first call")]
+
+
+def test_an_apps_process_loads_only_what_the_producer_needs(tmp_path: Path) -> None:
+    """Importing the package and emitting loads none of the sender's libraries (msgspec reads records,
+    urllib3 posts them): an app's processes pay for neither at start-up."""
+    assert run_probe(tmp_path)["modules"] == []

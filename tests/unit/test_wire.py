@@ -32,7 +32,7 @@ from rudder_fast.events import (
     iso_utc_ms,
 )
 from rudder_fast.framing import EventRun
-from rudder_fast.wire import COLUMN_RUN, PLAIN_TRACK_DECODER, IsoClock, StubEncoder, WireMapper
+from rudder_fast.wire import COLUMN_RUN, IsoClock, StubEncoder, WireMapper, plain_track_decoder
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UTC = dt.timezone.utc
@@ -616,7 +616,7 @@ def test_msgspec_reads_runs_of_plain_tracks_and_msgpack_the_runs_it_refuses() ->
     """msgspec (a dependency) reads a run of plain tracks, checking each record's layout as it reads it;
     a run holding one record it refuses (an id that is not a string, a messageId of the caller's) is
     read again by msgpack. Both give the mapper's bytes."""
-    assert PLAIN_TRACK_DECODER is not None
+    assert plain_track_decoder() is not None
     mapper = WireMapper(VERSION)
     encoder = StubEncoder(WireMapper(VERSION))
     typed_runs = 0
