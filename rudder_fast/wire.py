@@ -10,8 +10,8 @@ event directly from the record's pieces, byte for byte what encoding the mapper'
 
 A run of plain tracks (see :meth:`StubEncoder._plain_tracks`) is read by msgspec where it can be
 imported (a dependency): its decoder checks each record against the plain track's layout in C as it
-reads it, a fifth of the run's cost (0.95 -> 0.77 µs per benchmark event). msgpack reads every other
-record, and every record where msgspec is missing.
+reads it, which takes about a third off the run's cost (0.92-1.03 -> 0.63-0.67 µs per benchmark
+event). msgpack reads every other record, and every record where msgspec is missing.
 """
 
 from __future__ import annotations
