@@ -228,8 +228,12 @@ class StubEncoder:
         if decode is None:
             return None
         try:
-            return self._plain_tracks(list(map(decode, run.payloads)), run.seqs, generated, typed=True)
-        except Exception:  # noqa: BLE001 - msgspec's refusals, and what _plain_tracks may raise
+            records = list(map(decode, run.payloads))  # each a PlainTrack: only the kind is left to check
+            fields = tuple(zip(*records, strict=True))
+            if fields[R_KIND].count(KIND_TRACK) != len(records):
+                return None
+            return self._track_columns(fields, run.seqs, generated)
+        except Exception:  # noqa: BLE001 - msgspec's refusals, and what _track_columns may raise
             return None
 
     def _one_by_one(
@@ -252,27 +256,18 @@ class StubEncoder:
             append(stub)
         return out
 
-    def _plain_tracks(
-        self, records: Sequence[Any], seqs: Sequence[int], generated: bytes, *, typed: bool = False
-    ) -> list[bytes] | None:
-        """A run made only of plain tracks (see :meth:`_plain_track`), the usual case by far, a column
-        at a time: each step is one C-level pass over the run (``map``, ``zip``, ``count``), and one
-        ``join`` per event puts the pieces together, byte for byte what :meth:`_plain_track` gives.
-        None if any record of the run is not a plain track; an exception for a value no producer writes
-        there. ``typed``: the records are :data:`PlainTrack` tuples, each already checked against that
-        layout by its decoder; only the kind is left to check."""
+    def _plain_tracks(self, records: list[Any], seqs: Sequence[int], generated: bytes) -> list[bytes] | None:
+        """A run made only of plain tracks (see :meth:`_plain_track`) as msgpack reads them, each record
+        checked a field at a time, then encoded by :meth:`_track_columns`. None if any record of the
+        run is not a plain track; an exception for a value no producer writes there."""
         n = len(records)
-        if n == 0:
+        if n == 0 or set(map(type, records)) != {list} or set(map(len, records)) != {_PLAIN_LEN}:
             return None
-        if not typed and (set(map(type, records)) != {list} or set(map(len, records)) != {_PLAIN_LEN}):
-            return None
-        kinds, call_ns, user_ids, anon_ids, message_ids, ts, contexts, integrations, events, properties = zip(
-            *records, strict=True
-        )
-        if kinds.count(KIND_TRACK) != n:
-            return None
-        if not typed and not (
-            message_ids.count(None) == n
+        fields = tuple(zip(*records, strict=True))
+        kinds, call_ns, _, _, message_ids, ts, contexts, integrations, events, _ = fields
+        if not (
+            kinds.count(KIND_TRACK) == n
+            and message_ids.count(None) == n
             and ts.count(None) == n
             and contexts.count(None) == n
             and integrations.count(None) == n
@@ -280,6 +275,17 @@ class StubEncoder:
             and set(map(type, call_ns)) == {int}
         ):
             return None
+        return self._track_columns(fields, seqs, generated)
+
+    def _track_columns(
+        self, fields: tuple[tuple[Any, ...], ...], seqs: Sequence[int], generated: bytes
+    ) -> list[bytes]:
+        """The stubs of a run of plain tracks, given as its records' fields (a tuple per field, in the
+        record's order), a column at a time: each step is one C-level pass over the run (``map``,
+        ``zip``, ``count``), and one ``join`` per event puts the pieces together, byte for byte what
+        :meth:`_plain_track` gives. An exception for a value no producer writes there."""
+        _, call_ns, user_ids, anon_ids, _, _, _, _, events, properties = fields
+        n = len(call_ns)
         # The pieces of each stub, a column each: "...messageId":"<nonce>- then the seq's digits (one
         # orjson.dumps of them all, split at the commas: half the time of a b"%d" each) and ", the ids (a
         # column only where one is given), the tail (per millisecond: see _tail), the event's name (with

@@ -620,14 +620,15 @@ def test_msgspec_reads_runs_of_plain_tracks_and_msgpack_the_runs_it_refuses() ->
     mapper = WireMapper(VERSION)
     encoder = StubEncoder(WireMapper(VERSION))
     typed_runs = 0
-    columns = encoder._plain_tracks
+    read_typed = encoder._typed_plain_tracks
 
-    def counting(records: Any, seqs: Any, generated: bytes, *, typed: bool = False) -> list[bytes] | None:
+    def counting(run: EventRun, generated: bytes) -> list[bytes] | None:
         nonlocal typed_runs
-        typed_runs += typed
-        return columns(records, seqs, generated, typed=typed)
+        stubs = read_typed(run, generated)
+        typed_runs += stubs is not None
+        return stubs
 
-    encoder._plain_tracks = counting  # type: ignore[method-assign]
+    encoder._typed_plain_tracks = counting  # type: ignore[method-assign]
     plain = [rec(KIND_TRACK, "E", b"{}", user_id=f"u{i}") for i in range(COLUMN_RUN)]
     for change, typed in [(None, 1), ((2, 42), 0), ((4, "m-1"), 0), ((1, 2.5), 0)]:
         records = [list(r) for r in plain]
