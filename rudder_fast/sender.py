@@ -96,6 +96,7 @@ class Sender:
         self.publisher = Publisher(self.paths.status, cfg, self.state)
         self.commit_failures = Recurring(logging.ERROR, "ledger commits failed; retried every second")
         self._commit_retry_at = 0.0
+        self._commit_error = ""  # the last failed commit's error
         self._committed_at = 0.0  # when the ledger was last committed
         self._acked = 0  # batches resolved since then
         self._lock_fd = -1
@@ -196,7 +197,7 @@ class Sender:
                 idle_sleep = min(config.POLL_MAX_S, idle_sleep * 2)
         finally:
             self._shutdown()
-        return EXIT_OK if self._code is None else self._code
+        return self._exit_code()
 
     def _turn(self, now: float) -> bool:
         """One turn of the loop: whether anything moved. Sets ``_code`` when the sender must stop."""
@@ -229,6 +230,23 @@ class Sender:
         self.state.watch(now)
         self.publisher.publish_if_due(now, self._moment)
         return progressed or bool(got)
+
+    def _exit_code(self) -> int:
+        """After the shutdown. When its ledger commit failed, what was delivered since the previous
+        commit is sent again at the next start (same messageIds): said out loud, and a drain has not
+        finished then."""
+        code = EXIT_OK if self._code is None else self._code
+        if not self.book.dirty or self._unsafe:
+            return code
+        draining = self.cfg.drain or self._stop_deadline is not None
+        log.log(
+            logging.ERROR if draining else logging.WARNING,
+            "%sthe ledger could not record the last deliveries (%s): what the spool still holds of "
+            "them is sent again at the next start, with the same messageIds",
+            "drain incomplete: " if draining else "",
+            self._commit_error,
+        )
+        return EXIT_DRAIN_FAILED if draining and code == EXIT_OK else code
 
     def _drain_before_stopping(self, now: float) -> float | None:
         """A first SIGTERM/SIGINT under ``--drain-on-stop``: keep delivering until the deadline it
@@ -371,7 +389,8 @@ class Sender:
             # minute, not at every turn of the loop.
             self.book.dirty = True
             self._commit_retry_at = now + config.COMMIT_RETRY_S
-            self.commit_failures.note(str(exc))
+            self._commit_error = str(exc)
+            self.commit_failures.note(self._commit_error)
             return
         self._committed_at = now
         self._acked = 0

@@ -246,3 +246,52 @@ def test_a_ledger_that_cannot_be_committed_is_retried_every_second_and_logged_on
     wait_for(lambda: "the ledger is committed again" in sender.stderr(), timeout=30)
     assert stop_process(sender.proc) == 0, sender.stderr()
     assert_delivered_exactly(server.received(), accepted)
+
+
+def fill_the_last_page(disk: Path) -> Path:
+    """Takes whatever space is left on ``disk`` with a filler file: afterwards no file can grow."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"x" * chunk)
+            except OSError:
+                pass
+    assert disk_free(disk) == 0
+    return filler
+
+
+def test_a_drain_whose_last_ledger_commit_fails_exits_4_and_the_next_start_sends_again(
+    small_disk: Path, start_devserver: Callable[..., DevServer], senders: Senders
+) -> None:
+    """A live producer's segment fills the disk: the drain delivers every event, but its segment may
+    not be deleted (it is still being written) and no ledger fits. The drain must not claim success: it
+    exits 4 and says the events go again; the next drain, with space back, sends them with the same
+    messageIds and exits 0."""
+    spool_dir = small_disk / "spool"
+    server = start_devserver()
+    reserve = small_disk / "reserve"  # deleted to give space back
+    reserve.write_bytes(os.urandom(64 * 1024))
+    producer = ProducerChild(spool_dir)
+    try:
+        accepted, _ = fill_until_full(producer, "unrecorded")
+        filler = fill_the_last_page(small_disk)
+        env = sender_env(spool_dir, server.url)
+        proc = senders.run(["--drain", "--drain-timeout", "60"], env, timeout=90)
+        assert proc.returncode == 4, tail(proc.stderr)
+        assert_delivered_exactly(server.received(), accepted)
+        assert "drain incomplete: the ledger could not record the last deliveries" in proc.stderr
+        assert "is sent again at the next start, with the same messageIds" in proc.stderr
+        assert not (spool_dir / "ledger").exists()
+
+        filler.unlink()
+        reserve.unlink()
+        again = start_devserver()
+        proc = senders.run(["--drain", "--drain-timeout", "60"], sender_env(spool_dir, again.url), timeout=90)
+        assert proc.returncode == 0, tail(proc.stderr)
+        assert "drain incomplete" not in proc.stderr
+        assert_delivered_exactly(again.received(), accepted)  # the same messageIds, again
+        assert (spool_dir / "ledger").exists()
+    finally:
+        producer.stop()
