@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from . import __version__, config, gcpolicy, metrics
+from . import __version__, config, gcpolicy, locate, metrics
 from .errors import ConfigurationError
-from .sender import EXIT_LOCKED, EXIT_USAGE, Sender
+from .sender import EXIT_LOCKED, EXIT_OK, EXIT_USAGE, Sender
 
 log = logging.getLogger("rudder_fast.sender")
 
@@ -66,6 +68,22 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def _nothing_to_drain(spool_dir: Path) -> int:
+    """``--drain`` of a spool that does not exist: nothing to deliver, and nothing is created. Most often
+    it is not the app's spool (a typo, a relative path read from another directory, another user's
+    default), so the drain says so rather than only "complete"."""
+    where = os.path.abspath(spool_dir)
+    log.warning(
+        "no spool at %s: nothing to drain. No producer has written there: is it the app's spool "
+        "(its RUDDER_FAST_SPOOL_DIR, an absolute path)?",
+        where,
+    )
+    for other in locate.other_spools(Path(where)):
+        log.warning("%s (this drain looked in %s)", locate.describe(other), where)
+    log.info("sender stopped (exit %d)", EXIT_OK)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -77,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warning = config.key_file_warning(cfg.write_key_file)
     if warning:
         log.warning("%s", warning)
+    if cfg.drain and not os.path.lexists(cfg.spool_dir):
+        return _nothing_to_drain(cfg.spool_dir)
     try:
         sender = Sender(cfg)
         locked = sender.acquire_lock()

@@ -95,3 +95,27 @@ def test_with_a_sender_on_the_apps_spool_nothing_is_noted(
     doc = orjson.loads(toolbox("status", "--json", "--spool-dir", str(app_spool)).stdout)
     assert doc["notes"] == []
     assert "no sender reads" not in sender.stderr()
+
+
+def test_a_drain_of_a_spool_that_does_not_exist_says_so_and_creates_nothing(
+    tmp_path: Path, app_producer: tuple[Path, ProducerChild], devserver: DevServer, senders: Senders
+) -> None:
+    """A drain told a mistyped or relative spool: it used to create an empty one and log "drain
+    complete" while the app's events waited elsewhere. Now it creates nothing, says there is no spool
+    there, names the one where events wait, and exits 0 (there was nothing to deliver where it looked)."""
+    app_spool, _ = app_producer
+    typo = tmp_path / "app-spoo"
+    env = sender_env(typo, devserver.url, RUDDER_FAST_SPOOL_DIR=str(app_spool))
+    proc = senders.run(["--drain", "--spool-dir", str(typo)], env)
+    assert proc.returncode == 0, proc.stderr
+    assert not typo.exists()
+    assert f"WARNING no spool at {typo}: nothing to drain" in proc.stderr, proc.stderr
+    assert f"1 live producer(s) write to {app_spool}, which no sender reads" in proc.stderr, proc.stderr
+    assert "drain complete" not in proc.stderr
+    assert devserver.stats()["events"] == 0
+
+    # A relative path is shown as the absolute one it means here.
+    proc = senders.run(["--drain", "--spool-dir", "relative-spool"], env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"no spool at {tmp_path / 'relative-spool'}: nothing to drain" in proc.stderr, proc.stderr
+    assert not (tmp_path / "relative-spool").exists()

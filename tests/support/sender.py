@@ -66,12 +66,13 @@ class Senders:
         self._files: list[IO[bytes]] = []
 
     def run(
-        self, args: Sequence[str], env: dict[str, str], timeout: float = 120.0
+        self, args: Sequence[str], env: dict[str, str], timeout: float = 120.0, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run to completion (killed, and the test failed, after ``timeout``)."""
         return subprocess.run(
             [self.exe, *args],
             env=env,
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=timeout,
