@@ -40,12 +40,19 @@ class CommandError(Exception):
 def existing_spool(spool_dir: Path | None) -> Path:
     """The spool the command works on; it must exist (a typo must not read as an empty spool)."""
     spool = config.resolve_spool_dir(spool_dir)
+    origin = (
+        "--spool-dir" if spool_dir is not None
+        else f"${config.ENV_SPOOL_DIR}" if os.environ.get(config.ENV_SPOOL_DIR)
+        else "the default for this user; set --spool-dir or " + config.ENV_SPOOL_DIR
+    )  # fmt: skip
+    if spool.is_symlink():
+        # Producers and the sender refuse it (layout.ensure_spool): read through the link, the spool
+        # would look healthy while every call made with this path is dropped as spool_unusable.
+        raise CommandError(
+            f"spool path {spool} ({origin}) is a symbolic link, which producers and the sender refuse: "
+            f"every call made with it is dropped. Use the directory itself: {os.path.realpath(spool)}"
+        )
     if not spool.is_dir():
-        origin = (
-            "--spool-dir" if spool_dir is not None
-            else f"${config.ENV_SPOOL_DIR}" if os.environ.get(config.ENV_SPOOL_DIR)
-            else "the default for this user; set --spool-dir or " + config.ENV_SPOOL_DIR
-        )  # fmt: skip
         raise CommandError(f"no spool at {spool} ({origin})")
     return spool
 

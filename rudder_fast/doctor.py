@@ -16,6 +16,7 @@ import argparse
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +34,7 @@ WARN: Final = "warn"
 FAIL: Final = "FAIL"
 INFO: Final = "info"
 
+WAIT_STEP_S: Final = 0.5  # --wait: between two checks
 STATUS_STALE_S: Final = 10.0  # a running sender refreshes its status every second
 
 
@@ -56,23 +58,47 @@ def spool_findings(spool: Path, origin: str) -> list[Finding]:
     """The directory, who owns it, who may use it, and the room left on its file system."""
     found = [Finding("spool", INFO, f"{spool} ({origin})")]
     try:
-        st = os.stat(spool)
-    except FileNotFoundError:
+        st = os.lstat(spool)
+    except (FileNotFoundError, NotADirectoryError):  # (a file where a parent directory should be)
+        return [*found, _missing(spool)]
+    except OSError as exc:
+        return [*found, Finding("spool", FAIL, f"cannot look at {spool}: {exc.strerror}")]
+    if stat.S_ISLNK(st.st_mode):
         return [
             *found,
             Finding(
-                "spool", FAIL, f"{spool} does not exist: every call returns None (dropped as spool_unusable)",
-                f"create it for the app's user: `sudo install -d -o APPUSER -m 700 {spool}`, "
-                "or start the sender once as that user (it creates it)",
+                "spool", FAIL,
+                f"{spool} is a symbolic link, which producers and the sender refuse: every call returns "
+                "None (dropped as spool_unusable)",
+                f"give the directory itself, on both sides: {config.ENV_SPOOL_DIR}={os.path.realpath(spool)}",
             ),
         ]  # fmt: skip
-    except OSError as exc:
-        return [*found, Finding("spool", FAIL, f"cannot look at {spool}: {exc.strerror}")]
     if not stat.S_ISDIR(st.st_mode):
         return [*found, Finding("spool", FAIL, f"{spool} is not a directory")]
     found.append(_permissions(spool, st))
     found.append(_free_space(spool))
     return found
+
+
+def _missing(spool: Path) -> Finding:
+    """A spool that does not exist: the first call (or the sender) creates it, with its parents, where
+    this user may; else every call is dropped."""
+    fix = f"create it for the app's user: `sudo install -d -o APPUSER -m 700 {spool}`"
+    ancestor = spool.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        return Finding(
+            "spool", FAIL,
+            f"{spool} does not exist, and this user (uid {os.geteuid()}) cannot create it in {ancestor}: "
+            "every call returns None (dropped as spool_unusable)",
+            f"{fix}, or start the sender once as that user (it creates it)",
+        )  # fmt: skip
+    return Finding(
+        "spool", WARN,
+        f"{spool} does not exist yet: the first call, or the sender, creates it, private to its user",
+        f"if the app and the sender run as different users, {fix} first",
+    )  # fmt: skip
 
 
 def _permissions(spool: Path, st: os.stat_result) -> Finding:
@@ -312,9 +338,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds for the data plane's answer")
     parser.add_argument("--no-network", action="store_true", help="skip the data plane check")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="check again every half second until healthy, for up to SECONDS (a sender or data plane "
+        "started just before may still be starting); the last report is printed",
+    )
 
 
 def run(args: argparse.Namespace, now: float) -> int:
+    """Print the report; 0 when healthy, 1 otherwise. With ``--wait``, the report of the first healthy
+    check, or of the last one when the time ran out."""
+    deadline = time.monotonic() + max(0.0, args.wait)
+    findings = check(args, now)
+    while any(f.verdict == FAIL for f in findings) and time.monotonic() + WAIT_STEP_S <= deadline:
+        time.sleep(WAIT_STEP_S)
+        findings = check(args, time.time())
+    print(render(findings), flush=True)
+    return 1 if any(f.verdict == FAIL for f in findings) else 0
+
+
+def check(args: argparse.Namespace, now: float) -> list[Finding]:
+    """Every check, once."""
     environ = os.environ
     if args.spool_dir is not None:
         origin = "from --spool-dir"
@@ -333,5 +380,4 @@ def run(args: argparse.Namespace, now: float) -> int:
     else:
         if not args.no_network:
             findings += data_plane_findings(t, status)
-    print(render(findings), flush=True)
-    return 1 if any(f.verdict == FAIL for f in findings) else 0
+    return findings

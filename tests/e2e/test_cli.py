@@ -91,6 +91,22 @@ def test_a_missing_spool_is_one_line_and_exit_2_for_every_command(tmp_path: Path
     assert not missing.exists(), "a typo must not create a spool"
 
 
+@pytest.mark.parametrize("command", ["status", "inspect"])
+def test_a_spool_path_that_is_a_symlink_is_refused_as_producers_refuse_it(
+    tmp_path: Path, command: str
+) -> None:
+    """Producers given a symlink drop every call (spool_unusable); read through the link, the spool
+    looked healthy. The commands refuse it too, naming the directory to use instead."""
+    spool = tmp_path / "spool"
+    Emitter(spool).track(user_id="u", event="e")
+    link = tmp_path / "link-spool"
+    link.symlink_to(spool)
+    assert Emitter(link).track(user_id="u", event="e") is None  # what the app sees
+    line = one_clear_line(run(console_script("rudder-fast"), command, "--spool-dir", str(link)))
+    assert f"spool path {link} (--spool-dir) is a symbolic link" in line, line
+    assert f"every call made with it is dropped. Use the directory itself: {spool}" in line, line
+
+
 def test_a_spool_this_user_may_not_read_is_one_line_and_exit_2(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     spool = tmp_path / "spool"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rudder_fast import Emitter
 from tests.support.devserver import DevServer
-from tests.support.processes import clean_env, console_script
+from tests.support.processes import clean_env, console_script, free_port
 from tests.support.sender import Senders, sender_env, wait_sender_ready
 from tests.support.spool import status_json
 from tests.support.tls import make_certs
@@ -76,16 +76,80 @@ def test_without_url_or_key_in_its_environment_it_checks_the_running_senders(
 def test_no_spool_no_sender_and_an_unreachable_data_plane_are_each_named_with_their_fix(
     tmp_path: Path,
 ) -> None:
-    spool = tmp_path / "missing"
+    (tmp_path / "a-file").write_text("")
+    spool = tmp_path / "a-file" / "spool"  # cannot be created: every call is dropped
     proc = doctor(spool, RUDDER_WRITE_KEY=KEY, RUDDER_DATA_PLANE_URL="http://127.0.0.1:9")
     assert proc.returncode == 1
     out = proc.stdout
-    assert f"{spool} does not exist" in out, out
+    assert f"FAIL  spool           {spool} does not exist, and this user (uid 0) cannot create it" in out, out
+    assert "every call returns None (dropped as spool_unusable)" in out
     assert "sudo install -d" in out
     assert f"no rudder-fast-sender runs on {spool}" in out
     assert f"fix: start it: `rudder-fast-sender --spool-dir {spool}`" in out
     assert "cannot connect to 127.0.0.1:9" in line_of(out, "reachable")
     assert out.rstrip().endswith("3 problem(s) to fix"), out
+
+
+def test_a_spool_not_yet_created_is_a_warning_as_the_first_call_creates_it(tmp_path: Path) -> None:
+    spool = tmp_path / "not-yet" / "spool"
+    out = doctor(spool, "--no-network").stdout
+    assert (
+        f"warn  spool           {spool} does not exist yet: the first call, or the sender, creates it" in out
+    )
+    assert Emitter(spool).track(user_id="u", event="e") is not None  # as the doctor said
+    assert "warn  spool" not in doctor(spool, "--no-network").stdout
+
+
+def test_a_spool_path_that_is_a_symlink_fails_naming_the_real_directory(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    Emitter(spool).track(user_id="u", event="e")
+    link = tmp_path / "link-spool"
+    link.symlink_to(spool)
+    proc = doctor(link, "--no-network")
+    assert proc.returncode == 1
+    assert (
+        f"FAIL  spool           {link} is a symbolic link, which producers and the sender refuse"
+        in proc.stdout
+    )
+    assert f"fix: give the directory itself, on both sides: RUDDER_FAST_SPOOL_DIR={spool}" in proc.stdout
+
+
+def test_wait_checks_again_until_the_sender_and_data_plane_started_just_before_are_up(
+    tmp_path: Path, start_devserver: Callable[..., DevServer], senders: Senders
+) -> None:
+    """The quick start starts a devserver and a sender in the background and runs the doctor at once:
+    without --wait it failed while they came up. With it, the doctor waits for them, and says healthy."""
+    spool = tmp_path / "spool"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    waiting = subprocess.Popen(
+        [console_script("rudder-fast"), "doctor", "--spool-dir", str(spool), "--wait", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env=clean_env(RUDDER_WRITE_KEY=KEY, RUDDER_DATA_PLANE_URL=url),
+    )  # fmt: skip
+    try:
+        assert (
+            doctor(spool, RUDDER_WRITE_KEY=KEY, RUDDER_DATA_PLANE_URL=url).returncode == 1
+        )  # nothing up yet
+        dev = start_devserver(write_keys=[KEY], extra_args=["--port", str(port)])
+        running_sender(spool, dev, senders)
+        out, err = waiting.communicate(timeout=90)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+    assert waiting.returncode == 0, out + err
+    assert out.rstrip().endswith("rudder-fast doctor: healthy: nothing to fix"), out
+    assert out.count("rudder-fast doctor:") == 1, out  # one report: the last check's
+
+
+def test_wait_gives_up_with_the_last_report(tmp_path: Path) -> None:
+    proc = doctor(
+        tmp_path / "spool", "--wait", "1", RUDDER_WRITE_KEY=KEY, RUDDER_DATA_PLANE_URL="http://127.0.0.1:9"
+    )
+    assert proc.returncode == 1
+    assert proc.stdout.count("rudder-fast doctor:") == 1, proc.stdout
+    assert "cannot connect to 127.0.0.1:9" in line_of(proc.stdout, "reachable")
 
 
 def test_a_wrong_key_and_a_wrong_path_are_told_apart(
