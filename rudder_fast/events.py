@@ -142,16 +142,36 @@ def snapshot(value: Any, field: str) -> Any:
     try:
         return _copy(value, 0)
     except _Refusal as refusal:
-        raise InvalidEventError(field + "".join(reversed(refusal.parts)), refusal.reason) from None
+        parts = refusal.parts[::-1]  # outermost first
+        loop = _loop(refusal.containers[::-1])
+        if loop is not None:  # a container inside itself: say so, not "nested too deeply" with a long path
+            outer, inner = loop
+            raise InvalidEventError(
+                field + "".join(parts[:inner]), f"a circular reference: it is {field}{''.join(parts[:outer])}"
+            ) from None
+        raise InvalidEventError(field + "".join(parts), refusal.reason) from None
+
+
+def _loop(containers: list[int]) -> tuple[int, int] | None:
+    """The first container met again on the path (``containers``: their ids, outermost first, all alive
+    at once): (the depth where it was first met, the depth where it is met again), or None."""
+    seen: dict[int, int] = {}
+    for depth, ident in enumerate(containers):
+        if ident in seen:
+            return seen[ident], depth
+        seen[ident] = depth
+    return None
 
 
 class _Refusal(Exception):
     """A part of a value that cannot be sent; ``parts`` collects its path (innermost first) as the
-    refusal travels up, so the common case builds no path strings at all."""
+    refusal travels up, so the common case builds no path strings at all, and ``containers`` the ids of
+    the containers along it (to tell a circular reference from deep nesting)."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
         self.parts: list[str] = []
+        self.containers: list[int] = []
 
 
 def _copy(value: Any, depth: int) -> Any:  # noqa: C901 - one branch per kind of value, orjson's order
@@ -185,6 +205,7 @@ def _copy(value: Any, depth: int) -> Any:  # noqa: C901 - one branch per kind of
                 out[key] = _copy(item, depth + 1)
             except _Refusal as refusal:
                 refusal.parts.append(f".{key}")
+                refusal.containers.append(id(value))
                 raise
         return out
     if isinstance(value, (list, tuple)):
@@ -194,6 +215,7 @@ def _copy(value: Any, depth: int) -> Any:  # noqa: C901 - one branch per kind of
                 items[i] = _copy(item, depth + 1)
             except _Refusal as refusal:
                 refusal.parts.append(f"[{i}]")
+                refusal.containers.append(id(value))
                 raise
         return items
     try:

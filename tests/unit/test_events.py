@@ -540,6 +540,49 @@ def test_unencodable_value_names_the_path(bad: Any) -> None:
     assert err.field == "traits.k[2][0]"
 
 
+def _inside_itself() -> dict[str, Any]:
+    d: dict[str, Any] = {"a": 1}
+    d["self"] = d
+    return d
+
+
+def _list_inside_itself() -> dict[str, Any]:
+    cart: list[Any] = [1]
+    cart.append({"k": cart})
+    return {"cart": cart}
+
+
+def _tuple_around_a_loop() -> dict[str, Any]:
+    inner: dict[str, Any] = {}
+    inner["back"] = (0, inner)
+    return {"x": {"y": inner}}
+
+
+@pytest.mark.parametrize(
+    ("make", "path", "itself"),
+    [
+        (_inside_itself, "properties.self", "properties"),
+        (_list_inside_itself, "properties.cart[1].k", "properties.cart"),
+        (_tuple_around_a_loop, "properties.x.y.back[1]", "properties.x.y"),
+    ],
+)
+def test_a_circular_reference_is_named_as_such_where_it_loops(make: Any, path: str, itself: str) -> None:
+    err = refused(make())
+    assert err.field == path
+    assert err.reason == f"a circular reference: it is {itself}"
+
+
+def test_deep_nesting_without_a_loop_is_still_too_deep() -> None:
+    deep: dict[str, Any] = {}
+    level = deep
+    for _ in range(300):
+        level["n"] = {}
+        level = level["n"]
+    err = refused(deep)
+    assert err.reason == "nested too deeply (more than 250 levels)"
+    assert err.field == "properties" + ".n" * 250
+
+
 @pytest.mark.parametrize("n", [2**64, -(2**63) - 1, 10**30, -(10**30)])
 def test_integers_outside_64_bits(n: int) -> None:
     err = refused({"a": [1, {"b": n}]})
