@@ -2,8 +2,9 @@
 
 Nothing is needed but the spool's environment variable: no post_fork hook, no flush at exit, with or
 without ``--preload`` (each worker writes its own segment file; nothing is shared across the fork).
-Setting it here with ``raw_env`` is the same as setting it in the service's environment; the sender
-(systemd unit, supervisor program or sidecar container) must use the same directory, as the same user.
+It is set here only when the service's environment does not name a spool (systemd's ``Environment=``,
+the image's ``ENV``, the pod's ``env`` win); the sender (systemd unit, supervisor program or sidecar
+container) must use the same directory, as the same user.
 
 Run from the directory that holds this file and ``flask_app.py`` (``/app`` in the Dockerfile's image):
 
@@ -13,7 +14,7 @@ Run from the directory that holds this file and ``flask_app.py`` (``/app`` in th
 
 import os
 
-raw_env = ["RUDDER_FAST_SPOOL_DIR=/var/spool/rudder-fast"]
+os.environ.setdefault("RUDDER_FAST_SPOOL_DIR", "/var/spool/rudder-fast")  # before gunicorn forks
 
 # Ordinary settings, unrelated to rudder_fast (command-line options override them).
 # On a host the app listens on loopback behind a reverse proxy; in a container it must listen on all

@@ -17,7 +17,7 @@ placed under that directory:
 * ``COPY``: the sources, relative to the build context (the checkout's top directory), copied as Docker
   would (a directory's contents, ``Dockerfile.dockerignore``'s patterns left out), owned by root. The
   app's two files (``flask_app.py``, ``gunicorn.conf.py``) get their image paths placed under the
-  root as well: ``raw_env``'s spool is the only one.
+  root as well: the spool path of its default is the only one.
 * ``ENV``, ``WORKDIR``, ``USER``, ``EXPOSE``, ``VOLUME``, ``CMD``: recorded, and used below.
 
 Then the image's ``CMD`` runs as uid 10001, in ``WORKDIR``, with the image's environment and

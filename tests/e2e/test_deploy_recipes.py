@@ -34,8 +34,9 @@ What is and is not tried:
   directory, as two containers share a volume. The image, its user and its published port are tried
   in ``tests/e2e/test_deploy_image.py``. Not tried: the volume driver, ``docker compose`` itself.
 * gunicorn: README's command block, run by bash exactly as written from a copy of the checkout's
-  ``scripts/deploy`` (only the spool path rewritten, so ``gunicorn.conf.py``'s ``raw_env`` is what
-  tells the workers where the spool is), in a network namespace where the default ``127.0.0.1:8000``
+  ``scripts/deploy`` (only the spool path rewritten, so ``gunicorn.conf.py``'s default is what
+  tells the workers where the spool is; and again with the spool named by the environment, which
+  wins over that default), in a network namespace where the default ``127.0.0.1:8000``
   is free; 200 requests over HTTP from inside that namespace, and one with a blank user id, which
   still gets 200 while the refusal is logged; gunicorn stopped (SIGTERM); ``--drain``: all delivered
   once.
@@ -582,21 +583,30 @@ def test_sidecar_emulated_as_two_process_groups_sharing_only_the_spool(
 # -- gunicorn + Flask -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("named_by", ["the conf's default", "the environment"])
 def test_readme_gunicorn_command_as_written_delivers_every_request(
-    tmp_path: Path, spool_dir: Path, devserver: DevServer, senders: Senders
+    tmp_path: Path, spool_dir: Path, devserver: DevServer, senders: Senders, named_by: str
 ) -> None:
     require_script("gunicorn", "gunicorn")
     require_netns()
     pytest.importorskip("flask", reason="Flask is not installed (the `test` extra)")
     command = readme_recipe("gunicorn-run")
     assert command.startswith("cd scripts/deploy\n"), command
-    assert f'raw_env = ["RUDDER_FAST_SPOOL_DIR={RECIPE_SPOOL}"]' in GUNICORN_CONF.read_text()
-    checkout = copy_of_checkout(tmp_path / "checkout", spool_dir)  # the spool path is the only change
+    assert f'os.environ.setdefault("RUDDER_FAST_SPOOL_DIR", "{RECIPE_SPOOL}")' in GUNICORN_CONF.read_text()
+    # The conf's spool path is the only change: to this test's spool, or to a decoy the environment
+    # overrides (gunicorn's raw_env used to win over the environment).
+    decoy = tmp_path / "decoy-spool"
+    checkout = copy_of_checkout(
+        tmp_path / "checkout", spool_dir if named_by == "the conf's default" else decoy
+    )
     log = tmp_path / "gunicorn.log"
-    # No RUDDER_FAST_SPOOL_DIR and no APP_BIND: raw_env and the default bind are what count. The venv's
-    # bin first on PATH, as in an activated virtualenv.
+    # No APP_BIND: the default bind is what counts. The venv's bin first on PATH, as in an activated
+    # virtualenv.
     env = clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("APP_BIND", None)
+    env.pop("RUDDER_FAST_SPOOL_DIR", None)
+    if named_by == "the environment":
+        env["RUDDER_FAST_SPOOL_DIR"] = str(spool_dir)
     requests = 200
     with process_group(netns_argv(["bash", "-euc", command]), env=env, cwd=checkout, log=log) as proc:
         host, port, master = wait_listening(log)
@@ -623,7 +633,8 @@ def test_readme_gunicorn_command_as_written_delivers_every_request(
         wait_for(lambda: "Shutting down: Master" in log.read_text(), timeout=STOP_TIMEOUT_S)
         assert wait_exit(proc, STOP_TIMEOUT_S, log) == 0, log.read_text()
     writers = {seg.name.split("-")[1] for seg in segment_files(spool_dir)}  # <nonce>-<pid>-<n>.seg
-    assert writers, "the workers wrote to the spool named by raw_env"
+    assert writers, f"the workers did not write to the spool named by {named_by}"
+    assert not decoy.exists()
 
     result = senders.run(["--drain"], env=sender_env(spool_dir, devserver.url), timeout=60)
     assert result.returncode == 0, result.stderr
