@@ -25,7 +25,7 @@ import orjson
 
 from . import config, locate, safefile
 from .errors import ConfigurationError, SpoolError
-from .layout import SpoolPaths, check_private, parent_warning
+from .layout import SpoolPaths, check_parent, check_private, parent_warning
 from .quota import read_control, sender_running
 from .transport import Transport, TransportError, batch_url, redact_url
 
@@ -87,6 +87,11 @@ def _missing(spool: Path) -> Finding:
     ancestor = spool.absolute().parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
+    if ancestor == spool.absolute().parent and ancestor.is_dir():
+        try:
+            check_parent(spool)
+        except (SpoolError, OSError) as exc:
+            return Finding("spool", FAIL, f"{spool} does not exist, and could not be used there: {exc}")
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         return Finding(
             "spool", FAIL,
@@ -109,14 +114,33 @@ def _permissions(spool: Path, st: os.stat_result) -> Finding:
             "permissions", FAIL, f"{owner}: this user (uid {os.geteuid()}) cannot write to it",
             f"run the app and the sender as uid {st.st_uid}, or `sudo chown APPUSER {spool}`",
         )  # fmt: skip
+    if st.st_uid != os.geteuid() and os.geteuid() == 0:
+        # Root looking at the app user's spool, as set up in the README: right for that user; only
+        # root's own calls (and a sender run as root) would refuse it.
+        return Finding(
+            "permissions", WARN,
+            f"{owner}: the app and the sender must run as uid {st.st_uid} (as root they would refuse it)",
+            f"check as that user: `sudo -u '#{st.st_uid}' rudder-fast doctor`",
+        )  # fmt: skip
     try:
+        check_parent(spool)
         check_private(SpoolPaths(spool))
     except (SpoolError, OSError) as exc:
-        return Finding("permissions", FAIL, str(exc), f"`chmod 700 {spool}` (and its subdirectories)")
+        return Finding("permissions", FAIL, str(exc), _permissions_fix(str(exc), spool))
     warning = parent_warning(spool)
     if warning:
         return Finding("permissions", WARN, f"{owner}; {warning}")
     return Finding("permissions", OK, owner)
+
+
+def _permissions_fix(problem: str, spool: Path) -> str:
+    if "parent directory" in problem:
+        return "put the spool in a directory owned by root or by the app's user"
+    if "owned by uid" in problem:
+        return (
+            f"run the app and the sender as its owner, or give it to their user: `chown -R APPUSER {spool}`"
+        )
+    return f"`chmod 700 {spool}` (and its subdirectories)"
 
 
 def _free_space(spool: Path) -> Finding:

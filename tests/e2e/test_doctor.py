@@ -7,6 +7,7 @@ event is ever sent by the doctor: the devserver's counters prove it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -192,3 +193,42 @@ def test_events_waiting_in_another_spool_are_found(tmp_path: Path) -> None:
     assert proc.returncode == 1
     line = line_of(proc.stdout, "other spool")
     assert f"wait in {app_spool}, which no sender reads" in line, line
+
+
+NOBODY = 65534
+
+
+def test_root_checking_the_app_users_spool_is_told_to_check_as_that_user_not_to_chmod(tmp_path: Path) -> None:
+    """The README's setup: the spool owned by the app's user, 0700. Root running the doctor used to get
+    a FAIL and `chmod 700` (the mode already was), inviting a chown to root that breaks the app."""
+    spool = tmp_path / "spool"
+    Emitter(spool).track(user_id="u", event="e")
+    for path in (spool, *spool.iterdir()):
+        os.chown(path, NOBODY, NOBODY)
+    line = line_of(doctor(spool, "--no-network").stdout, "permissions")
+    assert line.startswith("warn"), line
+    assert f"owned by uid {NOBODY}, mode 0700: the app and the sender must run as uid {NOBODY}" in line, line
+    out = doctor(spool, "--no-network").stdout
+    assert f"fix: check as that user: `sudo -u '#{NOBODY}' rudder-fast doctor`" in out, out
+    assert "chmod" not in out, out
+
+
+def test_a_parent_directory_of_another_user_fails_as_it_does_for_producers_and_the_sender(
+    tmp_path: Path,
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    os.chown(other, NOBODY, NOBODY)
+    spool = other / "spool"
+    assert Emitter(spool).track(user_id="u", event="e") is None  # producers refuse it (spool_unusable)
+    out = doctor(spool, "--no-network").stdout
+    line = line_of(out, "spool           " + str(spool) + " does not exist")
+    assert line.startswith("FAIL"), out
+    assert f"parent directory {other} is owned by uid {NOBODY}, neither root nor this user" in line, out
+
+    spool.mkdir(mode=0o700)  # made by hand: the doctor names the parent, not the spool's mode
+    out = doctor(spool, "--no-network").stdout
+    line = line_of(out, "permissions")
+    assert line.startswith("FAIL"), out
+    assert f"parent directory {other} is owned by uid {NOBODY}" in line, out
+    assert "fix: put the spool in a directory owned by root or by the app's user" in out, out
