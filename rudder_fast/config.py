@@ -530,6 +530,21 @@ def read_write_key_file(path: Path) -> str:
     return key
 
 
+# A quota below this is most likely a size without its suffix ("512" for "512M"): producers drop new
+# events as soon as that much waits undelivered, which a moment of traffic or of outage reaches.
+SMALL_QUOTA_BYTES: Final = 1024 * 1024
+
+
+def quota_warning(quota_bytes: int) -> str | None:
+    """A warning for a quota so small that producers would drop events at the first burst."""
+    if 0 < quota_bytes < SMALL_QUOTA_BYTES:
+        return (
+            f"the quota is {quota_bytes:,} bytes: producers drop new events as soon as that much waits "
+            "undelivered (a moment of traffic or of outage); a size takes a suffix: 512M, 2G"
+        )
+    return None
+
+
 def key_file_warning(path: str | None) -> str | None:
     """A warning if the write key file may be read by every user."""
     if not path:

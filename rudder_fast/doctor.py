@@ -153,6 +153,11 @@ def _free_space(spool: Path) -> Finding:
             f"{_size(free)} free; no quota: an outage can fill this file system",
             "bound the spool: `rudder-fast-sender --quota-bytes 512M`" if free < 256 * 2**20 else None,
         )  # fmt: skip
+    small = config.quota_warning(quota)
+    if small:
+        return Finding(
+            "free space", WARN, f"{_size(free)} free; {small}", "`rudder-fast-sender --quota-bytes 512M`"
+        )
     room = quota - control.usage_bytes if control is not None else quota
     if free < room:
         return Finding(

@@ -150,12 +150,17 @@ class Publisher:
         if total > self._drops_seen:
             if self._dropping_since is None:
                 log.warning(
-                    "producers are dropping events: %s so far (see `rudder-fast status`)",
+                    "producers report dropped events: %s in total since the spool was made (their reports "
+                    "are read with their events, so they may predate this sender; see `rudder-fast status`)",
                     dict(counters.dropped),
                 )
                 self._dropping_since = now
             self._drops_seen = total
             self._last_drop_at = now
         elif self._dropping_since is not None and now - self._last_drop_at >= config.DROPS_QUIET_S:
-            log.warning("producers stopped dropping events; dropped in total: %s", dict(counters.dropped))
+            log.warning(
+                "no new drop reported by producers for %.0f s; dropped in total: %s",
+                config.DROPS_QUIET_S,
+                dict(counters.dropped),
+            )
             self._dropping_since = None

@@ -161,10 +161,11 @@ class Sender:
         )
         log.info(
             "sender started: spool %s, data plane%s %s, gzip %s, %d in flight, batches <= %d bytes, fsync "
-            "every %s",
+            "every %s, quota %s",
             self.paths.root, "s" if len(self.transports) > 1 else "", planes,
             "on" if self.cfg.gzip else "off", self.cfg.concurrency, self.cfg.max_batch_bytes,
             f"{self.cfg.fsync_interval:g} s" if self.cfg.fsync_interval > 0 else "(off)",
+            f"{self.cfg.quota_bytes:,} bytes" if self.cfg.quota_bytes > 0 else "none",
         )  # fmt: skip
         for given, transport in zip(self.cfg.data_plane_urls, self.transports, strict=True):
             warning = config.url_path_warning(given, transport.url)

@@ -68,6 +68,14 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def _warn_about_settings(cfg: config.SenderConfig) -> None:
+    """Settings that work but are most likely mistakes: a write key file others may read, a quota so
+    small that producers drop events at the first burst."""
+    for warning in (config.key_file_warning(cfg.write_key_file), config.quota_warning(cfg.quota_bytes)):
+        if warning:
+            log.warning("%s", warning)
+
+
 def _nothing_to_drain(spool_dir: Path) -> int:
     """``--drain`` of a spool that does not exist: nothing to deliver, and nothing is created. Most often
     it is not the app's spool (a typo, a relative path read from another directory, another user's
@@ -92,9 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format=_FORMAT, stream=sys.stderr)
         return _fail(str(exc))
     logging.basicConfig(level=getattr(logging, cfg.log_level), format=_FORMAT, stream=sys.stderr)
-    warning = config.key_file_warning(cfg.write_key_file)
-    if warning:
-        log.warning("%s", warning)
+    _warn_about_settings(cfg)
     if cfg.drain and not os.path.lexists(cfg.spool_dir):
         return _nothing_to_drain(cfg.spool_dir)
     try:

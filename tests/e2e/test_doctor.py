@@ -232,3 +232,23 @@ def test_a_parent_directory_of_another_user_fails_as_it_does_for_producers_and_t
     assert line.startswith("FAIL"), out
     assert f"parent directory {other} is owned by uid {NOBODY}" in line, out
     assert "fix: put the spool in a directory owned by root or by the app's user" in out, out
+
+
+def test_a_quota_without_its_suffix_is_said_by_the_sender_and_the_doctor(
+    tmp_path: Path, devserver: DevServer, senders: Senders
+) -> None:
+    """`--quota-bytes 512` for 512M: producers then drop nearly every call while the data plane is fine."""
+    spool = tmp_path / "spool"
+    Emitter(spool).track(user_id="u", event="e")
+    proc = senders.run(["--drain", "--quota-bytes", "512"], sender_env(spool, devserver.url))
+    assert proc.returncode == 0, proc.stderr
+    said = "WARNING the quota is 512 bytes: producers drop new events as soon as that much waits undelivered"
+    assert said in proc.stderr, proc.stderr
+    assert "quota 512 bytes" in proc.stderr.splitlines()[1], proc.stderr  # the start line shows it
+    line = line_of(doctor(spool, "--no-network").stdout, "free space")
+    assert line.startswith("warn"), line
+    assert "the quota is 512 bytes" in line, line
+
+    proc = senders.run(["--drain", "--quota-bytes", "512M"], sender_env(spool, devserver.url))
+    assert "the quota is" not in proc.stderr, proc.stderr
+    assert "quota 536,870,912 bytes" in proc.stderr, proc.stderr
