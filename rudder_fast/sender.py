@@ -54,7 +54,14 @@ COMMIT_COALESCE_S: Final = 0.5
 class Sender:
     def __init__(self, cfg: config.SenderConfig, policy: RetryPolicy | None = None) -> None:
         self.cfg = cfg
+        created = not os.path.lexists(cfg.spool_dir)
         self.paths: SpoolPaths = ensure_spool(cfg.spool_dir, allow_network_fs=cfg.allow_network_fs)
+        if created and os.geteuid() == 0:
+            log.warning(
+                "created the spool %s as root, private to root: an app running as another user cannot "
+                "write to it (every call is dropped as spool_unusable); run the sender as the app's user",
+                self.paths.root,
+            )
         check_spool_files(self.paths)
         warning = parent_warning(self.paths.root)
         if warning:

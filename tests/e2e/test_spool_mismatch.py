@@ -10,6 +10,7 @@ operator's ``status``) is pointed elsewhere. Each side says so:
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.support.devserver import DevServer
 from tests.support.processes import clean_env, console_script
 from tests.support.producers import ProducerChild
 from tests.support.sender import Senders, sender_env, wait_sender_ready
+from tests.support.spool import status_json
 from tests.support.waiting import wait_for
 
 
@@ -119,3 +121,21 @@ def test_a_drain_of_a_spool_that_does_not_exist_says_so_and_creates_nothing(
     assert proc.returncode == 0, proc.stderr
     assert f"no spool at {tmp_path / 'relative-spool'}: nothing to drain" in proc.stderr, proc.stderr
     assert not (tmp_path / "relative-spool").exists()
+
+
+def test_a_sender_run_as_root_that_creates_the_spool_says_another_users_app_cannot_use_it(
+    tmp_path: Path, app_producer: tuple[Path, ProducerChild], devserver: DevServer, senders: Senders
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the warning is about a spool created by root")
+    created = tmp_path / "new-spool"
+    sender = senders.start([], sender_env(created, devserver.url))
+    wait_sender_ready(created, sender)
+    said = f"WARNING created the spool {created} as root, private to root: an app running as another user"
+    assert said in sender.stderr(), sender.stderr()
+
+    app_spool, _ = app_producer  # made by the app: nothing to say
+    sender = senders.start([], sender_env(app_spool, devserver.url))
+    wait_sender_ready(app_spool, sender)
+    wait_for(lambda: status_json(app_spool)["counters"]["sent"] == 5, timeout=30)
+    assert "created the spool" not in sender.stderr(), sender.stderr()
