@@ -110,6 +110,9 @@ class DeliveryState:
         self.last_error_at: float | None = None
         self.errors: list[str | None] = [None] * len(self.urls)  # each data plane's last error
         self.changes = 0
+        # Failed attempts of batches not resolved yet: the ledger counts a batch's retries once it is
+        # resolved, and status and the metrics add these, so that an outage shows while it lasts.
+        self._retries_unsettled = 0
         self._stalled = False
         self._shown: tuple[str, int] = (gate.STARTING, 0)  # the state and data plane last told
         self._closed = False
@@ -154,6 +157,7 @@ class DeliveryState:
         state = {Action.HALT: gate.HALTED, Action.DISABLED: gate.DISABLED}.get(decision.action, gate.BACKOFF)
         with self._cond:
             self.gate.failed(permit, time.monotonic(), state=state, floor=decision.delay)
+            self._retries_unsettled += 1
             self.errors[permit.endpoint] = reason
             several = len(self.urls) > 1
             self.last_error = f"{self.urls[permit.endpoint]}: {reason}" if several else reason
@@ -161,6 +165,16 @@ class DeliveryState:
             self._cond.notify_all()
             lines = self._observe(time.monotonic(), failed=permit.endpoint, decision=decision, kind=kind)
         _log(lines)
+
+    def retries_settled(self, retried: int) -> None:
+        """A batch was resolved: its ``retried`` failed attempts are in the ledger's counters now."""
+        with self._cond:
+            self._retries_unsettled -= retried
+
+    def retries_unsettled(self) -> int:
+        """Failed attempts of the batches still being delivered."""
+        with self._cond:
+            return self._retries_unsettled
 
     def release(self, permit: Permit) -> None:
         """The attempt was never made (an unexpected error before it)."""

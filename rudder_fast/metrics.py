@@ -20,7 +20,8 @@ protocol. The tests parse the output back with their own parser and, when instal
 
 The counters (sent, retries, rejected, dropped, skipped bytes) are those of the sender's ledger: they
 survive restarts and only go back to zero if the ledger is lost, which Prometheus treats as a counter
-reset.
+reset. Retries count each failed attempt as it happens (the ledger records a batch's once it is
+resolved), so an outage shows while it lasts.
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ class Publisher:
         rate = self.rate(now)
         process = self._self.figures()
         c = moment.counters
+        counters = c.to_json()
+        retried = counters["retried"] = c.retried + self.state.retries_unsettled()  # as they happen
         self._changes = self.state.changes
         state = self.state.state
         planes = self.state.data_planes()
@@ -102,7 +104,7 @@ class Publisher:
             "rate_window_s": round(self.rate_window(now), 1),
             "process": process.to_json() if process is not None else None,
             "inflight": moment.inflight,
-            "counters": c.to_json(),
+            "counters": counters,
             "last_error": self.state.last_error,
             "last_error_at": self.state.last_error_at,
         }
@@ -110,7 +112,7 @@ class Publisher:
             version=__version__,
             state=state if state in metrics.SENDER_STATES else "starting",
             events_sent=c.sent,
-            request_retries=c.retried,
+            request_retries=retried,
             events_rejected=c.rejected,
             skipped_bytes=c.skipped_bytes,
             dropped=c.dropped,

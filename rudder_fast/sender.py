@@ -368,6 +368,7 @@ class Sender:
         self._acked += 1
         now = time.monotonic()
         self.book.resolve(batch.id, outcome, time.time())
+        self.state.retries_settled(outcome.retried)
         if not outcome.abandoned:
             self.publisher.delivered(now, outcome.delivered)
         batch.stubs = []  # the memory is freed at once, whoever still holds the batch

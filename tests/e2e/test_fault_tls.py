@@ -91,6 +91,7 @@ def test_a_refused_certificate_is_said_plainly_kept_and_retried_slowly(
         assert case.said in doc["last_error"], doc["last_error"]
         assert doc["sender"]["state"] == "backoff", doc["sender"]
         attempts = doc["counters"]["retried"]
+        assert attempts >= 1, doc["counters"]  # counted as it failed, not once the batch is delivered
 
         text = run_cli("status", "--spool-dir", str(spool)).stdout
         assert case.said in text, text
