@@ -582,3 +582,7 @@ def test_k8s_sidecar_pod_from_the_image_shares_an_emptydir_spool_and_stops_clean
     delivered_once(devserver, ids)
     st = spool.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, fs_group, 0o700)
+    # What the README says the sender logs about the emptyDir's mode: once, at start.
+    told = [line for line in sender_log.read_text().splitlines() if "is writable by everyone" in line]
+    assert len(told) == 1, told
+    assert f"the spool's parent directory {empty_dir} is writable by everyone (mode 2777" in told[0], told
