@@ -212,6 +212,15 @@ def sender_findings(spool: Path, status: dict[str, Any], now: float) -> list[Fin
                 Finding("sender", FAIL, f"{text}: {error}", "see the checks below and the sender's log")
             )
     for other in locate.other_spools(spool):
+        if other.closed_to is not None:  # may be: this user cannot see inside
+            found.append(
+                Finding(
+                    "other spool", WARN, locate.describe(other),
+                    f"look as its owner: `sudo -u '#{other.closed_to}' rudder-fast status "
+                    f"--spool-dir {other.spool_dir}`",
+                )
+            )  # fmt: skip
+            continue
         found.append(
             Finding(
                 "other spool",

@@ -53,10 +53,14 @@ class SpoolActivity:
     live_producers: int  # segments whose writer holds its lock now
     segments: int
     sender_running: bool
+    closed_to: int | None = None  # another user's spool this user may not look into: its owner's uid
 
     @property
     def unread(self) -> bool:
-        """Events are (or may soon be) waiting here and no sender reads them."""
+        """Events are (or may soon be) waiting here and no sender reads them (for a spool this user
+        cannot look into: may be)."""
+        if self.closed_to is not None:
+            return True
         return not self.sender_running and (self.live_producers > 0 or self.segments > 0)
 
 
@@ -91,13 +95,33 @@ def _same_dir(a: Path, b: Path) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def closed_spool(spool_dir: Path) -> SpoolActivity | None:
+    """``spool_dir`` as seen by a user it is closed to: another user's spool directory (0700, as
+    spools are) that this user cannot list; None otherwise."""
+    try:
+        st = os.stat(spool_dir)
+    except OSError:
+        return None
+    if st.st_uid == os.geteuid() or os.access(spool_dir, os.R_OK | os.X_OK):
+        return None
+    return SpoolActivity(spool_dir, 0, 0, False, closed_to=st.st_uid)
+
+
 def other_spools(examined: Path, environ: config.Environ | None = None) -> list[SpoolActivity]:
-    """The known spools other than ``examined`` where events wait with no sender to read them."""
+    """The known spools other than ``examined`` where events wait with no sender to read them, and
+    the shared ones (``$RUDDER_FAST_SPOOL_DIR``, root's default: where the README puts an app's spool)
+    that this user cannot look into: an app of their owner may be writing there for nobody."""
+    environ = os.environ if environ is None else environ
+    shared = {Path(config.SYSTEM_SPOOL_DIR)}
+    if environ.get(config.ENV_SPOOL_DIR):
+        shared.add(Path(environ[config.ENV_SPOOL_DIR]))
     found = []
     for path in known_spool_dirs(environ):
         if _same_dir(path, examined):
             continue
         activity = probe(path)
+        if activity is None and path in shared:
+            activity = closed_spool(path)
         if activity is not None and activity.unread:
             found.append(activity)
     return found
@@ -105,6 +129,11 @@ def other_spools(examined: Path, environ: config.Environ | None = None) -> list[
 
 def describe(activity: SpoolActivity) -> str:
     """One line about a spool no sender reads."""
+    if activity.closed_to is not None:
+        return (
+            f"{activity.spool_dir} is a spool of uid {activity.closed_to}, which this user cannot look into: "
+            f"if the app writes there, run the sender as uid {activity.closed_to} on that directory"
+        )
     what = (
         f"{activity.live_producers} live producer(s) write to {activity.spool_dir}"
         if activity.live_producers

@@ -11,15 +11,18 @@ operator's ``status``) is pointed elsewhere. Each side says so:
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from rudder_fast import Emitter
 from tests.support.devserver import DevServer
-from tests.support.processes import clean_env, console_script
+from tests.support.processes import NOBODY, as_nobody, clean_env, console_script
 from tests.support.producers import ProducerChild
 from tests.support.sender import Senders, sender_env, wait_sender_ready
 from tests.support.spool import status_json
@@ -139,3 +142,46 @@ def test_a_sender_run_as_root_that_creates_the_spool_says_another_users_app_cann
     wait_sender_ready(app_spool, sender)
     wait_for(lambda: status_json(app_spool)["counters"]["sent"] == 5, timeout=30)
     assert "created the spool" not in sender.stderr(), sender.stderr()
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's own are private to root), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="rf-shared-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def test_a_shared_spool_this_user_cannot_look_into_is_named_with_its_owner(reachable_dir: Path) -> None:
+    """The app writes to a shared spool (here $RUDDER_FAST_SPOOL_DIR's) as its own user; a sender, status
+    or doctor run as another user without the variable looks at that user's default spool, and could
+    not see into the app's (0700): all looked healthy. Now the other spool is named, with its owner."""
+    app_spool = reachable_dir / "app-spool"
+    assert Emitter(app_spool).track(user_id="u", event="e")  # root's, 0700
+    own = reachable_dir / "nobody-spool"
+    for path in (own, own / "segments"):
+        path.mkdir(mode=0o700)
+        os.chown(path, NOBODY, NOBODY)
+    env = clean_env(RUDDER_FAST_SPOOL_DIR=str(app_spool))
+    said = f"{app_spool} is a spool of uid 0, which this user cannot look into: if the app writes there"
+    status = subprocess.run(
+        as_nobody([console_script("rudder-fast"), "status", "--json", "--spool-dir", str(own)]),
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert any(said in note for note in orjson.loads(status.stdout)["notes"]), status.stdout
+    doctor = subprocess.run(
+        as_nobody([console_script("rudder-fast"), "doctor", "--no-network", "--spool-dir", str(own)]),
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert f"warn  other spool     {said}" in doctor.stdout, doctor.stdout
+    assert (
+        f"fix: look as its owner: `sudo -u '#0' rudder-fast status --spool-dir {app_spool}`" in doctor.stdout
+    )
+
+    # Root sees into it: no such note (the spool is read as any other).
+    status = toolbox("status", "--json", "--spool-dir", str(own), RUDDER_FAST_SPOOL_DIR=str(app_spool))
+    assert not any("cannot look into" in note for note in orjson.loads(status.stdout)["notes"]), status.stdout
