@@ -228,6 +228,8 @@ class Book:
         if outcome.abandoned:
             for _, chunk in members:
                 chunk.batch = None  # still unresolved: read and sent again after a restart
+            if outcome.retried:
+                self.dirty = True  # its failed attempts were counted: the ledger keeps them
             return
         counters.sent += outcome.delivered
         counters.rejected += outcome.rejected

@@ -389,10 +389,11 @@ class Deliverer:
         self.quarantine = quarantine
         self.clock = IsoClock()
 
-    def deliver(self, batch: Batch) -> Outcome:
+    def deliver(self, batch: Batch, outcome: Outcome | None = None) -> Outcome:
         """Until every event of the batch is delivered or quarantined, or the sender stops (then the
-        outcome is ``abandoned``: the events are sent again after a restart)."""
-        outcome = Outcome()
+        outcome is ``abandoned``: the events are sent again after a restart). ``outcome``: one to add
+        to (a batch tried again after an unexpected error keeps the count of its failed attempts)."""
+        outcome = Outcome() if outcome is None else outcome
         work: list[range] = [range(len(batch.stubs))]  # ranges of batch.stubs still to send
         while work:
             part = work.pop()
@@ -508,13 +509,16 @@ class Workers:
             batch = self._work.get()
             if batch is None:
                 return
+            retried = 0  # failed attempts of earlier tries: every one is counted (DeliveryState.failed)
             while True:
+                outcome = Outcome(retried=retried)
                 try:
-                    outcome = deliverer.deliver(batch)
+                    deliverer.deliver(batch, outcome)
                     break
                 except Exception:  # never lose or strand a batch: keep it, and try it again
                     log.exception("unexpected error delivering a batch; it is kept and retried in 5 s")
+                    retried = outcome.retried
                     if self.stop.wait(5.0):
-                        outcome = Outcome(abandoned=True)
+                        outcome = Outcome(abandoned=True, retried=retried)
                         break
             self.results.put((batch, outcome))

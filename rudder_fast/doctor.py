@@ -84,19 +84,41 @@ def _missing(spool: Path) -> Finding:
     """A spool that does not exist: the first call (or the sender) creates it, with its parents, where
     this user may; else every call is dropped."""
     fix = f"create it for the app's user: `sudo install -d -o APPUSER -m 700 {spool}`"
-    ancestor = spool.absolute().parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
+    dropped = "every call returns None (dropped as spool_unusable)"
+    parent = spool.absolute().parent
+    ancestor = parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if ancestor == spool.absolute().parent and ancestor.is_dir():
+    if not ancestor.is_dir():  # a file, or a symbolic link to nothing or to a file, in the way
+        what = (
+            "a symbolic link to nothing"
+            if ancestor.is_symlink() and not ancestor.exists()
+            else "not a directory"
+        )
+        return Finding(
+            "spool",
+            FAIL,
+            f"{spool} does not exist and cannot be created: {ancestor} is {what}; {dropped}",
+            fix,
+        )
+    if ancestor == parent:
+        owner = os.stat(parent).st_uid
+        if os.geteuid() == 0 and owner != 0:  # root looking at a place of the app user's, as it would
+            return Finding(
+                "spool", WARN,
+                f"{spool} does not exist yet; its parent belongs to uid {owner}: the app and the sender "
+                "must run as that user (the first call creates it)",
+                f"check as that user: `sudo -u '#{owner}' rudder-fast doctor`",
+            )  # fmt: skip
         try:
             check_parent(spool)
         except (SpoolError, OSError) as exc:
             return Finding("spool", FAIL, f"{spool} does not exist, and could not be used there: {exc}")
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+    if not os.access(ancestor, os.W_OK | os.X_OK):
         return Finding(
             "spool", FAIL,
             f"{spool} does not exist, and this user (uid {os.geteuid()}) cannot create it in {ancestor}: "
-            "every call returns None (dropped as spool_unusable)",
+            + dropped,
             f"{fix}, or start the sender once as that user (it creates it)",
         )  # fmt: skip
     return Finding(
@@ -115,8 +137,11 @@ def _permissions(spool: Path, st: os.stat_result) -> Finding:
             f"run the app and the sender as uid {st.st_uid}, or `sudo chown APPUSER {spool}`",
         )  # fmt: skip
     if st.st_uid != os.geteuid() and os.geteuid() == 0:
-        # Root looking at the app user's spool, as set up in the README: right for that user; only
-        # root's own calls (and a sender run as root) would refuse it.
+        # Root looking at the app user's spool, as set up in the README: right for that user (checked as
+        # that user would be); only root's own calls (and a sender run as root) would refuse it.
+        problem = _problem_for_its_owner(spool, st.st_uid)
+        if problem:
+            return Finding("permissions", FAIL, problem, _permissions_fix(problem, spool))
         return Finding(
             "permissions", WARN,
             f"{owner}: the app and the sender must run as uid {st.st_uid} (as root they would refuse it)",
@@ -131,6 +156,33 @@ def _permissions(spool: Path, st: os.stat_result) -> Finding:
     if warning:
         return Finding("permissions", WARN, f"{owner}; {warning}")
     return Finding("permissions", OK, owner)
+
+
+def _problem_for_its_owner(spool: Path, owner: int) -> str | None:
+    """What would make producers and a sender running as ``owner`` refuse the spool (layout's checks,
+    made as that user would make them), or None."""
+    parent = spool.absolute().parent
+    parent_owner = os.stat(parent).st_uid
+    if parent_owner not in (0, owner):
+        return (
+            f"the spool's parent directory {parent} is owned by uid {parent_owner}, neither root nor the "
+            f"spool's owner ({owner}): its owner could replace the spool; move the spool elsewhere"
+        )
+    paths = SpoolPaths(spool)
+    for directory in (paths.root, paths.tmp, paths.segments, paths.rejected):
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            return f"spool path {directory} is not a directory (symlinks are refused)"
+        if st.st_uid != owner:
+            return (
+                f"spool directory {directory} is owned by uid {st.st_uid}, not by the spool's owner ({owner})"
+            )
+        if st.st_mode & 0o022:
+            return f"spool directory {directory} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
 
 
 def _permissions_fix(problem: str, spool: Path) -> str:
@@ -178,6 +230,21 @@ def read_status(spool: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def _status_of_a_live_sender(status: dict[str, Any]) -> bool:
+    """Whether ``status`` was written by a process that still runs (not one a sender that has just
+    taken the lock will replace at its first turn)."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or not isinstance(status.get("updated_at"), (int, float)):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
+
+
 def sender_findings(spool: Path, status: dict[str, Any], now: float) -> list[Finding]:
     """Whether a sender runs on this spool, how delivery goes, and spools no sender reads."""
     found: list[Finding] = []
@@ -190,9 +257,17 @@ def sender_findings(spool: Path, status: dict[str, Any], now: float) -> list[Fin
                 f"start it: `rudder-fast-sender --spool-dir {spool}` (see the README's deployment recipes)",
             )
         )
+    elif not _status_of_a_live_sender(status):
+        found.append(
+            Finding(
+                "sender", FAIL,
+                "a sender holds the spool's lock but has not written its status yet: it is starting",
+                "check again in a few seconds: `rudder-fast doctor --wait 10`",
+            )
+        )  # fmt: skip
     else:
         state = status.get("state", "unknown")
-        age = now - float(status.get("updated_at") or 0)
+        age = now - float(status["updated_at"])
         text = f"running (pid {status.get('pid')}), {state}"
         if age > STATUS_STALE_S:
             found.append(Finding("sender", WARN, f"{text}, but its status is {age:.0f} s old: is it stuck?"))

@@ -319,6 +319,13 @@ class Sender:
             )
         if not self._unsafe:
             self.upkeep.reap_settled()
+            # The failed attempts of batches still in flight: counted in status and the metrics as
+            # they happened, so into the ledger too (else the counter would go back at the next start).
+            unsettled = self.state.retries_unsettled()
+            if unsettled:
+                self.book.counters.retried += unsettled
+                self.state.retries_settled(unsettled)
+                self.book.dirty = True
             self._commit_retry_at = 0.0  # a last try, whatever the back-off
             self._commit_if_dirty(time.monotonic(), now_or_never=True)
         for recurring in (

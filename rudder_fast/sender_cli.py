@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, config, gcpolicy, locate, metrics
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SpoolError
+from .layout import check_parent
 from .sender import EXIT_LOCKED, EXIT_OK, EXIT_USAGE, Sender
 
 log = logging.getLogger("rudder_fast.sender")
@@ -81,6 +82,11 @@ def _nothing_to_drain(spool_dir: Path) -> int:
     it is not the app's spool (a typo, a relative path read from another directory, another user's
     default), so the drain says so rather than only "complete"."""
     where = os.path.abspath(spool_dir)
+    if os.path.isdir(os.path.dirname(where)):
+        try:
+            check_parent(Path(where))  # a place where no spool may be is said as a sender would say it
+        except (SpoolError, OSError) as exc:
+            return _fail(str(exc))
     log.warning(
         "no spool at %s: nothing to drain. No producer has written there: is it the app's spool "
         "(its RUDDER_FAST_SPOOL_DIR, an absolute path)?",

@@ -14,7 +14,8 @@ Run from the directory that holds this file and ``flask_app.py`` (``/app`` in th
 
 import os
 
-os.environ.setdefault("RUDDER_FAST_SPOOL_DIR", "/var/spool/rudder-fast")  # before gunicorn forks
+# Before gunicorn forks; an empty variable counts as unset, as everywhere in rudder_fast.
+os.environ["RUDDER_FAST_SPOOL_DIR"] = os.environ.get("RUDDER_FAST_SPOOL_DIR") or "/var/spool/rudder-fast"
 
 # Ordinary settings, unrelated to rudder_fast (command-line options override them).
 # On a host the app listens on loopback behind a reverse proxy; in a container it must listen on all

@@ -70,7 +70,7 @@ def uid_of(spec: dict[str, Any], container: dict[str, Any]) -> int:
 def image_spool() -> str:
     """The spool the image's app uses: gunicorn.conf.py's default (the Dockerfile's ENV says the same)."""
     conf = (DEPLOY / "gunicorn.conf.py").read_text()
-    (spool,) = re.findall(r'os.environ.setdefault\("RUDDER_FAST_SPOOL_DIR", "([^"]+)"\)', conf)
+    (spool,) = re.findall(r'os.environ.get\("RUDDER_FAST_SPOOL_DIR"\) or "([^"]+)"', conf)
     assert f"RUDDER_FAST_SPOOL_DIR={spool}" in (DEPLOY / "Dockerfile").read_text()
     return str(spool)
 

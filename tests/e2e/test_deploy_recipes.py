@@ -592,7 +592,10 @@ def test_readme_gunicorn_command_as_written_delivers_every_request(
     pytest.importorskip("flask", reason="Flask is not installed (the `test` extra)")
     command = readme_recipe("gunicorn-run")
     assert command.startswith("cd scripts/deploy\n"), command
-    assert f'os.environ.setdefault("RUDDER_FAST_SPOOL_DIR", "{RECIPE_SPOOL}")' in GUNICORN_CONF.read_text()
+    default = (
+        f'os.environ["RUDDER_FAST_SPOOL_DIR"] = os.environ.get("RUDDER_FAST_SPOOL_DIR") or "{RECIPE_SPOOL}"'
+    )
+    assert default in GUNICORN_CONF.read_text()
     # The conf's spool path is the only change: to this test's spool, or to a decoy the environment
     # overrides (gunicorn's raw_env used to win over the environment).
     decoy = tmp_path / "decoy-spool"

@@ -7,10 +7,13 @@ event is ever sent by the doctor: the devserver's counters prove it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from rudder_fast import Emitter
 from tests.support.devserver import DevServer
@@ -29,6 +32,13 @@ def doctor(spool: Path, *args: str, **env: str) -> subprocess.CompletedProcess[s
         capture_output=True, text=True, timeout=60, env=clean_env(**env), stdin=subprocess.DEVNULL,
         check=False,
     )  # fmt: skip
+
+
+def verdict_line(out: str, check: str) -> str:
+    """The first line of ``check`` that is not an ``info`` one."""
+    lines = [line for line in out.splitlines() if line[6:].startswith(check) and not line.startswith("info")]
+    assert lines, f"no {check!r} verdict in:\n{out}"
+    return lines[0]
 
 
 def line_of(out: str, check: str) -> str:
@@ -82,7 +92,8 @@ def test_no_spool_no_sender_and_an_unreachable_data_plane_are_each_named_with_th
     proc = doctor(spool, RUDDER_WRITE_KEY=KEY, RUDDER_DATA_PLANE_URL="http://127.0.0.1:9")
     assert proc.returncode == 1
     out = proc.stdout
-    assert f"FAIL  spool           {spool} does not exist, and this user (uid 0) cannot create it" in out, out
+    said = f"FAIL  spool           {spool} does not exist and cannot be created: {spool.parent} is not a"
+    assert said in out, out
     assert "every call returns None (dropped as spool_unusable)" in out
     assert "sudo install -d" in out
     assert f"no rudder-fast-sender runs on {spool}" in out
@@ -198,9 +209,15 @@ def test_events_waiting_in_another_spool_are_found(tmp_path: Path) -> None:
 NOBODY = 65534
 
 
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give files to another user")
+
+
 def test_root_checking_the_app_users_spool_is_told_to_check_as_that_user_not_to_chmod(tmp_path: Path) -> None:
     """The README's setup: the spool owned by the app's user, 0700. Root running the doctor used to get
     a FAIL and `chmod 700` (the mode already was), inviting a chown to root that breaks the app."""
+    needs_root()
     spool = tmp_path / "spool"
     Emitter(spool).track(user_id="u", event="e")
     for path in (spool, *spool.iterdir()):
@@ -212,21 +229,29 @@ def test_root_checking_the_app_users_spool_is_told_to_check_as_that_user_not_to_
     assert f"fix: check as that user: `sudo -u '#{NOBODY}' rudder-fast doctor`" in out, out
     assert "chmod" not in out, out
 
+    # What would make the app's own calls refuse it is still found, as that user would find it.
+    spool.chmod(0o777)
+    line = line_of(doctor(spool, "--no-network").stdout, "permissions")
+    assert line.startswith("FAIL"), line
+    assert f"spool directory {spool} is writable by others (mode 0777)" in line, line
 
-def test_a_parent_directory_of_another_user_fails_as_it_does_for_producers_and_the_sender(
+
+def test_a_parent_directory_of_another_user_is_checked_as_producers_and_the_sender_check_it(
     tmp_path: Path,
 ) -> None:
+    needs_root()
     other = tmp_path / "other"
     other.mkdir()
     os.chown(other, NOBODY, NOBODY)
     spool = other / "spool"
-    assert Emitter(spool).track(user_id="u", event="e") is None  # producers refuse it (spool_unusable)
-    out = doctor(spool, "--no-network").stdout
-    line = line_of(out, "spool           " + str(spool) + " does not exist")
-    assert line.startswith("FAIL"), out
-    assert f"parent directory {other} is owned by uid {NOBODY}, neither root nor this user" in line, out
+    # Not made yet: root's own calls would refuse it there, that user's would make it. Root is told so.
+    line = verdict_line(doctor(spool, "--no-network").stdout, "spool")
+    assert line.startswith("warn"), line
+    assert f"its parent belongs to uid {NOBODY}: the app and the sender must run as that user" in line, line
+    assert f"fix: check as that user: `sudo -u '#{NOBODY}' rudder-fast doctor`" in doctor(spool).stdout
 
-    spool.mkdir(mode=0o700)  # made by hand: the doctor names the parent, not the spool's mode
+    assert Emitter(spool).track(user_id="u", event="e") is None  # root's calls refuse it (spool_unusable)
+    spool.mkdir(mode=0o700)  # made by root by hand: the doctor names the parent, not the spool's mode
     out = doctor(spool, "--no-network").stdout
     line = line_of(out, "permissions")
     assert line.startswith("FAIL"), out
@@ -244,7 +269,9 @@ def test_a_quota_without_its_suffix_is_said_by_the_sender_and_the_doctor(
     assert proc.returncode == 0, proc.stderr
     said = "WARNING the quota is 512 bytes: producers drop new events as soon as that much waits undelivered"
     assert said in proc.stderr, proc.stderr
-    assert "quota 512 bytes" in proc.stderr.splitlines()[1], proc.stderr  # the start line shows it
+    started = [line for line in proc.stderr.splitlines() if "sender started: " in line]
+    assert len(started) == 1, proc.stderr
+    assert started[0].endswith(", quota 512 bytes"), proc.stderr
     line = line_of(doctor(spool, "--no-network").stdout, "free space")
     assert line.startswith("warn"), line
     assert "the quota is 512 bytes" in line, line
@@ -252,3 +279,30 @@ def test_a_quota_without_its_suffix_is_said_by_the_sender_and_the_doctor(
     proc = senders.run(["--drain", "--quota-bytes", "512M"], sender_env(spool, devserver.url))
     assert "the quota is" not in proc.stderr, proc.stderr
     assert "quota 536,870,912 bytes" in proc.stderr, proc.stderr
+
+
+def test_a_dangling_symlink_on_the_way_is_named_not_promised_to_be_created(tmp_path: Path) -> None:
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    spool = tmp_path / "gone" / "spool"
+    assert Emitter(spool).track(user_id="u", event="e") is None  # the app's calls are dropped
+    line = verdict_line(doctor(spool, "--no-network").stdout, "spool")
+    assert line.startswith("FAIL"), line
+    assert f"{tmp_path / 'gone'} is a symbolic link to nothing" in line, line
+
+
+def test_a_sender_that_has_just_taken_the_lock_is_starting_and_wait_waits_for_it(tmp_path: Path) -> None:
+    """Between a sender's lock and its first status the doctor read an age from 0 ("its status is 1.8e9
+    s old: is it stuck?"), a warning that let --wait stop at once and call the setup healthy."""
+    spool = tmp_path / "spool"
+    Emitter(spool).track(user_id="u", event="e")
+    fd = os.open(spool / "sender.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a sender that has not written its status yet
+        proc = doctor(spool, "--no-network", "--wait", "1")
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1, proc.stdout
+    line = line_of(proc.stdout, "sender")
+    assert line.startswith("FAIL"), line
+    assert "holds the spool's lock but has not written its status yet: it is starting" in line, line
+    assert "s old" not in proc.stdout, proc.stdout

@@ -18,9 +18,11 @@ import pytest
 
 from tests.support.delivery import assert_exactly_once, assert_spool_empty, iso_ms
 from tests.support.devserver import DevServer
+from tests.support.processes import closed_port, stop_process
 from tests.support.producers import fill_spool
 from tests.support.sender import Senders, sender_env
-from tests.support.spool import read_status
+from tests.support.spool import read_status, status_json
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -71,3 +73,21 @@ def test_an_outage_is_probed_one_request_at_a_time_and_delivery_resumes_at_once(
     assert "recovered: delivering to" in proc.stderr
     if "fail_status" in outage:
         assert devserver.stats()["by_status"]["503"] == failed
+
+
+def test_retries_show_during_the_outage_and_stay_counted_after_a_stop(
+    tmp_path: Path, senders: Senders
+) -> None:
+    """The failed attempts are counted as they happen (the status and metrics counter used to stand
+    still until the batch was delivered), and a stop during the outage keeps them in the ledger: the
+    counter never goes back at the next start (Prometheus would read that as a reset)."""
+    spool_dir = tmp_path / "spool"
+    fill_spool(spool_dir, 1, 200)
+    sender = senders.start([], sender_env(spool_dir, f"http://127.0.0.1:{closed_port()}"))
+    doc = wait_for(lambda: (d := status_json(spool_dir))["counters"]["retried"] >= 2 and d, timeout=30)
+    assert doc["sender"]["state"] == "backoff", doc["sender"]
+    assert doc["counters"]["sent"] == 0, doc["counters"]
+    during = doc["counters"]["retried"]
+    assert stop_process(sender.proc) == 0, sender.stderr()
+    after = status_json(spool_dir)  # the ledger's, with no sender running
+    assert after["counters"]["retried"] >= during, (during, after["counters"])
