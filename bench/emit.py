@@ -52,8 +52,9 @@ from _common import EVENT, FAST, PROPERTIES, SDK  # sibling modules: bench/ is n
 from _sinkserver import SinkServer
 
 from rudder_fast import Emitter
-from rudder_fast.events import _JSON_OPTIONS, KIND_TRACK
+from rudder_fast.events import KIND_TRACK
 from rudder_fast.framing import FRAME_EVENT, FRAME_META, FRAME_PREFIX, SYNC, Frame, crc32
+from rudder_fast.jsonvalue import _JSON_OPTIONS
 from rudder_fast.layout import SpoolPaths
 from rudder_fast.tail import list_segments, read_whole
 

@@ -35,7 +35,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from . import config
-from . import events as _events
+from . import jsonvalue as _jsonvalue
 from .errors import InvalidEventAssertionError, InvalidEventError
 
 log = logging.getLogger("rudder_fast")
@@ -132,7 +132,7 @@ def _clean_value(item: Any, path: str, cleaning: _Cleaning, depth: int) -> Any:
 def _refusal(value: Any) -> str | None:
     """Why the emitter refuses this one value, or None if it takes it."""
     try:
-        _events.encode_json_field("value", {"value": value})
+        _jsonvalue.encode_json_field("value", {"value": value})
     except InvalidEventError as exc:
         return exc.reason
     return None

@@ -22,18 +22,16 @@ from . import config
 from .counts import DROP_REENTRANT
 from .errors import ConfigurationError
 from .events import (
-    _JSON_OPTIONS,
     KIND_TRACK,
     check_id,
     check_identity,
     check_message_id,
     check_required_str,
     check_timestamp,
-    encode_json_field,
-    encode_snapshot,
     keywords_from_mapping,
     record,
 )
+from .jsonvalue import _JSON_OPTIONS, encode_json_field, encode_snapshot
 from .schema import CALLS
 from .spool import SegmentWriter
 
@@ -163,7 +161,7 @@ class Emitter:
         props_json: bytes | None = None
         if properties is not None:
             if type(properties) is dict:
-                try:  # C only, no hook: see events.encode_json_field
+                try:  # C only, no hook: see jsonvalue.encode_json_field
                     props_json = _dumps(properties, option=_JSON_OPTIONS)
                 except JSONEncodeError:
                     props_json = encode_snapshot("properties", properties)

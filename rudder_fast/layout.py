@@ -107,16 +107,21 @@ def _ensure_private_dir(path: Path) -> None:
         os.chmod(path, 0o700)  # a umask may have narrowed it: make it exactly owner-only
 
 
-def _check_private_dir(path: Path) -> int:
-    """Raise SpoolError unless ``path`` is a real directory of this user that nobody else can write
-    (others could plant files or symlinks in it); its permission bits otherwise."""
+def _whose(owner: int | None) -> tuple[int, str]:
+    """The uid the checks below hold a spool to, and how a message names it: this user's, or (for
+    root looking at an app user's spool, as ``doctor`` does) the owner the spool's users run as."""
+    return (os.geteuid(), "this user") if owner is None else (owner, "the spool's owner")
+
+
+def _check_private_dir(path: Path, owner: int | None = None) -> int:
+    """Raise SpoolError unless ``path`` is a real directory of this user (or of ``owner``) that nobody
+    else can write (others could plant files or symlinks in it); its permission bits otherwise."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise SpoolError(f"spool path {path} is not a directory (symlinks are refused)")
-    if st.st_uid != os.geteuid():
-        raise SpoolError(
-            f"spool directory {path} is owned by uid {st.st_uid}, not by this user ({os.geteuid()})"
-        )
+    uid, who = _whose(owner)
+    if st.st_uid != uid:
+        raise SpoolError(f"spool directory {path} is owned by uid {st.st_uid}, not by {who} ({uid})")
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022:
         raise SpoolError(
@@ -126,12 +131,13 @@ def _check_private_dir(path: Path) -> int:
     return mode
 
 
-def check_private(paths: SpoolPaths) -> None:
-    """The spool is still private: its directories are this user's and writable by nobody else. The
-    sender checks this every second, not only at start, and refuses to go on when it is not."""
+def check_private(paths: SpoolPaths, owner: int | None = None) -> None:
+    """The spool is still private: its directories are this user's (or ``owner``'s) and writable by
+    nobody else. The sender checks this every second, not only at start, and refuses to go on when it
+    is not."""
     for directory in (paths.root, paths.tmp, paths.segments, paths.rejected):
         try:
-            _check_private_dir(directory)
+            _check_private_dir(directory, owner)
         except FileNotFoundError:
             continue  # tmp/ or rejected/ removed: recreated when next needed
 
@@ -158,15 +164,16 @@ def check_spool_files(paths: SpoolPaths) -> None:
             )
 
 
-def check_parent(root: Path) -> None:
-    """The directory holding the spool must belong to root or to this user: its owner could otherwise
-    replace the spool with one of their own."""
+def check_parent(root: Path, owner: int | None = None) -> None:
+    """The directory holding the spool must belong to root or to this user (or ``owner``): its owner
+    could otherwise replace the spool with one of their own."""
     parent = root.parent
     st = os.stat(parent)
-    if st.st_uid not in (0, os.geteuid()):
+    uid, who = _whose(owner)
+    if st.st_uid not in (0, uid):
         raise SpoolError(
-            f"the spool's parent directory {parent} is owned by uid {st.st_uid}, neither root nor this "
-            f"user ({os.geteuid()}): its owner could replace the spool; move the spool elsewhere"
+            f"the spool's parent directory {parent} is owned by uid {st.st_uid}, neither root nor {who} "
+            f"({uid}): its owner could replace the spool; move the spool elsewhere"
         )
 
 

@@ -38,12 +38,11 @@ from rudder_fast.events import (
     check_optional_str,
     check_required_str,
     check_timestamp,
-    encode_json_field,
     field_names,
     is_blank,
-    iso_utc_ms,
     keywords_from_mapping,
 )
+from rudder_fast.jsonvalue import encode_json_field, iso_utc_ms
 from rudder_fast.schema import R_FIELDS
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,10 +28,9 @@ from rudder_fast.events import (
     KIND_TRACK,
     build_record,
     check_timestamp,
-    encode_json_field,
-    iso_utc_ms,
 )
 from rudder_fast.framing import EventRun
+from rudder_fast.jsonvalue import encode_json_field, iso_utc_ms
 from rudder_fast.wire import COLUMN_RUN, IsoClock, StubEncoder, WireMapper, plain_track_decoder
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
