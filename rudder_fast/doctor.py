@@ -28,12 +28,18 @@ from .errors import ConfigurationError, SpoolError
 from .layout import SpoolPaths, check_parent, check_private, parent_warning
 from .quota import read_control, sender_running
 from .transport import Transport, TransportError, batch_url, redact_url
+from .wire import SPEEDUPS_MISSING, speedups_built
 
 OK: Final = "ok"
 WARN: Final = "warn"
 FAIL: Final = "FAIL"
 INFO: Final = "info"
 
+# A reinstall that builds rudder_fast._speedups: a C compiler and the Python headers, then pip.
+_SPEEDUPS_FIX: Final = (
+    "install a C compiler and the Python headers (Debian: `apt-get install gcc python3-dev`), then "
+    "`pip install --force-reinstall --no-deps rudder-fast`"
+)
 WAIT_STEP_S: Final = 0.5  # --wait: between two checks
 STATUS_STALE_S: Final = 10.0  # a running sender refreshes its status every second
 
@@ -455,6 +461,11 @@ def check(args: argparse.Namespace, now: float) -> list[Finding]:
         origin = f"the default for uid {os.geteuid()}: set {config.ENV_SPOOL_DIR} on both sides to choose"
     spool = config.resolve_spool_dir(args.spool_dir)
     findings = spool_findings(spool, origin)
+    findings.append(
+        Finding("C extension", OK, "built: the sender reads frames and writes events in C")
+        if speedups_built()
+        else Finding("C extension", WARN, SPEEDUPS_MISSING, _SPEEDUPS_FIX)
+    )
     status = read_status(spool) if spool.is_dir() else {}
     findings += sender_findings(spool, status, now)
     try:

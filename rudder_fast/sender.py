@@ -38,7 +38,7 @@ from .publish import Moment, Publisher
 from .retry import RetryPolicy
 from .transport import Transport, redact_url
 from .upkeep import Upkeep
-from .wire import WireMapper
+from .wire import SPEEDUPS_MISSING, WireMapper, speedups_built
 
 log = logging.getLogger("rudder_fast.sender")
 
@@ -174,11 +174,7 @@ class Sender:
             f"{self.cfg.fsync_interval:g} s" if self.cfg.fsync_interval > 0 else "(off)",
             f"{self.cfg.quota_bytes:,} bytes" if self.cfg.quota_bytes > 0 else "none",
         )  # fmt: skip
-        for given, transport in zip(self.cfg.data_plane_urls, self.transports, strict=True):
-            warning = config.url_path_warning(given, transport.url)
-            if warning:
-                log.warning("%s", warning)
-        self._warn_about_other_spools()
+        self._warn_at_start()
         deadline = None
         if self.cfg.drain and self.cfg.drain_timeout is not None:
             deadline = time.monotonic() + self.cfg.drain_timeout
@@ -268,6 +264,17 @@ class Sender:
             self.cfg.drain_on_stop,
         )
         return self._stop_deadline
+
+    def _warn_at_start(self) -> None:
+        """What the operator should know before the first event goes: a data plane URL with a path of its
+        own, the per-event loops running in Python, events waiting in another spool."""
+        for given, transport in zip(self.cfg.data_plane_urls, self.transports, strict=True):
+            warning = config.url_path_warning(given, transport.url)
+            if warning:
+                log.warning("%s", warning)
+        if not speedups_built():
+            log.warning("%s", SPEEDUPS_MISSING)
+        self._warn_about_other_spools()
 
     def _warn_about_other_spools(self) -> None:
         """Producers writing to another well-known spool that no sender reads: the app and this sender

@@ -44,6 +44,10 @@ from rudder_fast.framing import (
     encode_frame,
     encode_header,
 )
+from tests.support.native import both_ways
+
+# Every test runs twice: with take_events's loop in C, and in Python alone.
+way = both_ways(framing, "native_take_events")
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KNOWN_TYPES = (FRAME_EVENT, FRAME_DROPS, FRAME_SEAL)

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rudder_fast import wire as wire_module
 from rudder_fast.events import (
     KIND_ALIAS,
     KIND_GROUP,
@@ -32,6 +33,10 @@ from rudder_fast.events import (
 from rudder_fast.framing import EventRun
 from rudder_fast.jsonvalue import encode_json_field, iso_utc_ms
 from rudder_fast.wire import COLUMN_RUN, IsoClock, StubEncoder, WireMapper, plain_track_decoder
+from tests.support.native import both_ways
+
+# Every test runs twice: with the C writer of plain tracks' stubs, and with the Python way alone.
+way = both_ways(wire_module, "native_plain_track_stubs")
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 UTC = dt.timezone.utc
@@ -611,10 +616,13 @@ def test_an_odd_value_in_a_long_run_of_plain_tracks_gives_the_mappers_bytes(odd:
     assert sum(stub is not None for stub in got) >= len(records) - 1
 
 
-def test_msgspec_reads_runs_of_plain_tracks_and_msgpack_the_runs_it_refuses() -> None:
+def test_msgspec_reads_runs_of_plain_tracks_and_msgpack_the_runs_it_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """msgspec (a dependency) reads a run of plain tracks, checking each record's layout as it reads it;
     a run holding one record it refuses (an id that is not a string, a messageId of the caller's) is
-    read again by msgpack. Both give the mapper's bytes."""
+    read again by msgpack. Both give the mapper's bytes. (The Python way: without the C writer.)"""
+    monkeypatch.setattr(wire_module, "native_plain_track_stubs", None)
     assert plain_track_decoder() is not None
     mapper = WireMapper(VERSION)
     encoder = StubEncoder(WireMapper(VERSION))
