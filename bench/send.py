@@ -65,7 +65,7 @@ from rudder_fast.intake import Intake
 from rudder_fast.layout import SpoolPaths, ensure_spool
 from rudder_fast.tail import list_segments
 from rudder_fast.transport import GZIP_LEVEL, gzip_bytes
-from rudder_fast.wire import WireMapper, plain_track_decoder
+from rudder_fast.wire import WireMapper, plain_track_decoder, speedups_built
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the helpers shared with the tests
@@ -77,6 +77,7 @@ from tests.support.processes import HOST, console_script
 USER_COUNT: Final = 1_000  # each producer cycles through this many user ids
 
 RECORD_READER: Final = "msgpack" if plain_track_decoder() is None else "msgspec"
+LOOPS: Final = "C" if speedups_built() else "Python"  # the sender's per-event loops (rudder_fast/_speedups.c)
 TARGET_CPU_VS_ZLIB: Final = 2.5  # sender CPU per event <= 2.5x zlib level 1 over the same JSON
 TARGET_VS_SDK: Final = 8.0  # rudder_fast delivered events/s >= 8x rudder-sdk-python's, 4 producers
 TARGET_RSS_GROWTH: Final = 1.25  # "flat": max RSS with the large backlog within 1.25x the small one's
@@ -1104,7 +1105,8 @@ def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
         f"rudder_fast send benchmark ({plan.name}): Python {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}, {cpus} CPU(s), load average {load()}, "
         f"spools on {filesystem_of(base)} ({base}); the sender gzips with {compression.IMPLEMENTATION}, "
-        f"CRC-32 by {framing.CRC32_IMPLEMENTATION}, plain tracks read by {RECORD_READER}",
+        f"per-event loops in {LOOPS}; in Python, CRC-32 by {framing.CRC32_IMPLEMENTATION}, plain tracks read "
+        f"by {RECORD_READER}",
         flush=True,
     )
 
@@ -1155,6 +1157,7 @@ def run_all(plan: Plan, base: Path, log: IO[bytes]) -> dict[str, Any]:
         "gzip": compression.IMPLEMENTATION,
         "crc32": framing.CRC32_IMPLEMENTATION,
         "record_reader": RECORD_READER,
+        "loops": LOOPS,
         "load_average_start": load_start,
         "load_average_end": list(os.getloadavg()),
         "fill": {"events": fill.accepted, "seconds": fill.seconds, "processes": fill_procs},

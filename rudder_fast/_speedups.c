@@ -299,20 +299,21 @@ static PyObject *speedups_plain_track_stubs(PyObject *self, PyObject *const *arg
     const char *head = PyBytes_AS_STRING(args[3]);
     Py_ssize_t head_len = PyBytes_GET_SIZE(args[3]);
 
-    PyObject *payloads = PySequence_Fast(args[0], "payloads must be a sequence");
+    /* Tuples: tail_of runs Python code, which must not be able to change or free what is being read. */
+    PyObject *payloads = PySequence_Tuple(args[0]);
     if (payloads == NULL) {
         return NULL;
     }
-    PyObject *seqs = PySequence_Fast(args[1], "seqs must be a sequence");
+    PyObject *seqs = PySequence_Tuple(args[1]);
     if (seqs == NULL) {
         Py_DECREF(payloads);
         return NULL;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(payloads);
+    Py_ssize_t count = PyTuple_GET_SIZE(payloads);
     PyObject *out = NULL;
     PyObject *tail = NULL;  /* the tail of the millisecond last_ms */
     uint64_t last_ms = 0;
-    if (PySequence_Fast_GET_SIZE(seqs) != count) {
+    if (PyTuple_GET_SIZE(seqs) != count) {
         PyErr_SetString(PyExc_ValueError, "payloads and seqs differ in length");
         goto done;
     }
@@ -321,7 +322,7 @@ static PyObject *speedups_plain_track_stubs(PyObject *self, PyObject *const *arg
         goto done;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *payload = PySequence_Fast_GET_ITEM(payloads, i);
+        PyObject *payload = PyTuple_GET_ITEM(payloads, i);
         if (!PyBytes_Check(payload)) {
             goto not_plain;
         }
@@ -377,7 +378,7 @@ static PyObject *speedups_plain_track_stubs(PyObject *self, PyObject *const *arg
             }
             last_ms = ms;
         }
-        PyObject *seq_obj = PySequence_Fast_GET_ITEM(seqs, i);
+        PyObject *seq_obj = PyTuple_GET_ITEM(seqs, i);
         unsigned long long seq = PyLong_AsUnsignedLongLong(seq_obj);
         if (seq == (unsigned long long)-1 && PyErr_Occurred()) {
             goto failed;

@@ -342,3 +342,29 @@ def test_c_stubs_pass_on_what_the_tail_raises(native: ModuleType) -> None:
     encoder._tail_of = failing  # type: ignore[method-assign]
     assert encoder._native_plain_tracks(EventRun([1], [good], [0]), b'"x-') is None
     assert encoder.stubs(EventRun([1], [good], [0]), NONCE) == python_stubs([good], [1])
+
+
+def test_c_stubs_read_a_snapshot_of_the_run(native: ModuleType) -> None:
+    """tail_of runs Python code: a tail that empties the caller's lists meanwhile changes nothing of what
+    is read (the C writer holds its own tuple of them), and cannot make it read freed memory."""
+    payloads = [
+        msgpack.packb(plain_track(f"u{i}", None, "E", b"{}", CALL_NS + i * 2_000_000)) for i in range(50)
+    ]
+    seqs = list(range(50))
+    want = python_stubs(list(payloads), list(seqs))
+    encoder = StubEncoder(WireMapper("9.8.7"))
+
+    def emptying(ms: int) -> bytes:
+        payloads.clear()
+        seqs.clear()
+        return encoder._tail_of(ms)
+
+    got = native.plain_track_stubs(
+        payloads,
+        seqs,
+        KIND_TRACK,
+        wire._TRACK_HEAD + orjson.dumps(NONCE + "-")[:-1],
+        wire._MEMBER_KEYS,
+        emptying,
+    )
+    assert got == want
