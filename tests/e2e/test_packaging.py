@@ -4,7 +4,8 @@
 then the wheel from the unpacked sdist, each in an isolated environment whose build requirements pip
 installs from the configured index), and
 ``twine check --strict`` checks them as an upload would. Then what is inside: the wheel has the whole
-package with ``py.typed`` and the licence, and nothing else (no tests, benchmarks or deployment files);
+package with ``py.typed``, the compiled C extension and its stub, and the licence, and nothing else (no
+C source, tests, benchmarks or deployment files); the sdist has the extension's source;
 the metadata's version is ``rudder_fast.__version__`` (the one place it is written: pyproject.toml
 declares it dynamic); the classifiers, licence expression and project URLs are there; the long
 description is README.md, and rendered as the index renders it (``readme_renderer``, twine's own), it
@@ -93,12 +94,19 @@ def test_twine_check_strict_passes(dist: Path) -> None:
 
 
 def test_wheel_has_the_package_typed_and_licensed_and_nothing_else(dist: Path) -> None:
+    """The wheel of this machine, where the C extension compiles: tagged for this CPython and platform,
+    with the compiled module and its type stub beside the Python modules, and not its C source."""
     wheel = only(dist, "*.whl")
-    assert wheel.name == f"rudder_fast-{__version__}-py3-none-any.whl"
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert re.fullmatch(rf"rudder_fast-{re.escape(__version__)}-{tag}-{tag}-linux_\w+\.whl", wheel.name), (
+        wheel.name
+    )
     names, _ = wheel_metadata(wheel)
     modules = {f"rudder_fast/{p.name}" for p in PACKAGE.glob("*.py")}
     package = {n for n in names if not n.startswith(f"rudder_fast-{__version__}.dist-info/")}
-    assert package == modules | {"rudder_fast/py.typed"}
+    compiled = {n for n in package if re.fullmatch(rf"rudder_fast/_speedups\.cpython-{tag[2:]}-.*\.so", n)}
+    assert len(compiled) == 1, package
+    assert package == modules | compiled | {"rudder_fast/py.typed", "rudder_fast/_speedups.pyi"}
     assert f"rudder_fast-{__version__}.dist-info/licenses/LICENSE" in names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "scripts/")) or "__pycache__" in n]
     with zipfile.ZipFile(wheel) as zf:
@@ -114,6 +122,8 @@ def test_sdist_builds_from_what_it_contains(dist: Path) -> None:
     with tarfile.open(sdist) as tf:
         names = {m.name.removeprefix(prefix) for m in tf.getmembers()}
     assert {"LICENSE", "README.md", "pyproject.toml", "PKG-INFO", "rudder_fast/py.typed"} <= names
+    assert {"rudder_fast/_speedups.c", "rudder_fast/_speedups.pyi"} <= names  # the extension's source
+    assert not [n for n in names if n.endswith(".so")], names
     assert {f"rudder_fast/{p.name}" for p in PACKAGE.glob("*.py")} <= names
 
 
