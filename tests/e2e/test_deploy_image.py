@@ -7,13 +7,18 @@ placed under that directory:
 
 * ``FROM python:3.X-slim``: not pulled. The base layer is this machine's Debian ``/usr/bin/python3``,
   as ``python`` first on the PATH of the ``RUN`` steps (a Python in ``/usr``, readable by any user,
-  like the image's ``/usr/local/bin/python``).
-* ``RUN``: run for real by ``sh -c``, paths placed under the root: the virtualenv is created, and
-  ``pip install`` builds rudder-fast from exactly what the ``COPY`` steps copied and installs it with
-  gunicorn and Flask from the package index this machine's pip is configured with; the spool is
-  created with ``install -d -o 10001 -g 10001 -m 0700``. Not run: ``groupadd``/``useradd``, which
-  would change this machine's user database; their uid and gid are checked against ``USER`` instead,
-  and the image's user is used by number (``setpriv``), as the Dockerfile's ``USER 10001:10001`` is.
+  like the image's ``/usr/local/bin/python``). A ``FROM ... AS NAME`` stage is built the same way in a
+  file tree of its own, which ``COPY --from=NAME`` copies from and which is thrown away after the build.
+* ``RUN apt-get ...`` (the build stage's compiler): not run, as it would change this machine's
+  packages; each package it names must be installed here already (``./scripts/bootstrap`` installs
+  them), and is recorded.
+* ``RUN``: run for real by ``sh -c``, paths placed under the root: the virtualenv is created, and the
+  build stage's ``pip wheel`` builds rudder-fast, its C extension compiled, from exactly what the
+  ``COPY`` steps copied, and the image's ``pip install`` installs that wheel with gunicorn and Flask
+  from the package index this machine's pip is configured with; the spool is created with
+  ``install -d -o 10001 -g 10001 -m 0700``. Not run: ``groupadd``/``useradd``, which would change this
+  machine's user database; their uid and gid are checked against ``USER`` instead, and the image's
+  user is used by number (``setpriv``), as the Dockerfile's ``USER 10001:10001`` is.
 * ``COPY``: the sources, relative to the build context (the checkout's top directory), copied as Docker
   would (a directory's contents, ``Dockerfile.dockerignore``'s patterns left out), owned by root. The
   app's two files (``flask_app.py``, ``gunicorn.conf.py``) get their image paths placed under the
@@ -110,7 +115,9 @@ class Image:
     expose: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     user_ids: tuple[int, int] | None = None  # from groupadd/useradd
-    copied: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)  # from the build context, by every stage
+    stages: dict[str, Image] = field(default_factory=dict)  # the earlier stages, by their AS name
+    apt_packages: list[str] = field(default_factory=list)  # what apt-get would have installed
 
     def path(self, image_path: str) -> Path:
         return self.root / image_path.lstrip("/")
@@ -142,6 +149,9 @@ def ignored(rel: str, patterns: list[str]) -> bool:
 
 
 def copy_step(image: Image, words: list[str], patterns: list[str]) -> None:
+    if words[0].startswith("--from="):
+        copy_from_stage(image, image.stages[words[0].removeprefix("--from=")], words[1:])
+        return
     assert not any(w.startswith("--") for w in words), f"COPY flags are not emulated: {words}"
     *sources, dest = words
     assert len(sources) == 1 or dest.endswith("/"), "several sources need a directory destination"
@@ -166,8 +176,42 @@ def copy_step(image: Image, words: list[str], patterns: list[str]) -> None:
                 out.write_text(image.in_root(out.read_text()))
 
 
+def copy_from_stage(image: Image, stage: Image, words: list[str]) -> None:
+    """``COPY --from=STAGE SRC DEST``: a directory or file of an earlier stage's file tree."""
+    source, dest = words
+    src = stage.path(source)
+    assert src.exists(), f"COPY --from: {source} is not in that stage"
+    if src.is_dir():
+        shutil.copytree(src, image.path(dest), dirs_exist_ok=True)
+    else:
+        image.path(dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, image.path(dest))
+
+
+APT_INSTALL = re.compile(
+    r"apt-get update && apt-get install -y --no-install-recommends ([\w.+ -]+?) "
+    r"&& rm -rf /var/lib/apt/lists/\*"
+)
+
+
+def apt_step(image: Image, command: str) -> None:
+    """Not run: it would change this machine's packages. Each package must be installed here already
+    (``./scripts/bootstrap`` installs them), which is what the build relies on."""
+    match = APT_INSTALL.fullmatch(" ".join(command.split()))
+    assert match, (
+        f"only `apt-get update && apt-get install -y --no-install-recommends ... && rm -rf ...`: {command}"
+    )
+    for package in match[1].split():
+        probe = subprocess.run(["dpkg", "-s", package], capture_output=True, timeout=60, check=False)
+        assert probe.returncode == 0, f"{package} is not installed here: the build stage needs it"
+        image.apt_packages.append(package)
+
+
 def run_step(image: Image, command: str, log: list[str]) -> None:
     words = shlex.split(command)
+    if words[0] == "apt-get":
+        apt_step(image, command)
+        return
     if words[0] in ("groupadd", "useradd"):
         # Not run: it would change this machine's users. The ids it gives are checked against USER.
         uids = re.findall(r"--uid (\d+)", command)
@@ -230,7 +274,6 @@ def _expose_step(image: Image, value: str, _: _BuildContext) -> None:
 
 # How each Dockerfile instruction the recipe uses is emulated on the image's file tree.
 _STEPS: dict[str, Callable[[Image, str, _BuildContext], None]] = {
-    "FROM": _set("base"),
     "ENV": _env_step,
     "RUN": lambda image, value, ctx: run_step(image, value, ctx.log),
     "COPY": lambda image, value, ctx: copy_step(image, shlex.split(value), ctx.patterns),
@@ -248,21 +291,44 @@ def build(root: Path) -> Image:
     patterns = [
         ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")
     ]
-    image = Image(root)
-    # The base layer: a Python as /usr/local/bin/python.
+    parser = DockerfileParser(path=str(DOCKERFILE))
+    steps = [
+        (step["instruction"], step["value"]) for step in parser.structure if step["instruction"] != "COMMENT"
+    ]
+    starts = [i for i, (kind, _) in enumerate(steps) if kind == "FROM"]
+    assert starts, "the Dockerfile has a FROM"
+    assert starts[0] == 0, "the Dockerfile starts with FROM"
+    log: list[str] = []
+    stages: dict[str, Image] = {}
+    copied: list[str] = []
+    try:
+        for begin, end in zip(starts, [*starts[1:], len(steps)], strict=True):
+            base, _, name = steps[begin][1].partition(" AS ")
+            final = end == len(steps)
+            # A build stage gets a root of its own, thrown away once the image is built.
+            stage_root = root if final else Path(tempfile.mkdtemp(prefix=f"rudder-fast-stage-{name}-"))
+            image = _stage(stage_root, base.strip(), stages, copied)
+            for kind, value in steps[begin + 1 : end]:
+                apply = _STEPS.get(kind)
+                assert apply is not None, f"{kind} is not emulated: extend the build in this test"
+                apply(image, value, _BuildContext(log, patterns))
+            if not final:
+                assert name, "a build stage is named (FROM ... AS NAME): the image copies from it"
+                stages[name.strip()] = image
+    finally:
+        for stage in stages.values():
+            shutil.rmtree(stage.root, ignore_errors=True)
+    (root / "build.log").write_text("\n".join(log))
+    return image
+
+
+def _stage(root: Path, base: str, stages: dict[str, Image], copied: list[str]) -> Image:
+    """A stage's file tree: the base layer, a Python as /usr/local/bin/python."""
+    image = Image(root, base=base, stages=dict(stages), copied=copied)
     (root / "usr" / "local" / "bin").mkdir(parents=True)
     (root / "usr" / "local" / "bin" / "python").symlink_to(BASE_PYTHON)
     (root / "root").mkdir()
-    log: list[str] = []
-    parser = DockerfileParser(path=str(DOCKERFILE))
-    for step in parser.structure:
-        kind, value = step["instruction"], step["value"]
-        if kind == "COMMENT":
-            continue
-        apply = _STEPS.get(kind)
-        assert apply is not None, f"{kind} is not emulated: extend the build in this test"
-        apply(image, value, _BuildContext(log, patterns))
-    (root / "build.log").write_text("\n".join(log))
+    root.chmod(0o755)
     return image
 
 
@@ -310,7 +376,7 @@ def test_image_runs_as_a_non_root_user_that_owns_the_spool(image: Image) -> None
         st = path.lstat()
         assert st.st_uid == 0, path
         assert not (st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode)), path
-    # The build's temporary copy of the sources is gone.
+    # The sources were copied into the build stage only.
     assert not image.path("/tmp/rudder-fast").exists()  # noqa: S108 - a path inside the image
 
 
@@ -322,7 +388,8 @@ def test_image_has_this_checkout_installed_and_its_command_is_the_readmes(image:
         [
             str(venv_bin / "python"),
             "-c",
-            "import json, rudder_fast; print(json.dumps([rudder_fast.__version__, rudder_fast.__file__]))",
+            "import json, rudder_fast, rudder_fast.wire as w; "
+            "print(json.dumps([rudder_fast.__version__, rudder_fast.__file__, w.speedups_built()]))",
         ],
         capture_output=True,
         text=True,
@@ -331,9 +398,14 @@ def test_image_has_this_checkout_installed_and_its_command_is_the_readmes(image:
         stdin=subprocess.DEVNULL,
     )
     assert probe.returncode == 0, probe.stderr
-    version, location = json.loads(probe.stdout)
+    version, location, speedups = json.loads(probe.stdout)
     from rudder_fast import __version__
 
+    # The C extension was compiled in the build stage, which alone installs a compiler.
+    assert speedups, "the image's rudder-fast runs the sender's loops in Python"
+    assert image.stages["build"].apt_packages == ["gcc", "libc6-dev"]
+    assert image.apt_packages == [], "no compiler in the image itself"
+    assert not image.path("/tmp/wheels").exists()  # noqa: S108 - a path inside the image
     assert version == __version__
     assert location.startswith(str(image.path("/opt/app/venv"))), "installed in the image, not this checkout"
     # Only the package, the metadata and the app's two files were copied: no tests, no benchmarks.
@@ -425,6 +497,7 @@ def test_compose_app_from_the_image_answers_on_the_published_port_and_the_sender
         wait_no_segments(spool)
         proc.send_signal(signal.Signals[sender["stop_signal"]])
         assert wait_exit(proc, 15, sender_log) == 0, sender_log.read_text()[-3000:]
+    assert "rudder_fast._speedups is not built" not in sender_log.read_text()
     received = delivered_once(devserver, ids)
     assert {e["userId"] for e in received} == {f"user-{i}" for i in range(count)}
 
