@@ -49,8 +49,9 @@ static inline uint64_t load_le64(const unsigned char *p) {
     return (uint64_t)load_le32(p) | (uint64_t)load_le32(p + 4) << 32;
 }
 
-static uint32_t crc32_of(const unsigned char *p, size_t n) {
-    uint32_t c = 0xFFFFFFFFu;
+/* The CRC-32 of the bytes before p (crc, as zlib's crc32() returns it: 0 for none) and p's n bytes. */
+static uint32_t crc32_of(uint32_t crc, const unsigned char *p, size_t n) {
+    uint32_t c = crc ^ 0xFFFFFFFFu;
     while (n >= 8) {
         uint32_t lo = load_le32(p) ^ c;
         uint32_t hi = load_le32(p + 4);
@@ -66,36 +67,85 @@ static uint32_t crc32_of(const unsigned char *p, size_t n) {
     return c ^ 0xFFFFFFFFu;
 }
 
-static PyObject *speedups_crc32(PyObject *self, PyObject *arg) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+/* crc32(data, value=0) -> int: zlib's crc32(), by the table above. */
+static PyObject *speedups_crc32(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "crc32(data, value=0)");
         return NULL;
     }
-    uint32_t c = crc32_of(view.buf, (size_t)view.len);
+    unsigned long value = 0;
+    if (nargs == 2) {
+        value = PyLong_AsUnsignedLong(args[1]);
+        if (value == (unsigned long)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    uint32_t c = crc32_of((uint32_t)value, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     return PyLong_FromUnsignedLong(c);
 }
 
 /* ---- take_events ----------------------------------------------------------------------------------- */
 
-/* take_events(buf, pos, limit, base) -> (seqs, payloads, ends, pos): the whole, checked event frames of
- * buf from pos, at most limit, as FrameDecoder.take_events reads them; ends are base + each frame's end
- * in buf, and pos is where the first frame not taken starts. */
-static PyObject *speedups_take_events(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "take_events(buf: bytes, pos: int, limit: int, base: int)");
+/* From this many payload bytes on, a frame's CRC is finished by the crc32 function the caller passes
+ * (zlib-ng's, which folds tens of bytes per nanosecond and releases the GIL on large buffers) rather than
+ * by the table above (about two bytes per nanosecond): below it, the call would cost more than it saves. */
+#define LARGE_PAYLOAD 512
+
+/* The CRC-32 of a frame's covered bytes (meta: len, type, reserved, seq; then the payload object's
+ * bytes), or -1 with an exception set if crc32 failed. */
+static long long frame_crc(const unsigned char *meta, PyObject *payload, PyObject *crc32) {
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    uint32_t head = crc32_of(0, meta, FRAME_HEAD_SIZE - 8);
+    if (n < LARGE_PAYLOAD) {
+        return crc32_of(head, (const unsigned char *)PyBytes_AS_STRING(payload), (size_t)n);
+    }
+    PyObject *value = PyObject_CallFunction(crc32, "OI", payload, (unsigned int)head);
+    if (value == NULL) {
+        return -1;
+    }
+    unsigned long c = PyLong_AsUnsignedLong(value);
+    Py_DECREF(value);
+    if (c == (unsigned long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return (long long)c;
+}
+
+/* take_events(buf, pos, limit, base, crc32) -> (seqs, payloads, ends, pos): the whole, checked event
+ * frames of buf from pos, at most limit, as FrameDecoder.take_events_in_python reads them; ends are
+ * base + each frame's end in buf, and pos is where the first frame not taken starts. crc32(data, value)
+ * is zlib's interface, for the large payloads (see LARGE_PAYLOAD). */
+static PyObject *speedups_take_events(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "take_events(buf: bytes, pos: int, limit: int, base: int, crc32)");
         return NULL;
     }
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t limit = PyLong_AsSsize_t(args[2]);
-    long long base = PyLong_AsLongLong(args[3]);
-    if (PyErr_Occurred()) {
+    if (pos == -1 && PyErr_Occurred()) {
         return NULL;
     }
+    Py_ssize_t limit = PyNumber_AsSsize_t(args[2], NULL); /* clamped: any int is a limit */
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    long long base = PyLong_AsLongLong(args[3]);
+    if (base == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *crc32 = args[4];
     if (pos < 0 || pos > size) {
         PyErr_SetString(PyExc_ValueError, "pos is outside the buffer");
+        return NULL;
+    }
+    if (base < 0) {
+        PyErr_SetString(PyExc_ValueError, "base is a stream position: it cannot be negative");
         return NULL;
     }
     PyObject *seqs = PyList_New(0), *payloads = PyList_New(0), *ends = PyList_New(0);
@@ -109,9 +159,23 @@ static PyObject *speedups_take_events(PyObject *self, PyObject *const *args, Py_
             (Py_ssize_t)len > size - pos - FRAME_HEAD_SIZE) {
             break;
         }
-        if (crc32_of(head + 8, FRAME_HEAD_SIZE - 8 + (size_t)len) != load_le32(head + 4)) {
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)head + FRAME_HEAD_SIZE, len);
+        if (payload == NULL) {
+            goto fail;
+        }
+        long long crc = frame_crc(head + 8, payload, crc32);
+        if (crc != (long long)load_le32(head + 4)) {
+            Py_DECREF(payload);
+            if (crc == -1) {
+                goto fail;
+            }
             break;
         }
+        if (PyList_Append(payloads, payload) < 0) {
+            Py_DECREF(payload);
+            goto fail;
+        }
+        Py_DECREF(payload);
         Py_ssize_t end = pos + FRAME_HEAD_SIZE + (Py_ssize_t)len;
         PyObject *seq = PyLong_FromUnsignedLongLong(load_le64(head + 16));
         if (seq == NULL || PyList_Append(seqs, seq) < 0) {
@@ -119,13 +183,8 @@ static PyObject *speedups_take_events(PyObject *self, PyObject *const *args, Py_
             goto fail;
         }
         Py_DECREF(seq);
-        PyObject *payload = PyBytes_FromStringAndSize((const char *)head + FRAME_HEAD_SIZE, len);
-        if (payload == NULL || PyList_Append(payloads, payload) < 0) {
-            Py_XDECREF(payload);
-            goto fail;
-        }
-        Py_DECREF(payload);
-        PyObject *stream_end = PyLong_FromLongLong(base + end);
+        /* Both below 2**63: their sum fits in 64 unsigned bits. */
+        PyObject *stream_end = PyLong_FromUnsignedLongLong((unsigned long long)base + (unsigned long long)end);
         if (stream_end == NULL || PyList_Append(ends, stream_end) < 0) {
             Py_XDECREF(stream_end);
             goto fail;
@@ -275,7 +334,7 @@ static inline char *put(char *out, const void *data, Py_ssize_t len) {
  * Python way). head is the stub's opening up to the seq's digits; keys are the userId, anonymousId,
  * event and properties members' openings; tail_of(ms) gives the bytes between the ids and the event for
  * the millisecond ms. */
-static PyObject *speedups_plain_track_stubs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *speedups_plain_track_stubs(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6 || !PyBytes_Check(args[3]) || !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 4) {
         PyErr_SetString(PyExc_TypeError,
                         "plain_track_stubs(payloads, seqs, kind: int, head: bytes, keys: tuple of 4 bytes, tail_of)");
@@ -436,9 +495,10 @@ done:
 }
 
 static PyMethodDef speedups_methods[] = {
-    {"crc32", speedups_crc32, METH_O, "crc32(data) -> int: zlib's CRC-32 of data."},
+    {"crc32", (PyCFunction)(void (*)(void))speedups_crc32, METH_FASTCALL,
+     "crc32(data, value=0) -> int: zlib's crc32()."},
     {"take_events", (PyCFunction)(void (*)(void))speedups_take_events, METH_FASTCALL,
-     "take_events(buf, pos, limit, base) -> (seqs, payloads, ends, pos)"},
+     "take_events(buf, pos, limit, base, crc32) -> (seqs, payloads, ends, pos)"},
     {"plain_track_stubs", (PyCFunction)(void (*)(void))speedups_plain_track_stubs, METH_FASTCALL,
      "plain_track_stubs(payloads, seqs, kind, head, keys, tail_of) -> list[bytes] | None"},
     {NULL, NULL, 0, NULL},
@@ -469,6 +529,10 @@ static struct PyModuleDef speedups_module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    crc_init();
+    static int tables_made = 0;
+    if (!tables_made) {
+        crc_init();
+        tables_made = 1;
+    }
     return PyModuleDef_Init(&speedups_module);
 }

@@ -4,14 +4,16 @@
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from .framing import Crc32
+
 SYNC: Final[int]
 FRAME_HEAD_SIZE: Final[int]
 FRAME_EVENT: Final[int]
 MAX_PAYLOAD: Final[int]
 
-def crc32(data: bytes, /) -> int: ...
+def crc32(data: bytes, value: int = 0, /) -> int: ...
 def take_events(
-    buf: bytes, pos: int, limit: int, base: int, /
+    buf: bytes, pos: int, limit: int, base: int, crc32: Crc32, /
 ) -> tuple[list[int], list[bytes], list[int], int]: ...
 def plain_track_stubs(
     payloads: Sequence[bytes],

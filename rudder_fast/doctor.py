@@ -38,7 +38,8 @@ INFO: Final = "info"
 # A reinstall that builds rudder_fast._speedups: a C compiler and the Python headers, then pip.
 _SPEEDUPS_FIX: Final = (
     "install a C compiler and the Python headers (Debian: `apt-get install gcc python3-dev`), then "
-    "`pip install --force-reinstall --no-deps rudder-fast`"
+    "`pip install --force-reinstall --no-deps --no-cache-dir rudder-fast` (the cache holds the wheel built "
+    "without it)"
 )
 WAIT_STEP_S: Final = 0.5  # --wait: between two checks
 STATUS_STALE_S: Final = 10.0  # a running sender refreshes its status every second

@@ -41,12 +41,12 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import msgpack
 
-# take_events(buf, pos, limit, base) -> (seqs, payloads, ends, pos) of rudder_fast/_speedups.c
-TakeEvents = Callable[[bytes, int, int, int], tuple[list[int], list[bytes], list[int], int]]
+# take_events(buf, pos, limit, base, crc32) -> (seqs, payloads, ends, pos) of rudder_fast/_speedups.c
+TakeEvents = Callable[[bytes, int, int, int, "Crc32"], tuple[list[int], list[bytes], list[int], int]]
 
 
 def _native_take_events() -> TakeEvents | None:
@@ -62,7 +62,13 @@ def _native_take_events() -> TakeEvents | None:
 native_take_events = _native_take_events()
 
 
-def _crc32_function() -> Callable[[bytes], int]:
+class Crc32(Protocol):
+    """zlib's ``crc32(data, value=0)``: the CRC-32 of ``data`` continued from ``value``."""
+
+    def __call__(self, data: bytes, value: int = 0, /) -> int: ...
+
+
+def _crc32_function() -> Crc32:
     try:
         from zlib_ng import zlib_ng
     except ImportError:  # pragma: no cover - a dependency; zlib where it cannot be imported
@@ -340,7 +346,7 @@ class FrameDecoder:
             return self.take_events_in_python(limit)
         pos = self._pos
         base = self.offset - pos  # the stream position of _buf[0]
-        seqs, payloads, ends, stop = take(self._buf, pos, limit, base)
+        seqs, payloads, ends, stop = take(self._buf, pos, limit, base, crc32)
         self._pos = stop
         self.offset = base + stop
         return EventRun(seqs, payloads, ends)

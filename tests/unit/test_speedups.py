@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -110,7 +111,7 @@ def test_c_take_events_takes_what_the_python_loop_takes(
 ) -> None:
     module = speedups()
     pos = data.draw(st.integers(0, len(buf)))
-    assert module.take_events(buf, pos, limit, base) == python_take(buf, pos, limit, base)
+    assert module.take_events(buf, pos, limit, base, framing.crc32) == python_take(buf, pos, limit, base)
 
 
 @PROPERTY
@@ -119,19 +120,64 @@ def test_c_take_events_on_random_bytes(buf: bytes, limit: int) -> None:
     module = speedups()
     laced = buf.replace(b"\x00", framing.SYNC_BYTES)  # sync words where the zeros were
     for data in (buf, laced):
-        assert module.take_events(data, 0, limit, 0) == python_take(data, 0, limit, 0)
+        assert module.take_events(data, 0, limit, 0, framing.crc32) == python_take(data, 0, limit, 0)
 
 
 def test_c_take_events_refuses_what_it_cannot_read(native: ModuleType) -> None:
     frame = encode_frame(FRAME_EVENT, 1, b"x")
+    crc = framing.crc32
     with pytest.raises(ValueError, match="outside the buffer"):
-        native.take_events(frame, len(frame) + 1, 1, 0)
+        native.take_events(frame, len(frame) + 1, 1, 0, crc)
     with pytest.raises(ValueError, match="outside the buffer"):
-        native.take_events(frame, -1, 1, 0)
+        native.take_events(frame, -1, 1, 0, crc)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        native.take_events(frame, 0, 1, -1, crc)
     with pytest.raises(TypeError, match="take_events"):
-        native.take_events(bytearray(frame), 0, 1, 0)
-    assert native.take_events(frame, 0, 0, 0) == ([], [], [], 0)
-    assert native.take_events(frame, 0, 5, 100) == ([1], [b"x"], [100 + len(frame)], len(frame))
+        native.take_events(bytearray(frame), 0, 1, 0, crc)
+    with pytest.raises(TypeError, match="take_events"):
+        native.take_events(frame, 0, 1, 0)
+    with pytest.raises(TypeError):
+        native.take_events(frame, "0", 1, 0, crc)
+    assert native.take_events(frame, 0, 0, 0, crc) == ([], [], [], 0)
+    assert native.take_events(frame, 0, 5, 100, crc) == ([1], [b"x"], [100 + len(frame)], len(frame))
+    assert native.take_events(frame, 0, 2**80, 0, crc)[3] == len(frame)  # any int is a limit
+    top = 2**63 - 1  # the largest position: the end is beyond it, and still exact
+    assert native.take_events(frame, 0, 1, top, crc)[2] == [top + len(frame)]
+
+
+@pytest.mark.parametrize("size", [0, 511, 512, 513, 70_000, framing.MAX_PAYLOAD])
+def test_c_take_events_checks_payloads_of_any_size(native: ModuleType, size: int) -> None:
+    """Below 512 bytes the C code computes the whole CRC; from there on it hands the payload to the
+    crc32 it is given (zlib-ng's), continuing from the head's. Either way a damaged byte is refused,
+    and a length beyond MAX_PAYLOAD is never trusted."""
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    frame = encode_frame(FRAME_EVENT, 9, payload)
+    assert native.take_events(frame, 0, 1, 0, framing.crc32) == python_take(frame, 0, 1, 0)
+    assert native.take_events(frame, 0, 1, 0, framing.crc32)[1] == [payload]
+    damaged = frame[:-1] + bytes([frame[-1] ^ 1]) if size else frame[:12] + b"\x02" + frame[13:]
+    assert native.take_events(damaged, 0, 1, 0, framing.crc32) == ([], [], [], 0)
+    oversized = frame[:8] + struct.pack("<I", framing.MAX_PAYLOAD + 1) + frame[12:]
+    assert native.take_events(oversized, 0, 1, 0, framing.crc32) == ([], [], [], 0)
+
+
+def test_c_take_events_passes_on_what_crc32_raises(native: ModuleType) -> None:
+    frame = encode_frame(FRAME_EVENT, 9, bytes(600))
+
+    def failing(data: bytes, value: int = 0) -> int:
+        raise OSError("no checksum today")
+
+    with pytest.raises(OSError, match="no checksum today"):
+        native.take_events(frame, 0, 1, 0, failing)
+    # A checksum function that disagrees: the frame is refused, as a damaged one.
+    assert native.take_events(frame, 0, 1, 0, lambda data, value=0: 0) == ([], [], [], 0)
+    small = encode_frame(FRAME_EVENT, 9, bytes(10))
+    assert native.take_events(small, 0, 1, 0, failing)[0] == [9]  # not called below 512 bytes
+
+
+@PROPERTY
+@given(st.binary(max_size=2_000), st.integers(0, 2**32 - 1))
+def test_the_c_checksum_continues_like_zlibs(data: bytes, value: int) -> None:
+    assert speedups().crc32(data, value) == zlib.crc32(data, value)
 
 
 # -- plain_track_stubs ---------------------------------------------------------------------------------
@@ -232,7 +278,7 @@ def needs_no_escape(value: Any) -> bool:
 
 
 @PROPERTY
-@given(st.lists(plain_tracks, min_size=1, max_size=6), st.integers(0, 2**64 - 10))
+@given(st.lists(plain_tracks, min_size=1, max_size=40), st.integers(0, 2**64 - 50))
 def test_c_stubs_of_plain_tracks_are_the_python_ways(records: list[Any], first_seq: int) -> None:
     """The C writer writes a run of plain tracks byte for byte as the Python way does, and refuses a
     run only for a string whose JSON it would have to escape (orjson then writes it)."""
@@ -309,6 +355,12 @@ def test_c_stubs_refuse_what_the_python_way_must_tell_apart(native: ModuleType) 
     refused = {
         "negative time": msgpack.packb(plain_track("u", None, "E", b"{}", -5)),
         "invalid UTF-8": good.replace(b"\xa1u", b"\xa1\xff"),
+        "a surrogate": good.replace(b"\xa1u", b"\xa3\xed\xa0\x80"),
+        "an overlong": good.replace(b"\xa1u", b"\xa2\xc0\x80"),
+        "beyond U+10FFFF": good.replace(b"\xa1u", b"\xa4\xf4\x90\x80\x80"),
+        "a cut sequence": good.replace(b"\xa1u", b"\xa2\xe2\x82"),
+        "a user id as bin": good.replace(b"\xa1u", b"\xc4\x01u"),
+        "an event name as bin": good.replace(b"\xa1E", b"\xc4\x01E"),
         "a control character": msgpack.packb(plain_track("u\n", None, "E", b"{}", CALL_NS)),
         "a quote": msgpack.packb(plain_track("u", None, 'E"', b"{}", CALL_NS)),
         "a messageId": msgpack.packb([KIND_TRACK, CALL_NS, "u", None, "m-1", None, None, None, "E", b"{}"]),
@@ -318,6 +370,7 @@ def test_c_stubs_refuse_what_the_python_way_must_tell_apart(native: ModuleType) 
         "another kind": msgpack.packb([KIND_TRACK + 1, *plain_track("u", None, "E", b"{}", CALL_NS)[1:]]),
     }
     for why, payload in refused.items():
+        assert payload != good, why
         assert c_stubs([good, payload], [1, 2]) is None, why
         assert python_stubs([good, payload], [1, 2])[0] is not None, why  # the Python way tells them apart
 
@@ -368,3 +421,16 @@ def test_c_stubs_read_a_snapshot_of_the_run(native: ModuleType) -> None:
         emptying,
     )
     assert got == want
+
+
+def test_the_built_extension_is_not_older_than_its_source(native: ModuleType) -> None:
+    """In a checkout (an editable install), the compiled module sits beside its source: a source changed
+    since the build would leave the tests checking the old code. (An installed wheel has no source.)"""
+    assert native.__file__ is not None
+    built = Path(native.__file__)
+    source = built.with_name("_speedups.c")
+    if source.exists():
+        assert built.stat().st_mtime >= source.stat().st_mtime, (
+            f"{built.name} is older than _speedups.c: rebuild it (./scripts/bootstrap test, or "
+            "pip install -e . again)"
+        )
