@@ -153,6 +153,7 @@ ENV_PROXY: Final = "RUDDER_FAST_PROXY"
 MAX_BATCH_BYTES: Final = 1_000_000
 MAX_BATCH_EVENTS: Final = 10_000  # bounds a batch of tiny events
 # How long the first event of a partial batch may wait for company before the batch is sent anyway.
+# Not at all once every writer is gone and all is read (Intake.flush_due): no company can come then.
 LINGER_S: Final = 0.2
 CONCURRENCY: Final = 4  # requests in flight: hides round-trip latency; the gateway scales out
 CONNECT_TIMEOUT_S: Final = 5.0

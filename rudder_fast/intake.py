@@ -330,12 +330,17 @@ class Intake:
         return True
 
     def flush_due(self, now: float, caught_up: bool) -> None:
-        """Close the open batch once it has lingered long enough (or at once, draining and caught up)."""
+        """Close the open batch once it has lingered long enough, or at once when caught up and either
+        draining or every writer is gone (sealed its file, or exited): then nothing can join the batch
+        until a new producer starts, and lingering would only delay the last events of a job."""
         batch = self.batch
         if batch is None or self.ready is not None:
             return
-        if now - batch.created >= self.linger_s or (caught_up and self.drain):
+        if now - batch.created >= self.linger_s or (caught_up and (self.drain or self._writers_gone())):
             self.close_batch()
+
+    def _writers_gone(self) -> bool:
+        return all(seg.tail.writer_gone for seg in self.segments.values())
 
     # -- state ---------------------------------------------------------------------------------------
 

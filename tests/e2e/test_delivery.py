@@ -115,3 +115,15 @@ def test_drain_sends_the_last_partial_batch_while_every_worker_is_busy(
     assert proc.returncode == 0, (devserver.stats(), tail(proc.stderr))
     assert_exactly_once(devserver.received(), produced)
     assert_spool_empty(spool_dir)
+
+
+def test_the_last_events_of_a_job_go_without_waiting_for_the_linger(
+    spool_dir: Path, devserver: DevServer, senders: Senders
+) -> None:
+    """A running sender with a linger of a minute: producers that emit a few events and exit (their
+    files sealed) have them delivered at once, not a minute later. Nothing else could join the batch."""
+    sender = senders.start(["--linger", "60"], sender_env(spool_dir, devserver.url))
+    produced = fill_spool(spool_dir, processes=2, per_process=25)
+    assert sender.proc.poll() is None, sender.stderr()
+    wait_for(lambda: devserver.stats()["events"] == 50, timeout=20)
+    assert_exactly_once(devserver.received(), produced)

@@ -104,3 +104,39 @@ def test_batches_hold_exactly_the_reference_events_when_workers_refuse_at_random
     assert sum(sum(c.events for _, c in book.batches[b.id]) for b in batches) == len(want)
     for seg in intake.segments.values():
         seg.tail.close()
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["writer-closed", "writer-alive"])
+def test_a_partial_batch_lingers_only_while_a_writer_may_add_to_it(tmp_path: Path, closed: bool) -> None:
+    """Caught up with a partial batch: while a producer still holds its file, the batch waits for the
+    linger (more events may come); once every writer has sealed its file, it goes at once (nothing can
+    join it: lingering would only delay the end of a job)."""
+    spool = tmp_path / "spool"
+    emitter = Emitter(str(spool))
+    for i in range(10):
+        emitter.track(user_id=f"u{i}", event="E")
+    if closed:
+        emitter.close()
+    paths = SpoolPaths(spool)
+    cfg = config.SenderConfig(spool_dir=spool, write_key="k", data_plane_urls=("http://127.0.0.1:9",))
+    submitted: list[Batch] = []
+    intake = Intake(
+        paths.segments, Book(), mapper=WireMapper(__version__), quarantine=Quarantine(paths.rejected),
+        submit=lambda batch: submitted.append(batch) is None, cfg=cfg,
+    )  # fmt: skip
+    intake.rescan()
+    try:
+        now = 100.0
+        while intake.pump(now):  # read everything there is
+            pass
+        intake.flush_due(now + 0.001, caught_up=True)
+        intake.submit_ready()
+        assert [len(b.stubs) for b in submitted] == ([10] if closed else [])
+        if not closed:
+            intake.flush_due(now + cfg.linger_s, caught_up=True)  # the linger is over
+            intake.submit_ready()
+            assert [len(b.stubs) for b in submitted] == [10]
+    finally:
+        emitter.close()
+        for seg in intake.segments.values():
+            seg.tail.close()
