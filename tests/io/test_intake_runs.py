@@ -120,9 +120,14 @@ def test_a_partial_batch_lingers_only_while_a_writer_may_add_to_it(tmp_path: Pat
     paths = SpoolPaths(spool)
     cfg = config.SenderConfig(spool_dir=spool, write_key="k", data_plane_urls=("http://127.0.0.1:9",))
     submitted: list[Batch] = []
+
+    def submit(batch: Batch) -> bool:
+        submitted.append(batch)
+        return True
+
     intake = Intake(
         paths.segments, Book(), mapper=WireMapper(__version__), quarantine=Quarantine(paths.rejected),
-        submit=lambda batch: submitted.append(batch) is None, cfg=cfg,
+        submit=submit, cfg=cfg,
     )  # fmt: skip
     intake.rescan()
     try:
