@@ -168,8 +168,12 @@ def test_status_gives_the_rate_over_the_time_measured_and_the_senders_process_fi
     emitter.close()
     sender = senders.start([], sender_env(spool, devserver.url))
     wait_sender_ready(spool, sender)
-    wait_for(lambda: status_json(spool)["counters"]["sent"] == 7, timeout=30)
-    doc = status_json(spool)
+    # The 7 go at once (their writer has closed its file), maybe before the sender has run 50 ms, when
+    # its rate has no window yet; the status is refreshed every second.
+    doc = wait_for(
+        lambda: (d := status_json(spool))["counters"]["sent"] == 7 and d["sender"]["rate_window_s"] > 0 and d,
+        timeout=30,
+    )
     window = doc["sender"]["rate_window_s"]
     assert 0 < window < 60, "a sender running for seconds measured its rate over seconds"
     text = run(console_script("rudder-fast"), "status", "--spool-dir", str(spool)).stdout
