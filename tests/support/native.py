@@ -1,10 +1,11 @@
 """The package's optional C extension (``rudder_fast/_speedups.c``) in tests.
 
 Each of its loops has a Python twin that stays the reference and the fallback. :func:`both_ways` makes a
-module-scoped fixture that runs every test of a module twice, once with the C loop and once with the
-Python one, by swapping the module attribute the code looks the loop up in. Where the extension is not
-built, the C half skips with the reason, unless ``RUDDER_FAST_REQUIRE_SPEEDUPS=1`` (``./scripts/test``
-sets it): then it fails, so that a build that silently lost the extension cannot pass.
+module-scoped fixture that runs a test twice (``@pytest.mark.usefixtures("way")``), once with the C
+loop and once with the Python one, by swapping the module attribute the code looks the loop up in.
+Where the extension is not built, the C half skips with the reason, unless
+``RUDDER_FAST_REQUIRE_SPEEDUPS=1`` (``./scripts/test`` sets it): then it fails, so that a build that
+silently lost the extension cannot pass.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ def speedups() -> ModuleType:
 
 
 def both_ways(module: ModuleType, attribute: str) -> Callable[..., Iterator[str]]:
-    """A module-scoped autouse fixture, parametrised "c" and "python" (assign it to a name in the test
-    module): ``module.<attribute>`` is the C loop for the first, None (as without the extension) for the
-    second, and restored after."""
+    """A module-scoped fixture, parametrised "c" and "python" (assign it to ``way`` in the test module):
+    ``module.<attribute>`` is the C loop for the first, None (as without the extension) for the second,
+    and restored after."""
 
-    @pytest.fixture(scope="module", params=["c", "python"], autouse=True)
+    @pytest.fixture(scope="module", params=["c", "python"])
     def way(request: pytest.FixtureRequest) -> Iterator[str]:
         saved: Any = getattr(module, attribute)
         if request.param == "c":

@@ -46,7 +46,7 @@ from rudder_fast.framing import (
 )
 from tests.support.native import both_ways
 
-# Every test runs twice: with take_events's loop in C, and in Python alone.
+# The tests of take_events (marked `usefixtures("way")`) run twice: with its loop in C, and in Python.
 way = both_ways(framing, "native_take_events")
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -336,6 +336,7 @@ def test_the_checksum_is_zlibs_crc32(data: bytes) -> None:
     assert framing.crc32(data) == zlib.crc32(data)
 
 
+@pytest.mark.usefixtures("way")
 def test_frames_and_header_checked_by_zlib_decode() -> None:
     """A segment whose checksums zlib computed (as every version before zlib-ng did) still reads."""
     body = FRAME_META.pack(5, FRAME_EVENT, 9) + b"hello"
@@ -729,6 +730,7 @@ event_heavy_frames = st.lists(
 run_limits = st.lists(st.integers(0, 20), max_size=6)
 
 
+@pytest.mark.usefixtures("way")
 @PROPERTY
 @given(event_heavy_frames, corruptions() | st.just([]), cut_points, starts, run_limits, st.data())
 def test_take_events_then_next_gives_exactly_what_next_alone_gives(
@@ -757,6 +759,7 @@ def test_take_events_then_next_gives_exactly_what_next_alone_gives(
         )
 
 
+@pytest.mark.usefixtures("way")
 def test_take_events_stops_before_other_frames_and_respects_its_limit() -> None:
     data = b"".join(
         encode_frame(t, s, p)
@@ -781,6 +784,7 @@ def test_take_events_stops_before_other_frames_and_respects_its_limit() -> None:
     assert decoder.next() is NEED_DATA
 
 
+@pytest.mark.usefixtures("way")
 def test_a_sync_word_inside_a_frame_is_found_and_the_frame_still_taken() -> None:
     inner = SYNC_BYTES + b"x" * 30
     data = b"".join(
@@ -796,6 +800,7 @@ def test_a_sync_word_inside_a_frame_is_found_and_the_frame_still_taken() -> None
     assert decoder.offset == len(data)
 
 
+@pytest.mark.usefixtures("way")
 def test_unread_returns_the_frames_again_and_refuses_what_is_no_longer_buffered() -> None:
     data = b"".join(encode_frame(FRAME_EVENT, s, bytes([s]) * s) for s in range(1, 6))
     decoder = FrameDecoder(10)

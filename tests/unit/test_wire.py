@@ -35,7 +35,8 @@ from rudder_fast.jsonvalue import encode_json_field, iso_utc_ms
 from rudder_fast.wire import COLUMN_RUN, IsoClock, StubEncoder, WireMapper, plain_track_decoder
 from tests.support.native import both_ways
 
-# Every test runs twice: with the C writer of plain tracks' stubs, and with the Python way alone.
+# The encoder's tests (marked `usefixtures("way")`) run twice: with the C writer of plain tracks' stubs,
+# and with the Python way alone.
 way = both_ways(wire_module, "native_plain_track_stubs")
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -479,6 +480,7 @@ odd_records = st.one_of(
 )
 
 
+@pytest.mark.usefixtures("way")
 @PROPERTY
 @given(st.lists(st.one_of(records, records, records, odd_records), max_size=8), st.integers(0, 2**63))
 def test_stub_encoder_gives_exactly_the_mappers_bytes(items: list[Any], first_seq: int) -> None:
@@ -522,6 +524,10 @@ plain_tracks = st.builds(
 )
 
 
+# The Python way only: the C writer takes these runs of plain tracks before either reader is asked
+# (tests/unit/test_speedups.py holds it to this path), so they would test the same thing twice.
+@pytest.mark.usefixtures("way")
+@pytest.mark.parametrize("way", ["python"], indirect=True)
 @pytest.mark.parametrize("reader", ["msgspec", "msgpack"])
 @PROPERTY
 @given(
@@ -542,6 +548,7 @@ def test_runs_of_plain_tracks_are_encoded_a_column_at_a_time_to_the_mappers_byte
     """The column-at-a-time path (a run of plain tracks only) gives the reference bytes, whether msgspec
     or msgpack reads the records; any other record in the run sends the run the one-by-one way, which
     gives them too. Encoding the run again exercises the caches."""
+    assert wire_module.native_plain_track_stubs is None, "the Python way"
     mapper = WireMapper(VERSION)
     encoder = StubEncoder(WireMapper(VERSION))
     if reader == "msgpack":
@@ -562,6 +569,7 @@ def test_runs_of_plain_tracks_are_encoded_a_column_at_a_time_to_the_mappers_byte
     assert taken_one_by_one == (repeats if others else 0)
 
 
+@pytest.mark.usefixtures("way")
 @pytest.mark.parametrize(
     ("user", "anon", "props"),
     [
@@ -595,6 +603,7 @@ def test_each_column_shape_of_a_run_of_plain_tracks_gives_the_mappers_bytes(
     assert encoder.stubs(run, NONCE) == want
 
 
+@pytest.mark.usefixtures("way")
 @pytest.mark.parametrize(
     "odd",
     [-(2**63), 2**64 - 1, ["a", "list"]],
@@ -647,6 +656,7 @@ def test_msgspec_reads_runs_of_plain_tracks_and_msgpack_the_runs_it_refuses(
         assert typed_runs == typed, change
 
 
+@pytest.mark.usefixtures("way")
 def test_stub_encoder_fast_path_covers_the_benchmark_event() -> None:
     """The common record shapes are assembled, not handed to the mapper (which would be correct, slow)."""
     encoder = StubEncoder(WireMapper(VERSION))
@@ -682,6 +692,7 @@ def test_the_plain_track_layout_is_the_tables() -> None:
     assert CALLS["track"].kind == wire_module.KIND_TRACK == KIND_TRACK
 
 
+@pytest.mark.usefixtures("way")
 def test_stub_encoder_says_why_a_record_cannot_be_read() -> None:
     encoder = StubEncoder(WireMapper(VERSION))
     assert encoder.stubs(EventRun.of([(1, msgpack.packb([99, CALL_NS]), 0), (2, b"\xc1", 0)]), NONCE) == [
