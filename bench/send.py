@@ -489,13 +489,16 @@ def cpu_s(proc: psutil.Process) -> float:
     psutil reads, counts in clock ticks of 10 ms per thread: over a window of a few tenths of a second
     and eight threads that is an error of 10 % and more. (A thread that ends inside the window would take
     its time with it; the sender's live as long as it does.) psutil's otherwise."""
-    total_ns = 0
+    total_ns = read = 0
     try:
         for task in os.listdir(f"/proc/{proc.pid}/task"):
             # A thread that has just ended is gone from the listing, or its file is.
             with contextlib.suppress(FileNotFoundError), open(f"/proc/{proc.pid}/task/{task}/schedstat") as f:
                 total_ns += int(f.read().split()[0])
+                read += 1
     except OSError:
+        read = 0
+    if not read:  # a kernel without schedstat (CONFIG_SCHED_INFO off): never report 0 for it
         t = proc.cpu_times()
         return float(t.user + t.system)
     return total_ns / 1e9

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import orjson
 
-from . import config, locate, safefile
+from . import __version__, config, locate, safefile
 from .errors import ConfigurationError, SpoolError
 from .layout import SpoolPaths, check_parent, check_private, parent_warning
 from .quota import read_control, sender_running
@@ -35,11 +35,12 @@ WARN: Final = "warn"
 FAIL: Final = "FAIL"
 INFO: Final = "info"
 
-# A reinstall that builds rudder_fast._speedups: a C compiler and the Python headers, then pip.
+# A reinstall of this version that builds rudder_fast._speedups: a C compiler and the headers of the
+# Python that runs rudder-fast, then pip without its cache (which holds the wheel built without it).
 _SPEEDUPS_FIX: Final = (
-    "install a C compiler and the Python headers (Debian: `apt-get install gcc python3-dev`), then "
-    "`pip install --force-reinstall --no-deps --no-cache-dir rudder-fast` (the cache holds the wheel built "
-    "without it)"
+    "install gcc, libc6-dev and the headers of the Python that runs rudder-fast (Debian's python3: "
+    "`apt-get install gcc libc6-dev python3-dev`; python.org's images and pyenv's have them), then "
+    f"`pip install --force-reinstall --no-deps --no-cache-dir rudder-fast=={__version__}`"
 )
 WAIT_STEP_S: Final = 0.5  # --wait: between two checks
 STATUS_STALE_S: Final = 10.0  # a running sender refreshes its status every second
@@ -221,6 +222,19 @@ def _status_of_a_live_sender(status: dict[str, Any]) -> bool:
     except PermissionError:  # another user's process: it runs
         pass
     return True
+
+
+def loops_finding(status: dict[str, Any]) -> Finding:
+    """Whether the sender's per-event loops run in C: the running sender's own word (its status), which
+    may run from another install (a sidecar's image); else this install's, which a sender started from
+    here would have."""
+    loops = status.get("loops") if _status_of_a_live_sender(status) else None
+    whose = f"the running sender (pid {status.get('pid')})" if loops else "a sender started from this install"
+    if loops is None:
+        loops = "C" if speedups_built() else "Python"
+    if loops == "C":
+        return Finding("C extension", OK, f"built: {whose} reads frames and writes events in C")
+    return Finding("C extension", WARN, f"{whose}: {SPEEDUPS_MISSING}", _SPEEDUPS_FIX)
 
 
 def sender_findings(spool: Path, status: dict[str, Any], now: float) -> list[Finding]:
@@ -462,12 +476,8 @@ def check(args: argparse.Namespace, now: float) -> list[Finding]:
         origin = f"the default for uid {os.geteuid()}: set {config.ENV_SPOOL_DIR} on both sides to choose"
     spool = config.resolve_spool_dir(args.spool_dir)
     findings = spool_findings(spool, origin)
-    findings.append(
-        Finding("C extension", OK, "built: the sender reads frames and writes events in C")
-        if speedups_built()
-        else Finding("C extension", WARN, SPEEDUPS_MISSING, _SPEEDUPS_FIX)
-    )
     status = read_status(spool) if spool.is_dir() else {}
+    findings.append(loops_finding(status))
     findings += sender_findings(spool, status, now)
     try:
         t = target(args, status, environ)

@@ -23,6 +23,7 @@ from . import __version__, config, metrics, safefile
 from .counts import Counters
 from .delivery import DeliveryState
 from .selfwatch import SelfWatch
+from .wire import speedups_built
 
 log = logging.getLogger("rudder_fast.sender")
 
@@ -103,6 +104,7 @@ class Publisher:
             "events_per_s": rate,
             "rate_window_s": round(self.rate_window(now), 1),
             "process": process.to_json() if process is not None else None,
+            "loops": "C" if speedups_built() else "Python",  # its per-event loops (README: Install)
             "inflight": moment.inflight,
             "counters": counters,
             "last_error": self.state.last_error,

@@ -270,8 +270,8 @@ class StubEncoder:
             return native(
                 run.payloads, run.seqs, KIND_TRACK, _TRACK_HEAD + generated, _MEMBER_KEYS, self._tail_of
             )
-        except Exception:  # noqa: BLE001 - a time the tail cannot format, memory: the Python way tells
-            return None
+        except (OverflowError, ValueError, MemoryError):  # a time the tail cannot format, memory: the
+            return None  # Python way tells (any other error is a bug, or a broken build: it is raised)
 
     def _typed_plain_tracks(self, run: EventRun, generated: bytes) -> list[bytes] | None:
         """A run of plain tracks read by msgspec (see the module docstring); None without msgspec, or

@@ -201,6 +201,7 @@ def apt_step(image: Image, command: str) -> None:
     assert match, (
         f"only `apt-get update && apt-get install -y --no-install-recommends ... && rm -rf ...`: {command}"
     )
+    assert shutil.which("dpkg"), "the build stage's apt-get is checked against this machine's dpkg: none here"
     for package in match[1].split():
         probe = subprocess.run(["dpkg", "-s", package], capture_output=True, timeout=60, check=False)
         assert probe.returncode == 0, f"{package} is not installed here: the build stage needs it"

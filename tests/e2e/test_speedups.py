@@ -15,11 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rudder_fast import Emitter
+import pytest
+
+from rudder_fast import Emitter, __version__
 from tests.support.devserver import DevServer
 from tests.support.native import speedups
-from tests.support.processes import clean_env, console_script
+from tests.support.processes import clean_env, console_script, process_group
 from tests.support.sender import sender_env
+from tests.support.spool import read_status
+from tests.support.waiting import wait_for
 
 WITHOUT_SPEEDUPS = (
     "import sys; sys.modules['rudder_fast._speedups'] = None; from {module} import main; sys.exit(main())"
@@ -99,4 +103,34 @@ def test_doctor_says_whether_the_extension_is_built(tmp_path: Path) -> None:
     line = next(line for line in missing.stdout.splitlines() if "C extension" in line)
     assert line.startswith("warn"), missing.stdout
     assert MISSING in line, missing.stdout
-    assert "apt-get install gcc python3-dev" in missing.stdout
+    assert "apt-get install gcc libc6-dev python3-dev" in missing.stdout
+    assert f"--no-cache-dir rudder-fast=={__version__}" in missing.stdout
+
+
+@pytest.mark.parametrize("sender_blocked", [True, False], ids=["sender-without", "sender-with"])
+def test_doctor_tells_what_the_running_sender_runs_not_its_own_install(
+    tmp_path: Path, start_devserver: Callable[..., DevServer], sender_blocked: bool
+) -> None:
+    """The sender may run from another install than the doctor (a sidecar's image): the doctor reports
+    the loops the running sender says it runs (its status), whatever its own install has."""
+    speedups()
+    dev = start_devserver()
+    spool = tmp_path / "spool"
+    if sender_blocked:
+        cmd = [sys.executable, "-c", WITHOUT_SPEEDUPS.format(module="rudder_fast.sender")]
+    else:
+        cmd = [console_script("rudder-fast-sender")]
+    log = tmp_path / "sender.log"
+    with process_group(cmd, env=sender_env(spool, dev.url), cwd=tmp_path, log=log) as proc:
+
+        def published() -> dict[str, Any] | None:
+            status = read_status(spool)
+            return status if status is not None and "loops" in status else None
+
+        assert wait_for(published, timeout=30)["loops"] == ("Python" if sender_blocked else "C")
+        env = clean_env(RUDDER_WRITE_KEY="e2e-key", RUDDER_DATA_PLANE_URL=dev.url)
+        args = ["doctor", "--spool-dir", str(spool), "--no-network"]
+        out = run("rudder_fast.cli", args, env, blocked=not sender_blocked).stdout
+        line = next(line for line in out.splitlines() if "C extension" in line)
+        assert f"the running sender (pid {proc.pid})" in line, out
+        assert line.startswith("warn" if sender_blocked else "ok"), out

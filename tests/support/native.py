@@ -31,7 +31,11 @@ def speedups() -> ModuleType:
     except ImportError as exc:
         reason = f"the C extension rudder_fast._speedups is not built ({exc})"
         if speedups_required():
-            pytest.fail(f"{ENV_REQUIRE_SPEEDUPS} is set but {reason}", pytrace=False)
+            pytest.fail(
+                f"{ENV_REQUIRE_SPEEDUPS} is set but {reason}: install gcc and the Python headers, then "
+                "./scripts/bootstrap test (`.venv/bin/python -m pip install -v -e .` shows a compile error)",
+                pytrace=False,
+            )
         pytest.skip(reason)
     return _speedups
 

@@ -3,7 +3,8 @@
 Each C loop must give exactly what the Python code gives, or stop where the Python code takes over:
 ``take_events`` what ``FrameDecoder.take_events_in_python`` takes from the same bytes; ``plain_track_stubs``
 either None (the run goes the Python way) or the very stubs the Python way writes. Garbage of every kind
-must never crash it. (Every test of test_framing.py and test_wire.py also runs both ways.) Where the
+must never crash it. (The tests of take_events and of the stub encoder in test_framing.py and
+test_wire.py also run both ways.) Where the
 extension is not built these tests skip, or fail under ``RUDDER_FAST_REQUIRE_SPEEDUPS=1``.
 """
 
